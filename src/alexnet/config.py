@@ -1,0 +1,166 @@
+"""Typed configuration with the paper's values as defaults.
+
+One ``TrainConfig`` flows through training: the command line fills it (every
+field is a flag, generated from these dataclasses), it is written as
+``config.json`` beside every run and stored in every checkpoint, so that a
+checkpoint rebuilds its own model and data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import AlexNetError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN) or 'torchvision' (single tower)",
+                      ("paper", "torchvision"))
+    num_classes: int = _f(0, "number of classes; 0 takes it from the data")
+    dropout: float = _f(0.5, "dropout probability in fc6/fc7 (paper: 0.5)")
+    lrn: bool = _f(True, "local response normalisation after conv1/conv2 (paper variant only)")
+    init: str = _f("paper", "initialisation: paper N(0,0.01) with biases 1, caffe (biases 0.1), kaiming, torchvision",
+                   ("paper", "caffe", "kaiming", "torchvision"))
+
+
+@dataclass
+class DataConfig:
+    data: str = _f("fashion-mnist", "class-per-folder tree with train/ and val/, or 'fashion-mnist'")
+    fashion_mnist_dir: str = _f("", "directory of the Fashion-MNIST IDX files (default: $ALEXNET_FASHION_MNIST, "
+                                    "then /usr/share/datasets/fashion-mnist)")
+    resize: int = _f(256, "preprocessing: shorter side to this, then a center square crop of it (paper: 256)")
+    crop: int = _f(0, "network input: random crops of this size in training, center/10-crop in evaluation; "
+                      "0 = the variant's native size (paper 227, torchvision 224)")
+    random_crop: bool = _f(True, "random crops in training (off: center crop)")
+    flip: bool = _f(True, "random horizontal flips in training")
+    lighting: float = _f(0.1, "std of the PCA colour noise alpha (paper: 0.1; 0 disables)")
+    normalize: str = _f("mean-image", "mean-image: subtract the training set's mean image, 0-255 scale (paper); "
+                                      "channel: torchvision's per-channel mean/std", ("mean-image", "channel"))
+    mean_samples: int = _f(10000, "training images used to estimate the mean image")
+    workers: int = _f(-1, "data loading processes for image folders; -1 = one per CPU core")
+    limit_train: int = _f(0, "use only this many training images (0 = all); for quick runs")
+    limit_val: int = _f(0, "use only this many validation images (0 = all)")
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = _f(90, "epochs to train (paper: about 90)")
+    batch_size: int = _f(128, "images per step, across all processes (paper: 128)")
+    lr: float = _f(0.01, "initial learning rate (paper: 0.01)")
+    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _f(5e-4, "weight decay (paper: 5e-4)")
+    schedule: str = _f("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
+                                  "step: every --step-epochs; cosine: per-step cosine decay to zero",
+                       ("plateau", "step", "cosine"))
+    patience: int = _f(5, "plateau: epochs without improvement before the lr is divided")
+    max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
+    step_epochs: int = _f(30, "step: epochs between divisions")
+    warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = _f("runs/alexnet", "run directory: config, metrics, checkpoints")
+    seed: int = _f(0, "random seed; with it, a CPU run is reproducible and resumes exactly")
+    device: str = _f("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16", ("auto", "fp32", "bf16", "fp16"))
+    channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
+    compile: bool = _f(False, "torch.compile the model")
+    ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
+    log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """Rebuild a config from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
+    kwargs = {}
+    top = {f.name for f in fields(TrainConfig)}
+    for key, value in d.items():
+        if key not in top:
+            raise AlexNetError(f"config has unknown field {key!r}")
+        if key in SECTIONS:
+            section = SECTIONS[key]
+            known = {f.name for f in fields(section)}
+            bad = set(value) - known
+            if bad:
+                raise AlexNetError(f"config section {key!r} has unknown field(s) {', '.join(sorted(bad))}")
+            kwargs[key] = section(**value)
+        else:
+            kwargs[key] = value
+    return TrainConfig(**kwargs)
+
+
+def flat_fields() -> list[tuple[str | None, dataclasses.Field]]:
+    """Every leaf field as (section or None, field): the CLI turns each into a flag."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in SECTIONS:
+            out.extend((f.name, sub) for sub in fields(SECTIONS[f.name]))
+        else:
+            out.append((None, f))
+    return out
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Set leaf fields by their flag name (``lr``, ``variant``, ``out`` ...)."""
+    index = {f.name: section for section, f in flat_fields()}
+    for name, value in overrides.items():
+        section = index[name]
+        target = getattr(cfg, section) if section else cfg
+        setattr(target, name, value)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible combinations with a message naming the flag."""
+    from .models import variant_info
+
+    d, o, m = cfg.data, cfg.optim, cfg.model
+    info = variant_info(m.variant)
+    crop = d.crop or info.input_size
+    checks = [
+        (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
+        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
+        (o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),
+        (o.weight_decay >= 0, f"--weight-decay must be non-negative, got {o.weight_decay}"),
+        (0 <= m.dropout < 1, f"--dropout must be in [0, 1), got {m.dropout}"),
+        (m.num_classes >= 0, f"--num-classes must be non-negative, got {m.num_classes}"),
+        (d.lighting >= 0, f"--lighting must be non-negative, got {d.lighting}"),
+        (crop >= info.min_input_size,
+         f"--crop {crop} is too small for the {m.variant} network (at least {info.min_input_size})"),
+        (d.resize >= crop, f"--resize {d.resize} must be at least the crop size {crop}"),
+        (o.patience >= 0 and o.max_drops >= 0 and o.step_epochs >= 1, "schedule settings must be positive"),
+        (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
+        (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise AlexNetError(message)
+
+
+def crop_size(cfg: TrainConfig) -> int:
+    from .models import variant_info
+
+    return cfg.data.crop or variant_info(cfg.model.variant).input_size

@@ -1,0 +1,164 @@
+"""The paper's augmentation and test-time crops as batched tensor operations.
+
+Images arrive as uint8 batches (B, C, S, S) at the preprocessed size S (the
+paper's 256x256) and are cropped, flipped, lit and normalised on whatever
+device they are on, all images of a batch in a few kernels: no per-image
+Python on the hot path. Random draws come from an explicit ``torch.Generator``,
+so the same seed gives the same crops, flips and colour noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# PCA of ImageNet's RGB pixels in [0, 1] (PAPER.md, "PCA lighting constants"):
+# eigenvalues, and eigenvectors as columns (rows are R, G, B).
+IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+IMAGENET_EIGVEC = torch.tensor([
+    [-0.5675, 0.7192, 0.4009],
+    [-0.5808, -0.0045, -0.8140],
+    [-0.5836, -0.6948, 0.4203],
+])
+# torchvision's per-channel statistics, for --normalize channel.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) grayscale becomes 3 identical channels (a view, no copy)."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Per-image crops: out[b, c, i, j] = x[b, c, rows[b, i], cols[b, j]].
+
+    ``x`` is (B, C, H, W), or (C, H, W) shared by the batch (a mean image).
+    """
+    b = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
+    r, c = rows[:, :, None], cols[:, None, :]
+    if x.dim() == 3:
+        out = x[:, r, c]  # (C, B, h, w)
+        return out.permute(1, 0, 2, 3)
+    out = x[b, :, r, c]  # advanced indices first: (B, h, w, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def crop_indices(batch: int, size: int, crop: int, top: torch.Tensor, left: torch.Tensor,
+                 flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of each image's crop; flipped images read columns backwards."""
+    ar = torch.arange(crop, device=top.device)
+    rows = top[:, None] + ar
+    cols = left[:, None] + torch.where(flip[:, None], crop - 1 - ar, ar)
+    return rows, cols
+
+
+class Normalizer:
+    """``(x - mean) / std`` for x in [0, 1].
+
+    ``mean`` is a (3, S, S) mean image (the paper subtracts the training set's mean
+    image; with ``std = 1/255`` the network sees Caffe's 0-255 scale, which is
+    what the paper's N(0, 0.01) initialisation was tuned for) or a (3, 1, 1)
+    per-channel mean (torchvision). ``std`` is (3, 1, 1).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std = mean.float(), std.float()
+
+    @classmethod
+    def channel(cls) -> "Normalizer":
+        return cls(torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
+
+    @classmethod
+    def mean_image(cls, mean: torch.Tensor) -> "Normalizer":
+        return cls(mean, torch.full((3, 1, 1), 1 / 255))
+
+    @property
+    def is_image(self) -> bool:
+        return self.mean.shape[-1] > 1
+
+    def to(self, device: torch.device | str) -> "Normalizer":
+        return Normalizer(self.mean.to(device), self.std.to(device))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean.cpu(), "std": self.std.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, torch.Tensor]) -> "Normalizer":
+        return cls(d["mean"], d["std"])
+
+    def crops(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Normalised float crops of uint8 images: crop first, then subtract the mean
+        image at the same positions (equal to Caffe's subtract-then-crop)."""
+        x = _gather(to_rgb(x), rows, cols).float().div_(255)
+        mean = _gather(self.mean, rows, cols) if self.is_image else self.mean
+        return x.sub_(mean).div_(self.std)
+
+
+def lighting_offsets(batch: int, sigma: float, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """PCA colour noise (paper section 4.1): per image, the RGB offset
+    ``sum_i alpha_i * lambda_i * p_i`` with ``alpha_i ~ N(0, sigma)``. Returns (B, 3)."""
+    alpha = torch.randn(batch, 3, generator=generator, device=device) * sigma
+    return (alpha * IMAGENET_EIGVAL.to(device)) @ IMAGENET_EIGVEC.to(device).T
+
+
+class TrainAugment:
+    """Random crop + horizontal flip + PCA lighting + normalisation, batched."""
+
+    def __init__(self, normalizer: Normalizer, crop: int, random_crop: bool = True, flip: bool = True,
+                 lighting: float = 0.1) -> None:
+        self.normalizer, self.crop = normalizer, crop
+        self.random_crop, self.flip, self.lighting = random_crop, flip, lighting
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B, C, S, S) -> float (B, 3, crop, crop)."""
+        b, size, dev = x.shape[0], x.shape[-1], x.device
+        if self.random_crop:
+            span = size - self.crop + 1
+            top = torch.randint(0, span, (b,), generator=generator, device=dev)
+            left = torch.randint(0, span, (b,), generator=generator, device=dev)
+        else:
+            top = left = torch.full((b,), (size - self.crop) // 2, device=dev)
+        if self.flip:
+            flip = torch.rand(b, generator=generator, device=dev) < 0.5
+        else:
+            flip = torch.zeros(b, dtype=torch.bool, device=dev)
+        rows, cols = crop_indices(b, size, self.crop, top, left, flip)
+        out = self.normalizer.crops(x, rows, cols)
+        if self.lighting > 0:
+            # The noise lives in [0, 1] RGB space; after normalisation it is divided by std.
+            rgb = lighting_offsets(b, self.lighting, generator, dev)
+            out += (rgb / self.normalizer.std.view(1, 3)).view(b, 3, 1, 1)
+        return out
+
+
+def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:
+    """(top, left) of the paper's five test patches: the four corners and the center."""
+    far, mid = size - crop, (size - crop) // 2
+    return [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
+
+
+class EvalCrops:
+    """Test-time views: the center crop, or the paper's 10 crops (five patches and
+    their horizontal reflections). Returns (B, V, 3, crop, crop) with V = 1 or 10."""
+
+    def __init__(self, normalizer: Normalizer, crop: int, ten_crop: bool = False) -> None:
+        self.normalizer, self.crop, self.ten_crop = normalizer, crop, ten_crop
+
+    @property
+    def views(self) -> int:
+        return 10 if self.ten_crop else 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, size, dev = x.shape[0], x.shape[-1], x.device
+        mid = (size - self.crop) // 2
+        offsets = ten_crop_offsets(size, self.crop) if self.ten_crop else [(mid, mid)]
+        views = []
+        for flipped in ([False, True] if self.ten_crop else [False]):
+            for top, left in offsets:
+                t = torch.full((b,), top, device=dev)
+                l = torch.full((b,), left, device=dev)
+                f = torch.full((b,), flipped, device=dev)
+                rows, cols = crop_indices(b, size, self.crop, t, l, f)
+                views.append(self.normalizer.crops(x, rows, cols))
+        return torch.stack(views, dim=1)
