@@ -68,6 +68,7 @@ class OptimConfig:
     max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
     step_epochs: int = _f(30, "step: epochs between divisions")
     warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
+    fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
 
 
 @dataclass

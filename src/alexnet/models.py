@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import AlexNetError
@@ -70,11 +71,26 @@ class AlexNet(nn.Module):
     features: nn.Sequential
     classifier: nn.Sequential
 
+    # True when fc6 is the classifier's first layer (torchvision's drops out before it).
+    _fc6_first: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, start = self._trunk(x)  # (B, 9216), or fc6's output on small inputs
+        return self.classifier[start:](x)  # (B, num_classes) logits
+
+    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Convolutional part, pooled and flattened; returns the tensor and the
+        index of the classifier layer that takes it."""
         x = self.features(x)  # (B, 256, 6, 6) at the native input size
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)  # (B, 9216)
-        return self.classifier(x)  # (B, num_classes) logits
+        if self._fc6_first and x.shape[-2:] == (1, 1):
+            # Inputs below 99 px leave pool5 at 1x1; the 6x6 adaptive pool would copy
+            # each value to all 36 positions. fc6 of those copies is fc6 with its 36
+            # per-position weight columns summed: the same numbers (and gradients)
+            # for 1/36 of fc6's work, which is a third of a small-input step.
+            fc6 = self.classifier[0]
+            weight = fc6.weight.view(fc6.out_features, -1, 36).sum(-1)  # (4096, 256)
+            return F.linear(torch.flatten(x, 1), weight, fc6.bias), 1
+        return torch.flatten(self.avgpool(x), 1), 0
 
     @property
     def num_classes(self) -> int:
@@ -90,15 +106,10 @@ class AlexNet(nn.Module):
         are the vectors the paper compares in its Fig. 4 (``fc7``)."""
         if layer not in self.feature_layers:
             raise AlexNetError(f"unknown layer {layer!r}; choose one of {', '.join(self.feature_layers)}")
-        x = torch.flatten(self.avgpool(self.features(x)), 1)
         if layer == "pool5":
-            return x
-        stop = self._taps[layer]
-        for i, module in enumerate(self.classifier):
-            x = module(x)
-            if i == stop:
-                break
-        return x
+            return torch.flatten(self.avgpool(self.features(x)), 1)
+        x, start = self._trunk(x)
+        return self.classifier[start:self._taps[layer] + 1](x)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last layer (fc8) for a new class count, freshly initialised."""
@@ -120,6 +131,7 @@ class PaperAlexNet(AlexNet):
         description="2012 two-tower network: LRN, overlapping pooling, groups=2 in conv2/4/5",
     )
     _taps = {"fc6": 1, "fc7": 4}  # classifier.relu6, classifier.relu7
+    _fc6_first = True
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, lrn: bool = True,
                  init: str = "paper") -> None:

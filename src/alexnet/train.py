@@ -135,8 +135,9 @@ class LRSchedule:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay on every parameter, as in the paper (section 5)."""
+    impl = {"fused": True} if cfg.fused else {"foreach": True}
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           foreach=True)
+                           **impl)
 
 
 # ---------------------------------------------------------------------------
@@ -327,9 +328,12 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
         _log(rt, f"\ninterrupted; continue with: alexnet train --resume {out}")
         raise SystemExit(130) from None
 
-    final = evaluate(train_model, splits.val, EvalCrops(dev_norm, crop, ten_crop=cfg.ten_crop),
-                     split=splits.val_name, autocast=rt.autocast(), channels_last=rt.channels_last,
-                     progress=rt.env.is_main, log_every=cfg.log_every)
+    if cfg.ten_crop or start_epoch >= o.epochs:
+        final = evaluate(train_model, splits.val, EvalCrops(dev_norm, crop, ten_crop=cfg.ten_crop),
+                         split=splits.val_name, autocast=rt.autocast(), channels_last=rt.channels_last,
+                         progress=rt.env.is_main, log_every=cfg.log_every)
+    else:
+        final = val  # the last epoch's center-crop validation is the final center-crop result
     _log(rt, f"final: {final.summary()}")
     if rt.env.is_main:
         meta = metadata_record(model, **meta_base, accuracy=final.as_dict(), epochs=len(history),

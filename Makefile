@@ -1,0 +1,39 @@
+# Set-up is part of every target: a fresh machine needs only `make main` or `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/alexnet
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+RUN    ?= runs/fashion-mnist
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The main job's two presets. On a 2-core CPU the paper network trains on Fashion-MNIST upsampled to
+# 76 px with 67-px crops (its smallest input) for 2 epochs; on a GPU it runs at the full 256/227 size.
+CPU_FLAGS ?= --variant paper --resize 76 --crop 67 --epochs 2 --init kaiming --schedule cosine
+GPU_FLAGS ?= --variant paper --resize 256 --crop 227 --epochs 15 --init kaiming --schedule cosine --compile
+
+.PHONY: main test setup data clean
+
+main: setup
+	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
+		flags="$(GPU_FLAGS)"; else flags="$(CPU_FLAGS)"; fi; \
+	echo "+ alexnet train --data fashion-mnist $$flags --out $(RUN)"; \
+	$(CLI) train --data fashion-mnist $$flags --out $(RUN) && \
+	echo "+ alexnet evaluate $(RUN) --ten-crop" && \
+	$(CLI) evaluate $(RUN) --ten-crop
+
+test: setup
+	$(PY) -m pytest -q
+
+setup: $(VENV)/.installed $(FMNIST)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+clean:
+	rm -rf $(VENV) runs

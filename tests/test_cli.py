@@ -1,0 +1,74 @@
+"""The command line, end to end on real data, and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alexnet.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_train_then_evaluate_on_fashion_mnist(tmp_path, fmnist_dir):
+    out = tmp_path / "run"
+    r = run_cli("train", "--variant", "paper", "--resize", "76", "--crop", "67", "--epochs", "2",
+                "--batch-size", "32", "--limit-train", "256", "--limit-val", "128", "--init", "kaiming",
+                "--lr", "0.01", "--out", str(out), "--fashion-mnist-dir", fmnist_dir)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 2/2" in r.stdout and (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["variant"] == "paper" and config["optim"]["lr"] == 0.01 and config["optim"]["momentum"] == 0.9
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r_["epoch"] for r_ in records] == [1, 2]
+    assert {"train_loss", "val_top1", "val_top5", "lr", "epoch_time"} <= set(records[0])
+
+    r = run_cli("evaluate", str(out), "--ten-crop", "--json", "--limit", "128")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["protocol"] == "ten-crop" and result["split"] == "test" and result["images"] == 128
+    assert result["top1"] > 0.3  # ten classes: chance is 0.1
+    assert result["top5"] >= result["top1"]
+    assert result["top1_error"] == pytest.approx(1 - result["top1"])
+    r = run_cli("evaluate", str(out), "--limit", "128")
+    assert r.returncode == 0 and "test (center, 128 images): top-1" in r.stdout
+
+
+def test_summary_table(capsys):
+    assert main(["summary", "--variant", "paper"]) == 0
+    text = capsys.readouterr().out
+    assert "60,965,224" in text and "724,406,816" in text and "96x55x55" in text
+    assert main(["summary", "--variant", "torchvision", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"] == 61_100_840 and data["layers"][0]["output"] == [64, 55, 55]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["summary", "--variant", "vgg"], "unknown variant 'vgg'"),
+    (["train", "--data", "/no/such/folder", "--epochs", "1"], "data folder '/no/such/folder' not found"),
+    (["train", "--lr", "-1"], "--lr must be positive"),
+    (["train", "--crop", "32"], "--crop 32 is too small for the paper network"),
+    (["train", "--resume", "/no/such/run"], "checkpoint /no/such/run/checkpoint.pt not found"),
+    (["evaluate", "/no/such/run"], "/no/such/run not found"),
+])
+def test_bad_input_is_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("alexnet: error:") and message in err and "\n" not in err
+
+
+def test_unknown_variant_flag_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--variant", "resnet"])
+    assert e.value.code == 2 and "invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_data_with_other_classes(tmp_path, image_tree, fmnist_dir):
+    out = tmp_path / "run"
+    assert main(["train", "--resize", "76", "--crop", "67", "--epochs", "1", "--batch-size", "32",
+                 "--limit-train", "64", "--limit-val", "32", "--init", "kaiming", "--out", str(out),
+                 "--fashion-mnist-dir", fmnist_dir]) == 0
+    assert main(["evaluate", str(out), "--data", str(image_tree), "--workers", "0"]) == 2

@@ -1,0 +1,105 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import AlexNetError
+from alexnet.data import fashion_mnist
+from alexnet.data.folder import ImageFolder, load_image
+from alexnet.data.loader import build, epoch_order, estimate_mean_image
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_reader_round_trip_and_truncation(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10000, 28, 28))
+    labels = np.arange(10000) % 10
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    x, y = fashion_mnist.load("test", str(tmp_path))
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.equal(x[:, 0], torch.from_numpy(images.astype(np.uint8))) and torch.equal(y, torch.from_numpy(labels))
+    raw = gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:-100])
+    with pytest.raises(AlexNetError, match="truncated"):
+        fashion_mnist.load("test", str(tmp_path))
+
+
+def test_real_fashion_mnist(fmnist_dir):
+    x, y = fashion_mnist.load("test", fmnist_dir)
+    assert x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(y).tolist() == [1000] * 10  # the test set is balanced
+    assert 60 < x.float().mean() < 90  # mostly dark background, real garments
+
+
+def test_missing_fashion_mnist_dir_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALEXNET_FASHION_MNIST", str(tmp_path / "nowhere"))
+    with pytest.raises(AlexNetError, match="Fashion-MNIST directory"):
+        fashion_mnist.load("train")
+
+
+def test_folder_preprocessing_grayscale_and_small_images(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((10, 30), 200, np.uint8), mode="L").save(tmp_path / "g.png")
+    x = load_image(str(tmp_path / "g.png"), 64)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.uint8  # gray -> RGB, 10 px side -> 64
+    assert torch.all(x == 200)
+    wide = np.zeros((50, 100, 3), np.uint8)
+    wide[:, 50:] = 255  # right half white: the center crop keeps a 50/50 split
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    y = load_image(str(tmp_path / "w.png"), 32)
+    assert y[:, :, :14].max() < 20 and y[:, :, -14:].min() > 235
+
+
+def test_unreadable_files_are_skipped_and_counted(image_tree):
+    bad = image_tree / "train" / "cat"
+    (bad / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    good = (bad / "1.jpg").read_bytes()
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / "notes.txt").write_text("ignored: not an image extension")
+    splits = build(str(image_tree), 48, 4, torch.device("cpu"), workers=0)
+    assert splits.classes == ["cat", "dog", "fish"]
+    seen, skipped = 0, []
+    splits.train.drop_last = False
+    for batch in splits.train:
+        seen += batch.labels.numel()
+        skipped += batch.skipped
+        assert batch.images.shape[1:] == (3, 48, 48)
+    assert seen == 12 and sorted(Path(p).name for p in skipped) == ["corrupt.jpg", "truncated.jpg"]
+
+
+def test_empty_class_folder_and_missing_paths_are_errors(image_tree, tmp_path):
+    with pytest.raises(AlexNetError, match="not found"):
+        build(str(tmp_path / "missing"), 48, 4, torch.device("cpu"))
+    (image_tree / "train" / "empty").mkdir()
+    with pytest.raises(AlexNetError, match="empty has no images"):
+        build(str(image_tree), 48, 4, torch.device("cpu"))
+    (image_tree / "train" / "empty").rmdir()
+    (image_tree / "val" / "extra").mkdir()
+    with pytest.raises(AlexNetError, match="not in train"):
+        build(str(image_tree), 48, 4, torch.device("cpu"))
+
+
+def test_epoch_order_is_seeded_and_sharded():
+    a, b = epoch_order(100, True, 0, 3), epoch_order(100, True, 0, 3)
+    assert torch.equal(a, b) and not torch.equal(a, epoch_order(100, True, 0, 4))
+    shards = [epoch_order(101, True, 0, 3, rank, 2) for rank in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert len(set(shards[0].tolist()) | set(shards[1].tolist())) == 100  # disjoint, one image dropped
+
+
+def test_mean_image_of_fashion_mnist(fmnist_dir):
+    splits = build("fashion-mnist", 32, 256, torch.device("cpu"), limit_train=2048, fashion_mnist_dir=fmnist_dir)
+    mean = estimate_mean_image(splits.train, 1024)
+    assert mean.shape == (3, 32, 32)
+    assert torch.equal(mean[0], mean[1])  # grayscale: the channels agree
+    assert mean[:, 16, 16].mean() > mean[:, 0, 0].mean() + 0.2  # garments in the middle, background at edges

@@ -1,0 +1,156 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from alexnet import AlexNetError, VARIANTS, create_model, variant_info
+from alexnet.lrn import local_response_norm
+
+
+@pytest.mark.parametrize("variant,count", [("paper", 60_965_224), ("torchvision", 61_100_840)])
+def test_exact_parameter_count(variant, count):
+    model = create_model(variant)
+    assert sum(p.numel() for p in model.parameters()) == count
+    assert variant_info(variant).num_params_1000 == count
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_forward_backward(variant):
+    info = variant_info(variant)
+    model = create_model(variant, num_classes=7)
+    for size in (info.input_size, info.min_input_size):
+        x = torch.randn(2, 3, size, size, requires_grad=True)
+        out = model(x)
+        assert out.shape == (2, 7)
+        out.logsumexp(1).sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        model.zero_grad()
+
+
+def test_paper_shapes_follow_the_layer_table():
+    model = create_model("paper").eval()
+    x = torch.randn(1, 3, 227, 227)
+    shapes = {}
+    for name, layer in model.features.named_children():
+        x = layer(x)
+        shapes[name] = tuple(x.shape[1:])
+    assert shapes["conv1"] == (96, 55, 55)
+    assert shapes["pool1"] == (96, 27, 27)
+    assert shapes["conv2"] == (256, 27, 27)
+    assert shapes["pool2"] == (256, 13, 13)
+    assert shapes["conv3"] == (384, 13, 13)
+    assert shapes["conv5"] == (256, 13, 13)
+    assert shapes["pool5"] == (256, 6, 6)
+    f = model.features
+    assert (f.conv1.groups, f.conv2.groups, f.conv3.groups, f.conv4.groups, f.conv5.groups) == (1, 2, 1, 2, 2)
+
+
+def test_towers_only_meet_at_conv3():
+    """groups=2: tower 1's conv2 outputs ignore tower 2's conv1 maps."""
+    model = create_model("paper").eval()
+    x = torch.rand(1, 96, 27, 27)
+    y = x.clone()
+    y[:, 48:] += torch.rand_like(y[:, 48:])  # change only tower 2's inputs
+    a, b = model.features.conv2(x), model.features.conv2(y)
+    assert torch.equal(a[:, :128], b[:, :128])
+    assert not torch.allclose(a[:, 128:], b[:, 128:])
+    # conv3 crosses towers: its first half does depend on tower 2's maps
+    u = torch.rand(1, 256, 13, 13)
+    v = u.clone()
+    v[:, 128:] += 1
+    assert not torch.allclose(model.features.conv3(u)[:, :192], model.features.conv3(v)[:, :192])
+
+
+def test_torchvision_state_dict_loads_and_matches_outputs():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(weights=None).eval()
+    ours = create_model("torchvision").eval()
+    ours.load_state_dict(reference.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+        assert torch.equal(ours.forward_features(x, "fc7"), reference.classifier[:6](
+            torch.flatten(reference.avgpool(reference.features(x)), 1)))
+
+
+def lrn_by_formula(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
+    """b_c = a_c / (k + alpha/n * sum_{j=max(0,c-n/2)}^{min(N-1,c+n/2)} a_j^2)^beta, one channel at a time."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for c in range(channels):
+        lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
+        s = sum(a[:, j] ** 2 for j in range(lo, hi + 1))
+        out[:, c] = a[:, c] / (k + alpha / n * s) ** beta
+    return out
+
+
+def test_lrn_matches_the_paper_formula():
+    torch.manual_seed(0)
+    a = torch.randn(2, 12, 5, 5, dtype=torch.float64) * 60  # activations on the 0-255 scale
+    expected = lrn_by_formula(a)
+    torch.testing.assert_close(local_response_norm(a), expected)
+    torch.testing.assert_close(create_model("paper").features.norm1(a), expected)
+    # the normalisation is not a no-op at this scale
+    assert (expected - a / 2 ** 0.75).abs().max() > 1e-3
+
+
+def test_paper_initialisation():
+    torch.manual_seed(0)
+    model = create_model("paper")
+    biases = {name: m.bias for name, m in model.named_modules() if hasattr(m, "bias") and m.bias is not None}
+    for name in ("features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7"):
+        assert torch.all(biases[name] == 1.0), name
+    for name in ("features.conv1", "features.conv3", "classifier.fc8"):
+        assert torch.all(biases[name] == 0.0), name
+    w = model.classifier.fc6.weight
+    assert abs(w.std().item() - 0.01) < 2e-4 and abs(w.mean().item()) < 1e-4
+    caffe = create_model("paper", init="caffe")
+    assert torch.all(caffe.features.conv2.bias == 0.1)
+
+
+def test_feature_layers():
+    model = create_model("paper", num_classes=10).eval()
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        fc7 = model.forward_features(x, "fc7")
+        fc6 = model.forward_features(x, "fc6")
+        pool5 = model.forward_features(x, "pool5")
+        logits = model(x)
+    assert fc7.shape == fc6.shape == (2, 4096) and pool5.shape == (2, 9216)
+    assert (fc7 >= 0).all()  # after ReLU
+    torch.testing.assert_close(model.classifier.fc8(fc7), logits)
+    with pytest.raises(AlexNetError, match="unknown layer"):
+        model.forward_features(x, "conv9")
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(AlexNetError, match="unknown variant 'vgg'"):
+        create_model("vgg")
+    with pytest.raises(AlexNetError, match="num_classes"):
+        create_model("paper", num_classes=0)
+
+
+def test_reset_classifier():
+    model = create_model("torchvision")
+    model.reset_classifier(5)
+    assert model.num_classes == 5 and model(torch.randn(1, 3, 224, 224)).shape == (1, 5)
+
+
+def test_small_input_fc6_shortcut_is_exact():
+    """Below 99 px pool5 is 1x1: the folded fc6 gives the plain path's outputs and gradients."""
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming").double()
+    x = torch.randn(4, 3, 67, 67, dtype=torch.float64)
+    assert model.features(x).shape[-2:] == (1, 1)
+    fast = model(x)
+    fast.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = model.classifier(torch.flatten(model.avgpool(model.features(x)), 1))
+    plain.square().sum().backward()
+    torch.testing.assert_close(fast, plain)
+    for a, p in zip(fast_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+    torch.testing.assert_close(model.forward_features(x, "fc7"),
+                               model.classifier[:5](torch.flatten(model.avgpool(model.features(x)), 1)))
