@@ -36,21 +36,21 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, fmnist_dir):
 
 
 def test_memorises_a_small_real_batch(fmnist_dir):
+    """32 real garments, the paper's input scale (0-255 minus the mean image): loss goes to ~0."""
     torch.manual_seed(0)
     x, y = fashion_mnist.load("train", fmnist_dir)
-    x = resize_batch(x[:32], 67).expand(-1, 3, -1, -1).float() / 255
-    x = (x - x.mean()) / x.std()
-    y = y[:32]
+    x = resize_batch(x[:32], 67).expand(-1, 3, -1, -1).float()
+    x, y = x - x.mean(0), y[:32]
     model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    first = None
-    for _ in range(60):
+    opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+    losses = []
+    for _ in range(50):
         loss = F.cross_entropy(model(x), y)
-        first = first if first is not None else loss.item()
+        losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert first > 2.0 and loss.item() < 0.05
+    assert losses[0] > 2.0 and min(losses[-5:]) < 0.01
     assert (model(x).argmax(1) == y).all()
 
 
