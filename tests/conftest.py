@@ -62,3 +62,28 @@ def image_tree(tmp_path: Path) -> Path:
 def _quiet_threads():
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fmnist_dir) -> Path:
+    """A small paper network trained on a Fashion-MNIST subset (67-px input)."""
+    from alexnet.config import TrainConfig, apply_overrides
+    from alexnet.train import fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(apply_overrides(TrainConfig(), dict(resize=76, crop=67, epochs=3, batch_size=32, limit_train=1024,
+                                            limit_val=128, mean_samples=256, init="kaiming", schedule="cosine",
+                                            out=str(out), fashion_mnist_dir=fmnist_dir, log_every=1e9)))
+    return out
+
+
+def write_fmnist_pngs(folder: Path, split: str, count: int, fmnist_dir: str, start: int = 0) -> list[tuple[Path, int]]:
+    """Real Fashion-MNIST images as PNG files, with their labels."""
+    x, y = fashion_mnist.load(split, fmnist_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(start, start + count):
+        path = folder / f"{split}{i:05d}.png"
+        Image.fromarray(x[i, 0].numpy()).save(path)
+        out.append((path, int(y[i])))
+    return out

@@ -81,6 +81,129 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.packed import prepare
+
+    meta = prepare(args.src, args.dst, size=args.size, encoding=args.encoding, quality=args.quality,
+                   workers=args.workers, shard_size=args.shard_size, progress=not args.json)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['count']:,} images in {len(info['shards'])} shard(s), "
+              f"{info['bytes'] / 2**20:,.1f} MiB, {len(info['skipped'])} unreadable file(s) skipped")
+        for path in info["skipped"][:5]:
+            print(f"  skipped {path}")
+    print(f"{len(meta['classes'])} classes, {meta['size']}x{meta['size']} {meta['encoding']}"
+          f"{' q' + str(meta['quality']) if meta['quality'] else ''}; {args.dst} ({meta['seconds']:.1f}s)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    variants = args.variant or ["paper", "torchvision"]
+    result = run(variants, device=args.device, precision=args.precision, channels_last=args.channels_last,
+                 compile=args.compile, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                 images=args.images, packed=args.packed, workers=args.workers, gpu_decode=args.gpu_decode,
+                 baseline=args.baseline, log=(lambda _: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .infer import predict
+
+    results = predict(args.weights, args.inputs, topk=args.topk, ten_crop=args.ten_crop, batch_size=args.batch_size,
+                      device=args.device, workers=args.workers, progress=not args.json)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["path"])
+        for t in r["top"]:
+            print(f"  {100 * t['prob']:6.2f}%  {t['class']}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .infer import extract_features, save_features
+
+    feats, paths = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size,
+                                    device=args.device, workers=args.workers)
+    save_features(args.out, feats, paths, args.layer, args.weights)
+    print(f"{len(paths)} images x {feats.shape[1]} {args.layer} activations -> {args.out}")
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from .infer import neighbors
+
+    results = neighbors(args.weights, args.query, args.gallery, k=args.k, layer=args.layer, out=args.out,
+                        device=args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["query"])
+            for n in r["neighbors"]:
+                print(f"  {n['distance']:10.3f}  {n['path']}")
+        print(f"grid: {args.out}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, apply_overrides
+    from .train import fit
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source")}
+    defaults = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "features", "schedule": "cosine",
+                "out": "runs/finetune"}
+    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    report = export(args.weights, args.format, args.out, preprocess=args.preprocess)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        shape = "x".join(str(s) for s in report["input"])
+        check = f"; max |difference| from PyTorch {report['max_abs_diff']:.2e}" if "max_abs_diff" in report else ""
+        print(f"{report['format']}: {report['path']} (input B x {shape}, dynamic batch{check})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    if args.source == "torchvision":
+        from .export import import_torchvision
+
+        meta = import_torchvision(args.file, args.out)
+    else:
+        from .caffe import import_caffe
+
+        meta = import_caffe(args.file, args.out, mean_path=args.mean)
+    print(f"{meta['variant']} network, {meta['num_classes']} classes, input {meta['input_size']} -> {args.out}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import visualize
+
+    if not (args.kernels or args.curves):
+        raise AlexNetError("say what to draw: --kernels PNG (conv1 filters) and/or --curves PNG (a run's metrics)")
+    if args.kernels:
+        visualize.conv1_kernels(args.source, args.kernels)
+        print(f"conv1 kernels -> {args.kernels}")
+    if args.curves:
+        visualize.curves(args.source, args.curves)
+        print(f"training curves -> {args.curves}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -102,6 +225,104 @@ def build_parser() -> argparse.ArgumentParser:
                    "other flags given override its stored config (e.g. --epochs)")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prepare", help="pack a class-per-folder tree into memory-mappable shards for fast loading",
+                       description="Decode SRC/train and SRC/val once, resize (shorter side to --size, center crop) "
+                                   "and store them in DST as JPEG or raw uint8 shards. Interrupted? Run it again.")
+    p.add_argument("src", help="folder with train/ and val/ class-per-folder trees")
+    p.add_argument("dst", help="output directory (train with --data DST)")
+    p.add_argument("--size", type=int, default=256, help="stored side in pixels (paper: 256)")
+    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"))
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
+    p.add_argument("--workers", type=int, default=-1, help="processes; -1 = one per CPU core")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("predict", help="top-5 classes of images or folders of images")
+    p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("features", help="save a hidden layer's activations (default fc7) for every image")
+    p.add_argument("weights")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"))
+    p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=-1)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)")
+    p.add_argument("weights")
+    p.add_argument("--query", nargs="+", required=True, metavar="IMAGE_OR_DIR")
+    p.add_argument("--gallery", nargs="+", required=True, metavar="DIR_OR_NPZ",
+                   help="images to search, or a features .npz from alexnet features")
+    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"))
+    p.add_argument("--out", default="neighbors.png")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes",
+                       description="Train from WEIGHTS on --data: a new fc8 for the new class count, frozen "
+                                   "convolutions by default, a 10x learning rate on the new layer. "
+                                   "Defaults: --epochs 10 --lr 0.001 --head-lr-mult 10 --freeze features "
+                                   "--schedule cosine; every training flag applies.")
+    p.add_argument("source", metavar="WEIGHTS", help="run directory or weights file to start from")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", help="ONNX (checked with ONNX Runtime) or torch.export, dynamic batch")
+    p.add_argument("weights")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torch-export"))
+    p.add_argument("--out", help="output file (default: beside the weights)")
+    p.add_argument("--preprocess", action="store_true",
+                   help="take uint8 images at the stored size and return probabilities (crop, normalise, softmax inside)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-weights", help="convert torchvision's or Caffe's published AlexNet weights")
+    p.add_argument("source", choices=("torchvision", "caffe"))
+    p.add_argument("file", help="torchvision: alexnet-owt-*.pth or .safetensors; caffe: bvlc_alexnet.caffemodel")
+    p.add_argument("--mean", help="caffe: the mean image, imagenet_mean.binaryproto (default: Caffe's pixel mean)")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("visualize", help="conv1 kernels (the paper's Fig. 3) and a run's training curves")
+    p.add_argument("source", help="run directory (curves, kernels) or weights file (kernels)")
+    p.add_argument("--kernels", metavar="PNG", help="draw the 96 conv1 kernels")
+    p.add_argument("--curves", metavar="PNG", help="draw loss, top-1, top-5 and learning rate per epoch")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("bench", help="images/s: model alone, loader alone, end to end, and the plain baseline",
+                       description="Median images/s after warm-up, device synchronised. With --images FOLDER "
+                                   "(train/ class folders of JPEGs) it also packs them and compares end-to-end "
+                                   "training against torchvision's alexnet fed by ImageFolder + DataLoader.")
+    p.add_argument("--variant", action="append", choices=("paper", "torchvision"),
+                   help="repeat for several (default: both)")
+    p.add_argument("--images", help="class-per-folder tree of images for the loader, end-to-end and baseline runs")
+    p.add_argument("--packed", help="an already packed copy of --images (alexnet prepare)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--batch-size", type=int, default=0, help="default: 256 on GPU, 64 on CPU")
+    p.add_argument("--steps", type=int, default=0, help="timed steps (default: 50 on GPU, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 10 on GPU, 2 on CPU)")
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network")
     p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")

@@ -33,11 +33,16 @@ class ModelConfig:
     lrn: bool = _f(True, "local response normalisation after conv1/conv2 (paper variant only)")
     init: str = _f("paper", "initialisation: paper N(0,0.01) with biases 1, caffe (biases 0.1), kaiming, torchvision",
                    ("paper", "caffe", "kaiming", "torchvision"))
+    weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "
+                          "count differs, and the weights' variant, input size and normaliser are used")
+    freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
+                     ("none", "features", "all-but-fc8"))
 
 
 @dataclass
 class DataConfig:
-    data: str = _f("fashion-mnist", "class-per-folder tree with train/ and val/, or 'fashion-mnist'")
+    data: str = _f("fashion-mnist", "class-per-folder tree with train/ and val/, a packed dataset "
+                                    "(alexnet prepare), or 'fashion-mnist'")
     fashion_mnist_dir: str = _f("", "directory of the Fashion-MNIST IDX files (default: $ALEXNET_FASHION_MNIST, "
                                     "then /usr/share/datasets/fashion-mnist)")
     resize: int = _f(256, "preprocessing: shorter side to this, then a center square crop of it (paper: 256)")
@@ -49,7 +54,8 @@ class DataConfig:
     normalize: str = _f("mean-image", "mean-image: subtract the training set's mean image, 0-255 scale (paper); "
                                       "channel: torchvision's per-channel mean/std", ("mean-image", "channel"))
     mean_samples: int = _f(10000, "training images used to estimate the mean image")
-    workers: int = _f(-1, "data loading processes for image folders; -1 = one per CPU core")
+    workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
+    gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
     limit_train: int = _f(0, "use only this many training images (0 = all); for quick runs")
     limit_val: int = _f(0, "use only this many validation images (0 = all)")
 
@@ -68,6 +74,8 @@ class OptimConfig:
     max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
     step_epochs: int = _f(30, "step: epochs between divisions")
     warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
+    head_lr_mult: float = _f(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
+    scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
     fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
 
 
@@ -154,6 +162,7 @@ def validate(cfg: TrainConfig) -> None:
         (d.resize >= crop, f"--resize {d.resize} must be at least the crop size {crop}"),
         (o.patience >= 0 and o.max_drops >= 0 and o.step_epochs >= 1, "schedule settings must be positive"),
         (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
+        (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
         (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
     ]
     for ok, message in checks:

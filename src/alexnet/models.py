@@ -134,13 +134,14 @@ class PaperAlexNet(AlexNet):
     _fc6_first = True
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, lrn: bool = True,
-                 init: str = "paper") -> None:
+                 init: str = "paper", lrn_k: float = 2.0) -> None:
         super().__init__()
 
         def norm() -> nn.Module:
             # n=5, k=2, alpha=1e-4, beta=0.75; alpha is divided by n, as in the code
-            # the paper ran (cuda-convnet) and in Caffe (PAPER.md, "LRN").
-            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+            # the paper ran (cuda-convnet) and in Caffe (PAPER.md, "LRN"). Caffe's
+            # bvlc_alexnet uses k=1: imported Caffe weights set lrn_k=1.
+            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=lrn_k) if lrn else nn.Identity()
 
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),            # (B, 96, 55, 55)

@@ -103,14 +103,14 @@ class LRSchedule:
         self.drops, self.best, self.bad_epochs = 0, math.inf, 0
 
     def lr(self, epoch: int, step: int) -> float:
-        c = self.cfg
+        c, base = self.cfg, base_lr(self.cfg)
         t = epoch + step / self.steps_per_epoch  # epochs elapsed, fractional
         if c.schedule == "cosine":
-            lr = 0.5 * c.lr * (1 + math.cos(math.pi * min(t / c.epochs, 1.0)))
+            lr = 0.5 * base * (1 + math.cos(math.pi * min(t / c.epochs, 1.0)))
         elif c.schedule == "step":
-            lr = c.lr * 0.1 ** min(int(t // c.step_epochs), c.max_drops)
+            lr = base * 0.1 ** min(int(t // c.step_epochs), c.max_drops)
         else:
-            lr = c.lr * 0.1 ** self.drops
+            lr = base * 0.1 ** self.drops
         if c.warmup_epochs > 0 and t < c.warmup_epochs:
             lr *= (t + 1 / self.steps_per_epoch) / c.warmup_epochs
         return lr
@@ -133,11 +133,35 @@ class LRSchedule:
         self.drops, self.best, self.bad_epochs = int(d["drops"]), float(d["best"]), int(d["bad_epochs"])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay on every parameter, as in the paper (section 5)."""
+def base_lr(cfg: OptimConfig) -> float:
+    """The initial learning rate; with ``scale_lr`` the linear scaling rule of Goyal et al.
+    (2017): lr grows with the batch, relative to the paper's batch of 128."""
+    return cfg.lr * cfg.batch_size / 128 if cfg.scale_lr else cfg.lr
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay on every trainable parameter, as in the paper
+    (section 5); the last layer's group carries ``head_lr_mult``."""
     impl = {"fused": True} if cfg.fused else {"foreach": True}
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           **impl)
+    head = {id(p) for p in model.classifier[-1].parameters()}
+    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+    groups = [{"params": body, "lr_mult": 1.0},
+              {"params": [p for p in model.classifier[-1].parameters() if p.requires_grad],
+               "lr_mult": cfg.head_lr_mult}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=base_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl)
+
+
+def freeze(model: nn.Module, what: str) -> None:
+    """Fix parameters for fine-tuning: ``features`` (the five convolutions) or
+    ``all-but-fc8`` (everything but the new last layer)."""
+    if what == "none":
+        return
+    frozen = model.features.parameters() if what == "features" else (
+        p for name, p in model.named_parameters() if not name.startswith(f"classifier.{len(model.classifier) - 1}")
+        and not name.startswith("classifier.fc8"))
+    for p in frozen:
+        p.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +190,7 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
             continue
         lr = schedule.lr(epoch, step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
         with rt.autocast():
             logits = model(x)
@@ -217,6 +241,23 @@ def _prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict | No
     return saved, ckpt
 
 
+def _start_from(cfg: TrainConfig):
+    """Load ``cfg.model.weights`` and make the config agree with them."""
+    from .checkpoint import load_model
+
+    model, normalizer, meta = load_model(cfg.model.weights)
+    cfg.model.variant = meta["variant"]
+    cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
+    kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "dropout"}
+    return model.train(), normalizer, kwargs
+
+
+def _with_head(model: nn.Module, num_classes: int) -> nn.Module:
+    if model.num_classes != num_classes:
+        model.reset_classifier(num_classes)  # a new fc8 for the new classes
+    return model
+
+
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
     """Train as ``cfg`` says, validating every epoch; returns the final metrics.
 
@@ -228,6 +269,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     cfg, ckpt = _prepare_run(cfg, resume)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+    pretrained = None
+    if cfg.model.weights and ckpt is None:
+        pretrained = _start_from(cfg)  # sets variant, sizes and model options from the weights
     validate(cfg)
     rt = resolve_runtime(cfg)
     out = Path(cfg.out)
@@ -237,7 +281,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     splits = data_loader.build(
         d.data, d.resize, o.batch_size, rt.device, workers=d.workers, seed=cfg.seed, rank=rt.env.rank,
         world=rt.env.world, limit_train=d.limit_train, limit_val=d.limit_val,
-        fashion_mnist_dir=d.fashion_mnist_dir or None)
+        fashion_mnist_dir=d.fashion_mnist_dir or None, gpu_decode=d.gpu_decode)
     if len(splits.train) == 0:
         raise AlexNetError(f"too few training images for one batch of {o.batch_size}")
     num_classes = cfg.model.num_classes or len(splits.classes)
@@ -247,21 +291,26 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     model_kwargs = {"dropout": cfg.model.dropout, "init": cfg.model.init}
     if cfg.model.variant == "paper":
         model_kwargs["lrn"] = cfg.model.lrn
+    if pretrained is not None:
+        model_kwargs.update(pretrained[2])
+        pretrained = _with_head(pretrained[0], num_classes), pretrained[1]
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.variant, num_classes, **model_kwargs)
     if ckpt is not None:
         load_state(model, ckpt["model"], str(out / CHECKPOINT_NAME))
         normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
+    elif pretrained is not None:
+        model, normalizer = pretrained
     elif d.normalize == "channel":
         normalizer = Normalizer.channel()
     else:
-        mean = data_loader.estimate_mean_image(splits.train, d.mean_samples).to(rt.device)
-        normalizer = Normalizer.mean_image(distributed.all_reduce_sum(mean) / rt.env.world)
+        normalizer = Normalizer.mean_image(data_loader.estimate_mean_image(splits.train, d.mean_samples))
+    freeze(model, cfg.model.freeze)
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, o, rt.device)
+    optimizer = build_optimizer(model, o)
     schedule = LRSchedule(o, len(splits.train))
     history: list[dict] = []
     start_epoch = 0

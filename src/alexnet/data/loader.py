@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from ..errors import AlexNetError
 from . import fashion_mnist
 from .folder import ImageFolder
+from .transforms import to_rgb
+from .packed import PackedSplit, is_packed
 
 
 @dataclass
@@ -150,6 +152,37 @@ class FolderBatches(Batches):
                         skipped)
 
 
+class PackedBatches(Batches):
+    """A split of a packed dataset (``alexnet prepare``): whole batches are read from the
+    memory-mapped shards and decoded by ``workers`` processes, or, with
+    ``gpu_decode``, decoded on the GPU by torchvision's batched ``decode_jpeg``."""
+
+    def __init__(self, split: "PackedSplit", workers: int, gpu_decode: bool = False, **kw) -> None:
+        super().__init__(len(split), **kw)
+        self.dataset = split
+        if gpu_decode:
+            if self.device.type != "cuda":
+                raise AlexNetError("--gpu-decode needs a CUDA device")
+            split.decode_on = self.device
+        if workers < 0:
+            workers = min(os.cpu_count() or 1, 16)
+        self.loader = torch.utils.data.DataLoader(
+            split, sampler=_Sampler(self), batch_size=None, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None)
+
+    def _chunks_as_lists(self) -> list[list[int]]:
+        return [c.tolist() for c in self._chunks()]
+
+    def __iter__(self) -> Iterator[Batch]:
+        from torchvision.io import decode_jpeg
+
+        for images, labels in self.loader:
+            if isinstance(images, list):  # encoded JPEGs: decode the batch on the GPU
+                images = torch.stack(decode_jpeg(images, device=self.device))
+            yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+
+
 @dataclass
 class Splits:
     classes: list[str]
@@ -164,7 +197,8 @@ def _limited(n: int, limit: int) -> int:
 
 def build(data: str, resize: int, batch_size: int, device: torch.device, *, workers: int = -1,
           seed: int = 0, rank: int = 0, world: int = 1, train: bool = True, limit_train: int = 0,
-          limit_val: int = 0, fashion_mnist_dir: str | None = None, eval_batch_size: int | None = None) -> Splits:
+          limit_val: int = 0, fashion_mnist_dir: str | None = None, eval_batch_size: int | None = None,
+          gpu_decode: bool = False) -> Splits:
     """The train and validation batches for ``data`` ('fashion-mnist' or a folder)."""
     common = dict(device=device, seed=seed, rank=rank, world=world)
     eval_bs = eval_batch_size or batch_size
@@ -183,6 +217,22 @@ def build(data: str, resize: int, batch_size: int, device: torch.device, *, work
         return Splits(list(fashion_mnist.CLASSES), train_b, val, "test")
 
     root = os.path.expanduser(data)
+    if is_packed(root):
+        train_split = PackedSplit(root, "train")
+        if train_split.size != resize:
+            raise AlexNetError(f"packed dataset {root} holds {train_split.size}-px images, but --resize is {resize}")
+        val_split = PackedSplit(root, "val")
+        val = PackedBatches(val_split, workers, gpu_decode, batch_size=eval_bs, shuffle=False, drop_last=False,
+                            **common)
+        if limit_val:  # packing shuffled the images, so the first N are a random sample
+            val.num_images = min(limit_val, val.num_images)
+        train_b = None
+        if train:
+            train_b = PackedBatches(train_split, workers, gpu_decode, batch_size=batch_size, shuffle=True,
+                                    drop_last=True, **common)
+            if limit_train:
+                train_b.num_images = min(limit_train, train_b.num_images)
+        return Splits(train_split.classes, train_b, val, "val")
     if not os.path.isdir(root):
         raise AlexNetError(f"data folder {data!r} not found (expected 'fashion-mnist' or a folder with train/ and val/)")
     train_ds = ImageFolder(root, "train", resize)
@@ -204,21 +254,27 @@ def build(data: str, resize: int, batch_size: int, device: torch.device, *, work
 def estimate_mean_image(batches: Batches, max_images: int) -> torch.Tensor:
     """The mean preprocessed training image, (3, S, S) in [0, 1], over a seeded random
     subset of at most ``max_images`` images (the paper uses the whole training set)."""
+    from .. import distributed
+
     saved = (batches.shuffle, batches.epoch, batches.drop_last)
     batches.shuffle, batches.epoch, batches.drop_last = True, -1, False  # a fixed order of its own
+    # Each process sums its shard of the same first images: the result does not depend on the world size.
+    budget = -(-max_images // batches.world)
     total, count = None, 0
     try:
         for batch in batches:
-            x = batch.images.to(torch.float64)
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
+            if batch.labels.numel() == 0:
+                continue
+            x = to_rgb(batch.images).to(torch.float64)
             s = x.sum(0)
             total = s if total is None else total + s
             count += x.shape[0]
-            if count >= max_images:
+            if count >= budget:
                 break
     finally:
         batches.shuffle, batches.epoch, batches.drop_last = saved
-    if not count:
+    if total is None:
         raise AlexNetError("no readable training images to compute the mean image from")
-    return (total / count / 255).float().cpu()
+    stats = torch.cat([total.flatten(), torch.tensor([float(count)], dtype=torch.float64, device=total.device)])
+    stats = distributed.all_reduce_sum(stats)
+    return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()

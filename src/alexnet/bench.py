@@ -1,0 +1,283 @@
+"""Throughput that tells the truth: model alone, loader alone, end to end, and the plain baseline.
+
+Every figure is a median over timed steps after warm-up, with the device
+synchronised around each step. ``model``: forward, backward and SGD step on
+synthetic data already on the device. ``loader``: batches from a packed dataset
+through the batched augmentation, no model. ``end-to-end``: training steps fed
+from the packed dataset. ``baseline``: what a user would otherwise write:
+torchvision's ``alexnet`` in eager fp32, fed by ``ImageFolder`` + PIL transforms
++ ``DataLoader`` from the same images. The model figure is also given as a
+fraction of the device's measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import unwrap
+from .config import OptimConfig, TrainConfig
+from .data import loader as data_loader
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
+from .errors import AlexNetError
+from .models import create_model, variant_info
+from .summary import summarize
+from .train import Runtime, build_optimizer, resolve_runtime
+
+
+@dataclass
+class Figure:
+    what: str  # model | loader | end-to-end | baseline | matmul-peak
+    variant: str
+    device: str
+    images_per_sec: float
+    batch_size: int
+    steps: int
+    peak_memory_mib: float
+    settings: dict = field(default_factory=dict)
+    fraction_of_peak: float | None = None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def time_steps(step: Callable[[], int], device: torch.device, steps: int, warmup: int) -> float:
+    """Median images/s of ``step()`` (which returns its image count) after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    rates = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        n = step()
+        _sync(device)
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate (TFLOP/s): the ceiling the model figure is compared with."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    flops = 2 * n**3
+    rate = time_steps(lambda: (a @ b, 1)[1], device, steps=10 if device.type == "cuda" else 3, warmup=2)
+    return rate * flops / 1e12
+
+
+def train_flops_per_image(variant: str, size: int) -> float:
+    """Forward MACs x 2 FLOPs x 3 (forward, and backward at twice the forward)."""
+    rows = summarize(create_model(variant), size)
+    return 6.0 * sum(r.macs for r in rows)
+
+
+def _train_step(model, optimizer, rt: Runtime):
+    def step(x: torch.Tensor, y: torch.Tensor) -> int:
+        with rt.autocast():
+            loss = F.cross_entropy(model(rt.prepare(x)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return x.shape[0]
+    return step
+
+
+def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):
+    model = create_model(variant, init="kaiming").to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, OptimConfig())
+    return (torch.compile(model) if compile else model), optimizer
+
+
+def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, compile: bool) -> Figure:
+    size = variant_info(variant).input_size
+    model, optimizer = _model_and_optimizer(variant, rt, compile)
+    x = torch.randn(batch, 3, size, size, device=rt.device)
+    y = torch.randint(0, 1000, (batch,), device=rt.device)
+    step = _train_step(model, optimizer, rt)
+    _reset_peak(rt.device)
+    rate = time_steps(lambda: step(x, y), rt.device, steps, warmup)
+    return Figure("model", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device))
+
+
+def _cycle(batches: data_loader.Batches) -> Iterator[data_loader.Batch]:
+    epoch = 0
+    while True:
+        batches.set_epoch(epoch)
+        yield from batches
+        epoch += 1
+
+
+def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int, workers: int,
+                 gpu_decode: bool, crop: int = 224) -> Figure:
+    splits = data_loader.build(packed_dir, _packed_size(packed_dir), batch, rt.device, workers=workers,
+                               gpu_decode=gpu_decode)
+    augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
+    it = _cycle(splits.train)
+    gen = torch.Generator(device=rt.device).manual_seed(0)
+
+    def step() -> int:
+        b = next(it)
+        return augment(b.images, gen).shape[0]
+
+    _reset_peak(rt.device)
+    rate = time_steps(step, rt.device, steps, warmup)
+    return Figure("loader", "-", device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
+                  {"workers": workers, "gpu_decode": gpu_decode})
+
+
+def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
+                     workers: int, gpu_decode: bool, compile: bool) -> Figure:
+    size = variant_info(variant).input_size
+    splits = data_loader.build(packed_dir, _packed_size(packed_dir), batch, rt.device, workers=workers,
+                               gpu_decode=gpu_decode)
+    augment = TrainAugment(Normalizer.channel().to(rt.device), size)
+    model, optimizer = _model_and_optimizer(variant, rt, compile)
+    train = _train_step(model, optimizer, rt)
+    it = _cycle(splits.train)
+    gen = torch.Generator(device=rt.device).manual_seed(0)
+
+    def step() -> int:
+        b = next(it)
+        return train(augment(b.images, gen), b.labels)
+
+    _reset_peak(rt.device)
+    rate = time_steps(step, rt.device, steps, warmup)
+    return Figure("end-to-end", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
+                  {"workers": workers, "gpu_decode": gpu_decode, "data": "packed"})
+
+
+def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, warmup: int, workers: int) -> Figure:
+    """torchvision alexnet, eager fp32, ImageFolder + PIL transforms + DataLoader."""
+    import torchvision
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    dataset = torchvision.datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", drop_last=True,
+                                         persistent_workers=workers > 0)
+    model = torchvision.models.alexnet().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+
+    def step() -> int:
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return x.shape[0]
+
+    _reset_peak(device)
+    rate = time_steps(step, device, steps, warmup)
+    return Figure("baseline", "torchvision (eager fp32, ImageFolder+PIL)", device_name(device), rate, batch, steps,
+                  _peak_mib(device), {"workers": workers})
+
+
+def _packed_size(packed_dir: str) -> int:
+    from .data.packed import PackedSplit
+
+    return PackedSplit(packed_dir, "train").size
+
+
+def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
+        compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
+        packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}}."""
+    for v in variants:
+        variant_info(v)
+    rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
+    cuda = rt.device.type == "cuda"
+    batch = batch_size or (256 if cuda else 64)
+    steps = steps or (50 if cuda else 5)
+    warmup = warmup or (10 if cuda else 2)
+    workers = (min(os.cpu_count() or 1, 16) if workers < 0 else workers)
+    dtype = rt.dtype or torch.float32
+    settings = {"precision": str(dtype).replace("torch.", ""), "channels_last": rt.channels_last,
+                "compile": compile, "batch_size": batch, "steps": steps, "warmup": warmup, "workers": workers,
+                "torch": torch.__version__}
+    figures: list[Figure] = []
+
+    def add(fig: Figure) -> None:
+        figures.append(fig)
+        frac = f", {100 * fig.fraction_of_peak:.1f}% of matmul peak" if fig.fraction_of_peak else ""
+        log(f"{fig.what:<11} {fig.variant:<12} {fig.images_per_sec:>10,.0f} img/s  peak {fig.peak_memory_mib:,.0f} MiB{frac}")
+
+    peak = matmul_peak_tflops(rt.device, dtype)
+    log(f"device: {device_name(rt.device)}; matmul peak {peak:.2f} TFLOP/s ({settings['precision']})")
+    for v in variants:
+        fig = bench_model(v, rt, batch, steps, warmup, compile)
+        fig.fraction_of_peak = fig.images_per_sec * train_flops_per_image(v, variant_info(v).input_size) / (peak * 1e12)
+        fig.settings = dict(settings)
+        add(fig)
+
+    tmp = None
+    if images and not packed:
+        from .data.packed import prepare
+
+        tmp = tempfile.TemporaryDirectory(prefix="alexnet-bench-")
+        packed = tmp.name
+        log(f"packing {images} into {packed} (256 px, JPEG q90)")
+        prepare(images, packed, workers=workers, progress=False)
+    try:
+        if packed:
+            add(bench_loader(packed, rt, batch, steps, warmup, workers, gpu_decode))
+            for v in variants:
+                add(bench_end_to_end(v, packed, rt, batch, steps, warmup, workers, gpu_decode, compile))
+        if images and baseline:
+            add(bench_baseline(images, rt.device, batch, steps, warmup, workers))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    ratios = {}
+    by = {(f.what, f.variant): f.images_per_sec for f in figures}
+    base = next((f.images_per_sec for f in figures if f.what == "baseline"), None)
+    for v in variants:
+        if ("end-to-end", v) in by and ("model", v) in by:
+            ratios[f"{v}: end-to-end / model"] = by[("end-to-end", v)] / by[("model", v)]
+        if base and ("end-to-end", v) in by:
+            ratios[f"{v}: end-to-end / baseline"] = by[("end-to-end", v)] / base
+    for k, r in ratios.items():
+        log(f"{k}: {r:.2f}x")
+    return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": settings,
+            "figures": [asdict(f) for f in figures], "ratios": ratios}

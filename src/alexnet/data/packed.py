@@ -1,0 +1,251 @@
+"""Packed datasets: ``alexnet prepare SRC DST`` and the reader training uses.
+
+A class-per-folder tree is decoded once, preprocessed as the paper does
+(shorter side to S, center S x S crop; S = 256) and stored as JPEG (quality a
+flag) or raw uint8 in a few large shard files that are memory-mapped when read:
+
+    DST/meta.json                  format, classes, size, encoding, counts, skipped files
+    DST/train-00000.bin            the images of one shard, back to back
+    DST/train-00000.npz            its index: byte offsets, labels, source-list digest
+
+Preparing is resumable: a shard counts as done once its ``.npz`` exists (it is
+written, atomically, after its ``.bin``), so re-running ``prepare`` finishes the
+job without redoing finished shards and never leaves a half-written file.
+``meta.json`` is written last: a directory without it is not a dataset yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoint import atomic_write, atomic_write_text
+from ..errors import AlexNetError
+from ..progress import Progress
+from .folder import find_classes, list_images, load_image
+
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are what
+# this module (and --gpu-decode) uses, so the note is not repeated in every worker.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+FORMAT = "alexnet-packed/1"
+ENCODINGS = ("jpeg", "raw")
+
+
+def is_packed(path: str | Path) -> bool:
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@dataclass
+class _ShardJob:
+    dst: str
+    name: str  # e.g. "train-00003"
+    samples: list[tuple[str, int]]
+    size: int
+    encoding: str
+    quality: int
+    digest: str
+
+
+def _digest(samples: list[tuple[str, int]]) -> str:
+    h = hashlib.sha1()
+    for path, label in samples:
+        h.update(f"{path}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def _encode(image: torch.Tensor, encoding: str, quality: int) -> bytes:
+    if encoding == "raw":
+        return image.numpy().tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _write_shard(job: _ShardJob) -> tuple[str, int, list[str], int]:
+    """Encode one shard; returns (name, images written, skipped paths, bytes)."""
+    dst = Path(job.dst)
+    offsets, labels, skipped = [0], [], []
+
+    def write_bin(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            for path, label in job.samples:
+                try:
+                    data = _encode(load_image(path, job.size), job.encoding, job.quality)
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                    skipped.append(path)
+                    continue
+                f.write(data)
+                offsets.append(offsets[-1] + len(data))
+                labels.append(label)
+
+    atomic_write(dst / f"{job.name}.bin", write_bin)
+
+    def write_index(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, offsets=np.asarray(offsets, np.int64), labels=np.asarray(labels, np.int32),
+                     skipped=np.asarray(skipped, dtype=str), digest=np.asarray(job.digest))
+
+    atomic_write(dst / f"{job.name}.npz", write_index)
+    return job.name, len(labels), skipped, offsets[-1]
+
+
+def _read_index(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "jpeg", quality: int = 90,
+            workers: int = -1, shard_size: int = 10_000, progress: bool = True) -> dict:
+    """Pack ``src/train`` and ``src/val`` into ``dst``; returns the metadata written."""
+    src, dst = Path(src), Path(dst)
+    if encoding not in ENCODINGS:
+        raise AlexNetError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if not 1 <= quality <= 100:
+        raise AlexNetError(f"--quality must be in 1..100, got {quality}")
+    if size < 1 or shard_size < 1:
+        raise AlexNetError("--size and --shard-size must be positive")
+    if not src.is_dir():
+        raise AlexNetError(f"source folder {src} not found")
+    if dst.resolve() == src.resolve():
+        raise AlexNetError("the packed dataset must go to another directory than its source")
+    classes = find_classes(src / "train")
+    splits = {"train": list_images(src / "train", classes)}
+    if (src / "val").is_dir():
+        extra = sorted(set(find_classes(src / "val")) - set(classes))
+        if extra:
+            raise AlexNetError(f"{src / 'val'} has classes not in train/: {', '.join(extra[:5])}")
+        splits["val"] = list_images(src / "val", classes)
+    for split, samples in splits.items():  # a fixed shuffle: every shard and every prefix mixes the classes
+        order = np.random.default_rng(0).permutation(len(samples))
+        splits[split] = [samples[i] for i in order]
+    dst.mkdir(parents=True, exist_ok=True)
+    for stale in dst.glob(".*.tmp"):  # left by a process killed mid-write
+        stale.unlink()
+    settings = {"size": size, "encoding": encoding, "quality": quality if encoding == "jpeg" else None}
+    plan_path = dst / "plan.json"
+    plan = {"source": str(src.resolve()), **settings, "classes": classes,
+            "splits": {k: _digest(v) for k, v in splits.items()}, "shard_size": shard_size}
+    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+        raise AlexNetError(f"{dst} holds a packing of other files or settings; remove it or choose another DST")
+    atomic_write_text(plan_path, json.dumps(plan, indent=1))
+
+    jobs, done = [], {}
+    for split, samples in splits.items():
+        for i in range(0, len(samples), shard_size):
+            chunk = samples[i:i + shard_size]
+            job = _ShardJob(str(dst), f"{split}-{i // shard_size:05d}", chunk, size, encoding, quality, _digest(chunk))
+            index = dst / f"{job.name}.npz"
+            if index.is_file() and (dst / f"{job.name}.bin").is_file():
+                try:
+                    if str(_read_index(index)["digest"]) == job.digest:
+                        done[job.name] = len(chunk)
+                        continue
+                except (OSError, ValueError, KeyError):
+                    pass  # a damaged index: redo the shard
+            jobs.append(job)
+    total = sum(len(s) for s in splits.values())
+    workers = (os.cpu_count() or 1) if workers < 0 else max(workers, 1)
+    bar = Progress(total, "prepare", enabled=progress, log_every=10)
+    bar.update(sum(done.values()))
+    start = time.perf_counter()
+    if jobs:
+        if workers == 1:
+            for _, written, skipped, _ in map(_write_shard, jobs):
+                bar.update(written + len(skipped))
+        else:
+            with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                for _, written, skipped, _ in pool.imap_unordered(_write_shard, jobs):
+                    bar.update(written + len(skipped))
+    bar.close()
+
+    meta = {"format": FORMAT, **settings, "classes": classes, "splits": {}}
+    for split, samples in splits.items():
+        shards, count, skipped, nbytes = [], 0, [], 0
+        for i in range(0, len(samples), shard_size):
+            name = f"{split}-{i // shard_size:05d}"
+            index = _read_index(dst / f"{name}.npz")
+            shards.append(name)
+            count += len(index["labels"])
+            skipped += [str(s) for s in index["skipped"]]
+            nbytes += int(index["offsets"][-1])
+        meta["splits"][split] = {"count": count, "shards": shards, "skipped": skipped, "bytes": nbytes}
+    atomic_write_text(dst / "meta.json", json.dumps(meta, indent=1))
+    meta["seconds"] = time.perf_counter() - start
+    return meta
+
+
+class PackedSplit(torch.utils.data.Dataset):
+    """One split of a packed dataset; ``batch(indices)`` returns uint8 (B, 3, S, S)."""
+
+    def __init__(self, root: str | Path, split: str) -> None:
+        root = Path(root)
+        self.meta = json.loads((root / "meta.json").read_text())
+        if split not in self.meta["splits"]:
+            raise AlexNetError(f"packed dataset {root} has no {split!r} split")
+        info = self.meta["splits"][split]
+        self.root, self.size, self.encoding = root, self.meta["size"], self.meta["encoding"]
+        self.classes = self.meta["classes"]
+        starts, labels, self._shard_of, self._offsets = [], [], [], []
+        for s, name in enumerate(info["shards"]):
+            index = _read_index(root / f"{name}.npz")
+            self._offsets.append(index["offsets"])
+            labels.append(index["labels"])
+            self._shard_of.append(np.full(len(index["labels"]), s, np.int32))
+            starts.append(np.arange(len(index["labels"]), dtype=np.int64))
+        self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+        self._shard = np.concatenate(self._shard_of)
+        self._local = np.concatenate(starts)
+        self._names = info["shards"]
+        self._maps: list[np.memmap] | None = None  # opened lazily, once per process
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _bytes(self, i: int) -> np.ndarray:
+        if self._maps is None:
+            self._maps = [np.memmap(self.root / f"{n}.bin", dtype=np.uint8, mode="r") for n in self._names]
+        s, j = self._shard[i], self._local[i]
+        off = self._offsets[s]
+        return self._maps[s][off[j]:off[j + 1]]
+
+    def encoded(self, indices: list[int]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.array(self._bytes(i))) for i in indices]
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded uint8 images (B, 3, S, S) and labels, decoded on the CPU."""
+        from torchvision.io import decode_jpeg
+
+        if self.encoding == "raw":
+            data = np.stack([self._bytes(i) for i in indices]).reshape(len(indices), 3, self.size, self.size)
+            images = torch.from_numpy(data)
+        else:
+            images = torch.stack(decode_jpeg(self.encoded(indices)))
+        return images, self.labels[indices]
+
+    def __getitem__(self, indices: list[int]):
+        """Decoded (images, labels); with ``decode_on`` set to a CUDA device, the
+        still-encoded JPEGs (a list of byte tensors) and labels instead."""
+        if self.decode_on is not None and self.encoding == "jpeg":
+            return self.encoded(indices), self.labels[indices]
+        return self.batch(indices)
+
+    decode_on: torch.device | None = None

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import AlexNetError
+from alexnet.checkpoint import load_model
+from alexnet.cli import main
+from alexnet.data.folder import load_image
+from alexnet.data.transforms import EvalCrops
+from alexnet.infer import extract_features, load_features, nearest, neighbors, predict
+from conftest import write_fmnist_pngs
+
+
+def test_predict_names_probabilities_and_accuracy(trained_run, tmp_path, fmnist_dir):
+    files = write_fmnist_pngs(tmp_path / "imgs", "test", 64, fmnist_dir)
+    results = predict(trained_run, [str(tmp_path / "imgs")], batch_size=16, workers=0, progress=False)
+    assert [r["path"] for r in results] == sorted(str(p) for p, _ in files)
+    model, normalizer, meta = load_model(trained_run)
+    for r in results:
+        probs = [t["prob"] for t in r["top"]]
+        assert len(r["top"]) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(t["class"] == meta["classes"][t["index"]] for t in r["top"])
+    truth = {str(p): label for p, label in files}
+    hits = sum(r["top"][0]["index"] == truth[r["path"]] for r in results)
+    assert hits / len(results) > 0.3  # a briefly trained network, well above chance (0.1)
+    # the probabilities are those of the model on the center crop
+    x = EvalCrops(normalizer, 67)(load_image(results[0]["path"], 76)[None])[:, 0]
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[0]
+    assert p[results[0]["top"][0]["index"]].item() == pytest.approx(results[0]["top"][0]["prob"], abs=1e-5)
+    ten = predict(trained_run, [results[0]["path"]], ten_crop=True, workers=0, progress=False)
+    assert ten[0]["protocol"] == "ten-crop" and ten[0]["top"][0]["prob"] != results[0]["top"][0]["prob"]
+
+
+def test_predict_cli_json_and_errors(trained_run, tmp_path, capsys):
+    from skimage import data
+    from PIL import Image
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    assert main(["predict", str(trained_run), str(tmp_path / "cat.jpg"), str(tmp_path / "broken.jpg"),
+                 "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out) == 1 and out[0]["path"].endswith("cat.jpg") and len(out[0]["top"]) == 5
+    assert "skipped unreadable image" in captured.err and "broken.jpg" in captured.err
+    assert main(["predict", str(trained_run), str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg not found" in capsys.readouterr().err
+
+
+def test_features_are_the_fc7_activations(trained_run, tmp_path, fmnist_dir, capsys):
+    write_fmnist_pngs(tmp_path / "imgs", "test", 12, fmnist_dir)
+    assert main(["features", str(trained_run), str(tmp_path / "imgs"), "--out", str(tmp_path / "f.npz"),
+                 "--workers", "0"]) == 0
+    feats, paths = load_features(tmp_path / "f.npz")
+    assert feats.shape == (12, 4096) and len(paths) == 12 and (feats >= 0).all()
+    model, normalizer, _ = load_model(trained_run)
+    x = EvalCrops(normalizer, 67)(torch.stack([load_image(p, 76) for p in paths[:3]]))[:, 0]
+    with torch.no_grad():
+        expected = model.forward_features(x, "fc7").numpy()
+    np.testing.assert_allclose(feats[:3], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_nearest_neighbours_find_the_near_duplicate(trained_run, tmp_path, fmnist_dir):
+    from PIL import Image
+
+    gallery = write_fmnist_pngs(tmp_path / "gallery", "train", 40, fmnist_dir)
+    source = gallery[7][0]
+    # the query: the same garment, re-encoded as a slightly brighter JPEG
+    img = np.asarray(Image.open(source)).astype(np.int16) + 6
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(tmp_path / "query.jpg", quality=92)
+    out = tmp_path / "grid.png"
+    results = neighbors(trained_run, [str(tmp_path / "query.jpg")], [str(tmp_path / "gallery")], k=5, out=out,
+                        progress=False)
+    ranked = [n["path"] for n in results[0]["neighbors"]]
+    assert ranked[0] == str(source) and len(ranked) == 5
+    d = [n["distance"] for n in results[0]["neighbors"]]
+    assert d == sorted(d)
+    grid = Image.open(out)
+    assert grid.size == (6 * 100 + 4, 104)  # query + 5 neighbours, 96-px tiles with 4-px gaps
+
+
+def test_nearest_is_euclidean():
+    g = np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]], np.float32)
+    idx, dist = nearest(np.array([[0.9, 1.2]], np.float32), g, 2)
+    assert idx.tolist() == [[2, 0]] and dist[0, 0] == pytest.approx(np.hypot(0.1, 0.2), rel=1e-5)
+
+
+def test_visualize_kernels_and_curves(trained_run, tmp_path, capsys):
+    from PIL import Image
+
+    from alexnet.visualize import kernel_grid
+
+    assert main(["visualize", str(trained_run), "--kernels", str(tmp_path / "k.png"),
+                 "--curves", str(tmp_path / "c.png")]) == 0
+    k = Image.open(tmp_path / "k.png")
+    assert k.size == (16 * 46 + 2, 6 * 46 + 2)  # 96 kernels of 11x11 at 4x, 6 rows of 16
+    assert Image.open(tmp_path / "c.png").size[0] > 800
+    w = torch.zeros(2, 3, 2, 2)
+    w[0, 0, 0, 0] = 1.0  # one bright red pixel in kernel 0
+    grid = kernel_grid(w, columns=2, scale=1, pad=0)
+    assert grid[0, 0].tolist() == [255, 0, 0] and grid[1, 1].tolist() == [0, 0, 0]
+    assert main(["visualize", str(tmp_path), "--curves", str(tmp_path / "x.png")]) == 2
+
+
+def test_finetune_freezes_features_and_learns_new_classes(trained_run, image_tree, tmp_path):
+    before, _, _ = load_model(trained_run)
+    assert main(["finetune", str(trained_run), "--data", str(image_tree), "--epochs", "2", "--batch-size", "4",
+                 "--workers", "0", "--out", str(tmp_path / "ft"), "--lr", "0.001"]) == 0
+    after, _, meta = load_model(tmp_path / "ft")
+    assert meta["num_classes"] == 3 and meta["classes"] == ["cat", "dog", "fish"]
+    assert meta["variant"] == "paper" and meta["input_size"] == 67  # taken from the source weights
+    for (name, a), b in zip(before.features.state_dict().items(), after.features.state_dict().values()):
+        assert torch.equal(a, b), name  # --freeze features (the default)
+    assert not torch.equal(before.classifier.fc7.weight, after.classifier.fc7.weight)
+    assert after.classifier.fc8.weight.shape == (3, 4096)

@@ -1,0 +1,138 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alexnet import AlexNetError
+from alexnet.data import packed
+from alexnet.data.folder import load_image
+from alexnet.data.loader import build
+from conftest import write_tree
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = write_tree(tmp_path / "src", per_class=6, size=48)
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+def test_pack_raw_round_trip_counts_and_skips(tree, tmp_path):
+    meta = packed.prepare(tree, tmp_path / "dst", size=32, encoding="raw", workers=1, shard_size=5, progress=False)
+    train = meta["splits"]["train"]
+    assert train["count"] == 18 and len(train["shards"]) == 4  # 19 files, one unreadable, 5 per shard
+    assert [os.path.basename(p) for p in train["skipped"]] == ["broken.jpg"]
+    assert train["bytes"] == 18 * 3 * 32 * 32
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    assert split.classes == ["cat", "dog", "fish"] and len(split) == 18
+    images, labels = split.batch(list(range(18)))
+    assert images.shape == (18, 3, 32, 32) and images.dtype == torch.uint8
+    # every packed image is exactly the preprocessed source image with its label
+    from alexnet.data.folder import list_images
+    sources = {(load_image(p, 32).numpy().tobytes(), l) for p, l in list_images(tree / "train", split.classes)
+               if not p.endswith("broken.jpg")}
+    assert {(images[i].numpy().tobytes(), int(labels[i])) for i in range(18)} == sources
+
+
+def test_pack_jpeg_is_close_to_the_source(tree, tmp_path):
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", quality=95, workers=2, shard_size=4,
+                   progress=False)
+    split = packed.PackedSplit(tmp_path / "dst", "val")
+    images, labels = split.batch([0, 1, 2])
+    assert images.shape == (3, 3, 32, 32)
+    assert sorted(torch.bincount(split.labels).tolist()) == [6, 6, 6]
+    from alexnet.data.folder import list_images
+    originals = [load_image(p, 32).float() for p, _ in list_images(tree / "val", split.classes)]
+    for img in images.float():
+        assert min((img - o).abs().mean() for o in originals) < 6  # JPEG q95: a few grey levels off
+
+
+def test_interrupted_pack_finishes_on_rerun(tree, tmp_path, monkeypatch):
+    dst = tmp_path / "dst"
+    calls = []
+    real = packed._write_shard
+
+    def dies_after_two(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(job.name)
+        return real(job)
+
+    monkeypatch.setattr(packed, "_write_shard", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        packed.prepare(tree, dst, size=32, encoding="raw", workers=1, shard_size=3, progress=False)
+    assert not (dst / "meta.json").exists() and not packed.is_packed(dst)
+    assert len(list(dst.glob("*.npz"))) == 2 and not list(dst.glob(".*.tmp"))
+    done_before = sorted(calls)
+    calls.clear()
+    monkeypatch.setattr(packed, "_write_shard", lambda job: calls.append(job.name) or real(job))
+    meta = packed.prepare(tree, dst, size=32, encoding="raw", workers=1, shard_size=3, progress=False)
+    assert not set(calls) & set(done_before)  # finished shards were not redone
+    assert meta["splits"]["train"]["count"] == 18 and packed.is_packed(dst)
+    fresh = packed.prepare(tree, tmp_path / "fresh", size=32, encoding="raw", workers=1, shard_size=3,
+                           progress=False)
+    assert fresh["splits"] == meta["splits"]
+
+
+def test_killed_pack_leaves_no_corrupt_file(tree, tmp_path):
+    """SIGKILL in the middle of packing, then run again: the result is complete and readable."""
+    dst = tmp_path / "dst"
+    code = ("import sys, time; from alexnet.data import packed\n"
+            "real = packed._write_shard\n"
+            "def slow(job):\n    r = real(job); time.sleep(0.5); return r\n"
+            "packed._write_shard = slow\n"
+            f"packed.prepare({str(tree)!r}, {str(dst)!r}, size=32, encoding='jpeg', workers=1, shard_size=2,"
+            " progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 60
+    while len(list(dst.glob("*.npz"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not packed.is_packed(dst)
+    meta = packed.prepare(tree, dst, size=32, encoding="jpeg", workers=1, shard_size=2, progress=False)
+    split = packed.PackedSplit(dst, "train")
+    assert len(split) == meta["splits"]["train"]["count"] == 18
+    assert split.batch(list(range(18)))[0].shape == (18, 3, 32, 32)
+
+
+def test_pack_into_a_directory_of_another_packing_is_refused(tree, tmp_path):
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="raw", workers=1, progress=False)
+    with pytest.raises(AlexNetError, match="other files or settings"):
+        packed.prepare(tree, tmp_path / "dst", size=48, encoding="raw", workers=1, progress=False)
+
+
+def test_packed_loader_is_deterministic_and_sharded(tree, tmp_path):
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    cpu = torch.device("cpu")
+
+    def labels_of(epoch, rank=0, world=1, workers=0):
+        b = build(str(tmp_path / "dst"), 32, 4, cpu, workers=workers, seed=5, rank=rank, world=world).train
+        b.set_epoch(epoch)
+        return [x for batch in b for x in batch.labels.tolist()], [batch.images for batch in b]
+
+    a, imgs_a = labels_of(0)
+    b, imgs_b = labels_of(0, workers=2)
+    assert a == b and all(torch.equal(x, y) for x, y in zip(imgs_a, imgs_b))
+    assert labels_of(1)[0] != a or labels_of(2)[0] != a  # epochs reshuffle
+    r0, r1 = labels_of(0, 0, 2)[0], labels_of(0, 1, 2)[0]
+    assert len(r0) == len(r1) == 8
+    assert sorted(r0 + r1) == sorted(a[:16])  # two ranks together read the single process's batches
+
+
+def test_train_from_packed_data(tree, tmp_path):
+    from alexnet.config import TrainConfig, apply_overrides
+    from alexnet.train import fit
+
+    packed.prepare(tree, tmp_path / "dst", size=76, encoding="jpeg", workers=1, progress=False)
+    cfg = apply_overrides(TrainConfig(), dict(data=str(tmp_path / "dst"), resize=76, crop=67, epochs=1,
+                                              batch_size=6, workers=0, out=str(tmp_path / "run"), init="kaiming"))
+    result = fit(cfg)
+    assert result["history"][0]["train_images"] == 18 and result["final"]["images"] == 18
+    with pytest.raises(AlexNetError, match="holds 76-px images"):
+        fit(apply_overrides(cfg, {"resize": 96, "out": str(tmp_path / "run2")}))
