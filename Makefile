@@ -13,7 +13,7 @@ GPU_FLAGS ?= --variant paper --resize 256 --crop 227 --epochs 15 --init kaiming 
 
 .PHONY: main test setup data clean
 
-main: setup
+main: $(VENV)/.installed $(FMNIST)
 	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
 		flags="$(GPU_FLAGS)"; else flags="$(CPU_FLAGS)"; fi; \
 	echo "+ alexnet train --data fashion-mnist $$flags --out $(RUN)"; \
@@ -24,11 +24,16 @@ main: setup
 test: setup
 	$(PY) -m pytest -q
 
-setup: $(VENV)/.installed $(FMNIST)
+setup: $(VENV)/.installed-test $(FMNIST)
 
+# The main job needs the package; the tests also need their extras (ONNX Runtime, scikit-image, ...).
 $(VENV)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -qq --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(VENV)/bin/pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 $(FMNIST):

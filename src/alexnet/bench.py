@@ -281,3 +281,69 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         log(f"{k}: {r:.2f}x")
     return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": settings,
             "figures": [asdict(f) for f in figures], "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------
+# Inference: images/s at batch 1 and 64, eager PyTorch against the exported model.
+
+def bench_inference(batch_sizes: tuple[int, ...] = (1, 64), steps: int = 0, warmup: int = 0,
+                    log: Callable[[str], None] = print) -> dict:
+    """The ``torchvision`` network with the same weights, five ways, on the CPU."""
+    import contextlib
+
+    import onnxruntime as ort
+    import torchvision
+
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()
+    ours = create_model("torchvision").eval()
+    ours.load_state_dict(reference.state_dict())
+    ours_cl = create_model("torchvision").eval().to(memory_format=torch.channels_last)
+    ours_cl.load_state_dict(reference.state_dict())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "alexnet.onnx")
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            torch.onnx.export(ours, (torch.randn(2, 3, 224, 224),), path, input_names=["images"],
+                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def bf16(model):
+        def run(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x)
+        return run
+
+    engines = {
+        "torchvision eager fp32 (baseline)": lambda x: reference(x),
+        "alexnet eager fp32": lambda x: ours(x),
+        "alexnet eager fp32 channels-last": lambda x: ours_cl(x.contiguous(memory_format=torch.channels_last)),
+        "alexnet eager bf16 channels-last": lambda x: bf16(ours_cl)(x.contiguous(memory_format=torch.channels_last)),
+        "ONNX Runtime fp32 (alexnet export)": lambda x: session.run(None, {"images": x.numpy()})[0],
+    }
+    figures = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, 224, 224)
+        n_steps = steps or (20 if batch == 1 else 5)
+        for name, fn in engines.items():
+            def step() -> int:
+                fn(x)
+                return batch
+            with torch.inference_mode():
+                rate = time_steps(step, device, n_steps, warmup or 2)
+            figures.append(Figure("inference", name, device_name(device), rate, batch, n_steps, _peak_mib(device)))
+            log(f"batch {batch:>3}  {name:<38} {rate:>9,.1f} img/s")
+    ratios = {}
+    for batch in batch_sizes:
+        rates = {f.variant: f.images_per_sec for f in figures if f.batch_size == batch}
+        base = rates["torchvision eager fp32 (baseline)"]
+        for name, r in rates.items():
+            if name != "torchvision eager fp32 (baseline)":
+                ratios[f"batch {batch}: {name} / baseline"] = r / base
+    for k, r in ratios.items():
+        log(f"{k}: {r:.2f}x")
+    return {"device": device_name(device), "figures": [asdict(f) for f in figures], "ratios": ratios,
+            "torch": torch.__version__, "onnxruntime": ort.__version__}

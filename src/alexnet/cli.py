@@ -102,6 +102,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
+    if args.inference:
+        from .bench import bench_inference
+
+        result = bench_inference(steps=args.steps, warmup=args.warmup, log=(lambda _: None) if args.json else print)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        return 0
     variants = args.variant or ["paper", "torchvision"]
     result = run(variants, device=args.device, precision=args.precision, channels_last=args.channels_last,
                  compile=args.compile, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
@@ -321,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
+    p.add_argument("--inference", action="store_true",
+                   help="CPU inference instead: batch 1 and 64, eager PyTorch vs ONNX Runtime vs torchvision eager")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
