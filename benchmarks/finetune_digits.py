@@ -47,9 +47,10 @@ def main() -> None:
 
     common = dict(epochs=args.epochs, batch_size=64, workers=0, schedule="cosine", log_every=1e9)
     arms = {
-        "fine-tune, convolutions frozen (alexnet finetune defaults)":
+        "fine-tune, convolutions frozen (--freeze features)":
             dict(weights=args.source, freeze="features", lr=0.001, head_lr_mult=10.0),
-        "fine-tune, all layers": dict(weights=args.source, freeze="none", lr=0.001, head_lr_mult=10.0),
+        "fine-tune, all layers (alexnet finetune defaults)":
+            dict(weights=args.source, freeze="none", lr=0.001, head_lr_mult=10.0),
         "from scratch (same network, kaiming init)":
             dict(variant="paper", resize=76, crop=67, init="kaiming", lr=0.01),
     }

@@ -108,11 +108,11 @@ def test_visualize_kernels_and_curves(trained_run, tmp_path, capsys):
 def test_finetune_freezes_features_and_learns_new_classes(trained_run, image_tree, tmp_path):
     before, _, _ = load_model(trained_run)
     assert main(["finetune", str(trained_run), "--data", str(image_tree), "--epochs", "2", "--batch-size", "4",
-                 "--workers", "0", "--out", str(tmp_path / "ft"), "--lr", "0.001"]) == 0
+                 "--workers", "0", "--out", str(tmp_path / "ft"), "--lr", "0.001", "--freeze", "features"]) == 0
     after, _, meta = load_model(tmp_path / "ft")
     assert meta["num_classes"] == 3 and meta["classes"] == ["cat", "dog", "fish"]
     assert meta["variant"] == "paper" and meta["input_size"] == 67  # taken from the source weights
     for (name, a), b in zip(before.features.state_dict().items(), after.features.state_dict().values()):
-        assert torch.equal(a, b), name  # --freeze features (the default)
+        assert torch.equal(a, b), name  # --freeze features
     assert not torch.equal(before.classifier.fc7.weight, after.classifier.fc7.weight)
     assert after.classifier.fc8.weight.shape == (3, 4096)

@@ -82,6 +82,9 @@ class Batches:
             chunks.pop()
         return chunks
 
+    def _chunks_as_lists(self) -> list[list[int]]:
+        return [c.tolist() for c in self._chunks()]
+
     def __len__(self) -> int:
         per_rank = len(self._order())
         full, rest = divmod(per_rank, self.local_batch)
@@ -139,9 +142,6 @@ class FolderBatches(Batches):
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None)
 
-    def _chunks_as_lists(self) -> list[list[int]]:
-        return [c.tolist() for c in self._chunks()]
-
     def __iter__(self) -> Iterator[Batch]:
         for images, labels, skipped in self.loader:
             if images is None:  # every file of this batch was unreadable
@@ -170,9 +170,6 @@ class PackedBatches(Batches):
             split, sampler=_Sampler(self), batch_size=None, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None)
-
-    def _chunks_as_lists(self) -> list[list[int]]:
-        return [c.tolist() for c in self._chunks()]
 
     def __iter__(self) -> Iterator[Batch]:
         from torchvision.io import decode_jpeg
