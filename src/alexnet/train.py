@@ -203,11 +203,11 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
             dev_stats[0] += loss.detach().float() * n
             dev_stats[1] += (logits.argmax(1) == batch.labels).sum()
         stats[2] += n
-        if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):
+        if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):  # a host sync every 10 steps
             loss_sum, correct = dev_stats.tolist()
             seen = stats[2].item()
-            bar.update(min(10, step + 1) if step % 10 == 0 else step % 10, loss=loss_sum / seen,
-                       acc=correct / seen, img_s=f"{seen * rt.env.world / (time.perf_counter() - start):.0f}")
+            bar.update(step + 1 - bar.count, loss=loss_sum / seen, acc=correct / seen,
+                       img_s=f"{seen * rt.env.world / (time.perf_counter() - start):.0f}")
     bar.close()
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
