@@ -116,3 +116,12 @@ def test_finetune_freezes_features_and_learns_new_classes(trained_run, image_tre
         assert torch.equal(a, b), name  # --freeze features
     assert not torch.equal(before.classifier.fc7.weight, after.classifier.fc7.weight)
     assert after.classifier.fc8.weight.shape == (3, 4096)
+
+
+def test_bf16_predictions_agree_with_fp32(trained_run, tmp_path, fmnist_dir):
+    write_fmnist_pngs(tmp_path / "imgs", "test", 16, fmnist_dir)
+    fp32 = predict(trained_run, [str(tmp_path / "imgs")], workers=0, progress=False)
+    bf16 = predict(trained_run, [str(tmp_path / "imgs")], workers=0, progress=False, precision="bf16")
+    same = sum(a["top"][0]["index"] == b["top"][0]["index"] for a, b in zip(fp32, bf16))
+    assert same >= 14  # bf16 rounding may flip a near tie, not the bulk
+    assert max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in zip(fp32, bf16)) < 0.05

@@ -35,6 +35,9 @@ from .summary import summarize
 from .train import Runtime, build_optimizer, resolve_runtime
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
 @dataclass
 class Figure:
     what: str  # model | loader | end-to-end | baseline | matmul-peak
@@ -279,8 +282,13 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         ratios["torchvision: end-to-end / baseline"] = by[("end-to-end", "torchvision")] / base
     for k, r in ratios.items():
         log(f"{k}: {r:.2f}x")
+    # What the end-to-end rate means for the paper's run: 90 epochs of ILSVRC-2012's 1,281,167 images.
+    projection = {f"{f.variant}: 90 ImageNet epochs (hours)": 90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600
+                  for f in figures if f.what == "end-to-end"}
+    for k, h in projection.items():
+        log(f"{k}: {h:,.1f}")
     return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": settings,
-            "figures": [asdict(f) for f in figures], "ratios": ratios}
+            "figures": [asdict(f) for f in figures], "ratios": ratios, "projection": projection}
 
 
 # ---------------------------------------------------------------------------

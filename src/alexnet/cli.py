@@ -119,7 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .infer import predict
 
     results = predict(args.weights, args.inputs, topk=args.topk, ten_crop=args.ten_crop, batch_size=args.batch_size,
-                      device=args.device, workers=args.workers, progress=not args.json)
+                      device=args.device, workers=args.workers, progress=not args.json, precision=args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -134,7 +134,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .infer import extract_features, save_features
 
     feats, paths = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size,
-                                    device=args.device, workers=args.workers)
+                                    device=args.device, workers=args.workers, precision=args.precision)
     save_features(args.out, feats, paths, args.layer, args.weights)
     print(f"{len(paths)} images x {feats.shape[1]} {args.layer} activations -> {args.out}")
     return 0
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -263,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)")
