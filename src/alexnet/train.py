@@ -183,8 +183,10 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
     dev_stats = torch.zeros(2, device=rt.device)  # loss sum, correct (kept on device: no sync per step)
     bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
     start = time.perf_counter()
+    skipped_files: list[str] = []
     for step, batch in enumerate(batches):
         stats[3] += len(batch.skipped)
+        skipped_files += batch.skipped[: 10 - len(skipped_files)]
         n = batch.labels.numel()
         if n == 0:
             continue
@@ -219,7 +221,8 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
         raise AlexNetError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
     images = max(int(stats[2]), 1)
     return {"train_loss": float(stats[0]) / images, "train_top1": float(stats[1]) / images,
-            "train_images": int(stats[2]), "skipped": int(stats[3]), "epoch_time": elapsed,
+            "train_images": int(stats[2]), "skipped": int(stats[3]), "skipped_files": skipped_files,
+            "epoch_time": elapsed,
             "images_per_sec": images / elapsed}
 
 
@@ -241,21 +244,18 @@ def _prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict | No
     return saved, ckpt
 
 
-def _start_from(cfg: TrainConfig):
-    """Load ``cfg.model.weights`` and make the config agree with them."""
+def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
+    """Load ``cfg.model.weights`` (fine-tuning) and make the config agree with them:
+    variant, input sizes and network options come from the weights."""
     from .checkpoint import load_model
 
     model, normalizer, meta = load_model(cfg.model.weights)
     cfg.model.variant = meta["variant"]
     cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
-    kwargs = {k: v for k, v in meta.get("model_kwargs", {}).items() if k != "dropout"}
-    return model.train(), normalizer, kwargs
-
-
-def _with_head(model: nn.Module, num_classes: int) -> nn.Module:
-    if model.num_classes != num_classes:
-        model.reset_classifier(num_classes)  # a new fc8 for the new classes
-    return model
+    kwargs = meta.get("model_kwargs", {})
+    cfg.model.lrn = kwargs.get("lrn", cfg.model.lrn)
+    cfg.model.lrn_k = kwargs.get("lrn_k", cfg.model.lrn_k)
+    return model, normalizer
 
 
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
@@ -269,9 +269,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     cfg, ckpt = _prepare_run(cfg, resume)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    pretrained = None
-    if cfg.model.weights and ckpt is None:
-        pretrained = _start_from(cfg)  # sets variant, sizes and model options from the weights
+    pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
     validate(cfg)
     rt = resolve_runtime(cfg)
     out = Path(cfg.out)
@@ -290,22 +288,25 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     cfg.model.num_classes = num_classes
     model_kwargs = {"dropout": cfg.model.dropout, "init": cfg.model.init}
     if cfg.model.variant == "paper":
-        model_kwargs["lrn"] = cfg.model.lrn
-    if pretrained is not None:
-        model_kwargs.update(pretrained[2])
-        pretrained = _with_head(pretrained[0], num_classes), pretrained[1]
+        model_kwargs.update(lrn=cfg.model.lrn, lrn_k=cfg.model.lrn_k)
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.variant, num_classes, **model_kwargs)
-    if ckpt is not None:
-        load_state(model, ckpt["model"], str(out / CHECKPOINT_NAME))
-        normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
-    elif pretrained is not None:
+    if pretrained is not None:
         model, normalizer = pretrained
-    elif d.normalize == "channel":
-        normalizer = Normalizer.channel()
+        if model.num_classes != num_classes:
+            model.reset_classifier(num_classes)  # a new fc8 for the new classes
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = cfg.model.dropout
     else:
-        normalizer = Normalizer.mean_image(data_loader.estimate_mean_image(splits.train, d.mean_samples))
+        model = create_model(cfg.model.variant, num_classes, **model_kwargs)
+        if ckpt is not None:
+            load_state(model, ckpt["model"], str(out / CHECKPOINT_NAME))
+            normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
+        elif d.normalize == "channel":
+            normalizer = Normalizer.channel()
+        else:
+            normalizer = Normalizer.mean_image(data_loader.estimate_mean_image(splits.train, d.mean_samples))
     freeze(model, cfg.model.freeze)
     model.to(rt.device)
     if rt.channels_last:
@@ -364,6 +365,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
                      f"{record['images_per_sec']:.0f} img/s"
                      + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
                      + (" | lr divided by 10" if dropped else ""))
+            for path in record["skipped_files"]:
+                _log(rt, f"  skipped unreadable file: {path}")
             if rt.env.is_main:
                 save_checkpoint(out / CHECKPOINT_NAME, {
                     "config": to_dict(cfg), "epoch": epoch + 1, "model": unwrap(model).state_dict(),
