@@ -4,7 +4,7 @@ import torch.nn.functional as F
 import torchvision
 
 from alexnet import AlexNetError, VARIANTS, create_model, variant_info
-from alexnet.lrn import local_response_norm
+from alexnet.lrn import local_response_norm, local_response_norm_reference
 
 
 @pytest.mark.parametrize("variant,count", [("paper", 60_965_224), ("torchvision", 61_100_840)])
@@ -93,6 +93,22 @@ def test_lrn_matches_the_paper_formula():
     torch.testing.assert_close(create_model("paper").features.norm1(a), expected)
     # the normalisation is not a no-op at this scale
     assert (expected - a / 2 ** 0.75).abs().max() > 1e-3
+
+
+def test_fast_lrn_gradient_matches_the_reference():
+    torch.manual_seed(0)
+    a = (torch.randn(2, 9, 4, 4, dtype=torch.float64) * 60).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 5, 1e-4, 0.75, 2.0), (a,))
+    g = torch.randn(2, 9, 4, 4, dtype=torch.float64)
+    (fast,) = torch.autograd.grad(local_response_norm(a), a, g)
+    (ref,) = torch.autograd.grad(local_response_norm_reference(a), a, g)
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(local_response_norm_reference(a), lrn_by_formula(a))
+    # Caffe's constant k=1, and an even window (off-centre, as in PyTorch), forward and backward
+    even = lambda t: local_response_norm(t, 4, 1e-4, 0.75, 1.0)  # noqa: E731
+    assert torch.autograd.gradcheck(even, (a,))
+    torch.testing.assert_close(even(a), local_response_norm_reference(a, 4, 1e-4, 0.75, 1.0))
+    torch.testing.assert_close(even(a), torch.nn.LocalResponseNorm(4, 1e-4, 0.75, 1.0)(a))
 
 
 def test_paper_initialisation():
