@@ -2,7 +2,7 @@
 
 import pytest
 
-from alexnet.bench import bench_inference, run, time_steps
+from alexnet.bench import bench_inference, run
 
 
 def test_bench_reports_every_figure(image_tree):

@@ -8,7 +8,7 @@ import torch
 
 from alexnet import AlexNetError
 from alexnet.data import fashion_mnist
-from alexnet.data.folder import ImageFolder, load_image
+from alexnet.data.folder import load_image
 from alexnet.data.loader import build, epoch_order, estimate_mean_image
 
 

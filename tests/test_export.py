@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from alexnet import AlexNetError, create_model
+from alexnet import create_model
 from alexnet.checkpoint import load_model
 from alexnet.cli import main
 from alexnet.data.folder import load_image

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import AlexNetError
 from alexnet.checkpoint import load_model
 from alexnet.cli import main
 from alexnet.data.folder import load_image
 from alexnet.data.transforms import EvalCrops
-from alexnet.infer import extract_features, load_features, nearest, neighbors, predict
+from alexnet.infer import load_features, nearest, neighbors, predict
 from conftest import write_fmnist_pngs
 
 

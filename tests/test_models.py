@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from alexnet import AlexNetError, VARIANTS, create_model, variant_info

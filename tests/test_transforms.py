@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from alexnet.data.transforms import (IMAGENET_EIGVAL, IMAGENET_EIGVEC, EvalCrops, Normalizer, TrainAugment,

@@ -19,17 +19,14 @@ import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import unwrap
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
-from .errors import AlexNetError
 from .models import create_model, variant_info
 from .summary import summarize
 from .train import Runtime, build_optimizer, resolve_runtime

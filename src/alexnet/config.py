@@ -165,6 +165,7 @@ def validate(cfg: TrainConfig) -> None:
         (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
         (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
         (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
+        (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model, load_state, metadata_record, save_weights
-from .data.transforms import EvalCrops, Normalizer
+from .data.transforms import Normalizer
 from .errors import AlexNetError
 from .models import create_model
 

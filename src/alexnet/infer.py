@@ -172,6 +172,8 @@ class Loaded:
 def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: bool = False, batch_size: int = 32,
             device: str = "auto", workers: int = -1, progress: bool = True, precision: str = "fp32") -> list[dict]:
     """Top-k classes with names and probabilities for every image (files or folders)."""
+    if topk < 1 or batch_size < 1:
+        raise AlexNetError("--topk and --batch-size must be at least 1")
     net = Loaded.from_path(weights, device, precision)
     names = class_names(net.meta)
     k = min(topk, len(names))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .config import OptimConfig, TrainConfig, crop_size, from_dict, to_dict, val
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
-from .evaluate import EvalResult, evaluate, topk_correct
+from .evaluate import evaluate
 from .models import create_model
 from .progress import Progress
 

@@ -43,7 +43,7 @@ def _gather(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Te
     return out.permute(0, 3, 1, 2)
 
 
-def crop_indices(batch: int, size: int, crop: int, top: torch.Tensor, left: torch.Tensor,
+def crop_indices(crop: int, top: torch.Tensor, left: torch.Tensor,
                  flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of each image's crop; flipped images read columns backwards."""
     ar = torch.arange(crop, device=top.device)
@@ -123,7 +123,7 @@ class TrainAugment:
             flip = torch.rand(b, generator=generator, device=dev) < 0.5
         else:
             flip = torch.zeros(b, dtype=torch.bool, device=dev)
-        rows, cols = crop_indices(b, size, self.crop, top, left, flip)
+        rows, cols = crop_indices(self.crop, top, left, flip)
         out = self.normalizer.crops(x, rows, cols)
         if self.lighting > 0:
             # The noise lives in [0, 1] RGB space; after normalisation it is divided by std.
@@ -159,6 +159,6 @@ class EvalCrops:
                 t = torch.full((b,), top, device=dev)
                 l = torch.full((b,), left, device=dev)
                 f = torch.full((b,), flipped, device=dev)
-                rows, cols = crop_indices(b, size, self.crop, t, l, f)
+                rows, cols = crop_indices(self.crop, t, l, f)
                 views.append(self.normalizer.crops(x, rows, cols))
         return torch.stack(views, dim=1)
