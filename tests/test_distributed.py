@@ -6,10 +6,11 @@ import sys
 
 import torch
 
+from alexnet import create_model
 from alexnet.checkpoint import load_checkpoint, read_weights
 
 ARGS = ["--variant", "paper", "--resize", "76", "--crop", "67", "--epochs", "2", "--batch-size", "16",
-        "--limit-train", "64", "--limit-val", "40", "--mean-samples", "32", "--init", "kaiming",
+        "--limit-train", "32", "--limit-val", "40", "--mean-samples", "32", "--init", "kaiming",
         "--no-random-crop", "--no-flip", "--lighting", "0", "--dropout", "0", "--device", "cpu"]
 
 
@@ -27,16 +28,22 @@ def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir):
              "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")], tmp_path)
     assert "x 2 processes" in r.stdout
     assert r.stdout.count("epoch 2/2") == 1  # only rank 0 prints
-    one, _, meta_one = read_weights(tmp_path / "one" / "model.safetensors")
-    two, _, meta_two = read_weights(tmp_path / "two" / "model.safetensors")
-    assert one.keys() == two.keys()
+    one, _, _ = read_weights(tmp_path / "one" / "model.safetensors")
+    two, _, _ = read_weights(tmp_path / "two" / "model.safetensors")
+    torch.manual_seed(0)  # the runs' common starting point (fit seeds with --seed 0, then builds the model)
+    init = create_model("paper", num_classes=10, dropout=0.0, init="kaiming").state_dict()
+    assert one.keys() == two.keys() == init.keys()
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+        moved = (one[k] - init[k]).norm()
+        assert moved > 0, k  # training changed every tensor
+        # The two runs agree to float rounding (measured: ~1e-6 of the distance moved, after 4 steps).
+        # Kept short on purpose: over many steps, rounding flips units at the ReLU boundary and grows.
+        assert (two[k] - one[k]).norm() <= 1e-4 * moved, k
     h1 = load_checkpoint(tmp_path / "one")["history"]
     h2 = load_checkpoint(tmp_path / "two")["history"]
     for a, b in zip(h1, h2):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
-        assert a["train_images"] == b["train_images"] == 64  # metrics are reduced across ranks
+        assert a["train_images"] == b["train_images"] == 32  # metrics are reduced across ranks
         assert a["val_top1"] == b["val_top1"]
     # the two-process checkpoint resumes in one process (any world size)
     run([sys.executable, "-m", "alexnet", "train", "--resume", str(tmp_path / "two"), "--epochs", "3"], tmp_path)
