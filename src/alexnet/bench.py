@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
+from .data.packed import read_meta
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .models import create_model, variant_info
 from .summary import summarize
@@ -130,49 +131,47 @@ def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, 
     return Figure("model", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device))
 
 
-def _cycle(batches: data_loader.Batches) -> Iterator[data_loader.Batch]:
-    epoch = 0
-    while True:
-        batches.set_epoch(epoch)
-        yield from batches
-        epoch += 1
+def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_decode: bool,
+                    crop: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """A function returning the next augmented training batch (images, labels) from a
+    packed dataset, epoch after epoch: the input side of the loader and end-to-end runs."""
+    size = read_meta(packed_dir)["size"]
+    splits = data_loader.build(packed_dir, size, batch, rt.device, workers=workers, gpu_decode=gpu_decode)
+    augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
+    gen = torch.Generator(device=rt.device).manual_seed(0)
+
+    def cycle() -> Iterator[data_loader.Batch]:
+        epoch = 0
+        while True:
+            splits.train.set_epoch(epoch)
+            yield from splits.train
+            epoch += 1
+
+    it = cycle()
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        b = next(it)
+        return augment(b.images, gen), b.labels
+
+    return next_batch
 
 
 def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int, workers: int,
                  gpu_decode: bool, crop: int = 224) -> Figure:
-    splits = data_loader.build(packed_dir, _packed_size(packed_dir), batch, rt.device, workers=workers,
-                               gpu_decode=gpu_decode)
-    augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
-    it = _cycle(splits.train)
-    gen = torch.Generator(device=rt.device).manual_seed(0)
-
-    def step() -> int:
-        b = next(it)
-        return augment(b.images, gen).shape[0]
-
+    next_batch = _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop)
     _reset_peak(rt.device)
-    rate = time_steps(step, rt.device, steps, warmup)
+    rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, warmup)
     return Figure("loader", "-", device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode})
 
 
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
                      workers: int, gpu_decode: bool, compile: bool) -> Figure:
-    size = variant_info(variant).input_size
-    splits = data_loader.build(packed_dir, _packed_size(packed_dir), batch, rt.device, workers=workers,
-                               gpu_decode=gpu_decode)
-    augment = TrainAugment(Normalizer.channel().to(rt.device), size)
+    next_batch = _packed_batches(packed_dir, rt, batch, workers, gpu_decode, variant_info(variant).input_size)
     model, optimizer = _model_and_optimizer(variant, rt, compile)
     train = _train_step(model, optimizer, rt)
-    it = _cycle(splits.train)
-    gen = torch.Generator(device=rt.device).manual_seed(0)
-
-    def step() -> int:
-        b = next(it)
-        return train(augment(b.images, gen), b.labels)
-
     _reset_peak(rt.device)
-    rate = time_steps(step, rt.device, steps, warmup)
+    rate = time_steps(lambda: train(*next_batch()), rt.device, steps, warmup)
     return Figure("end-to-end", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode, "data": "packed"})
 
@@ -210,12 +209,6 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
     rate = time_steps(step, device, steps, warmup)
     return Figure("baseline", "torchvision (eager fp32, ImageFolder+PIL)", device_name(device), rate, batch, steps,
                   _peak_mib(device), {"workers": workers})
-
-
-def _packed_size(packed_dir: str) -> int:
-    from .data.packed import PackedSplit
-
-    return PackedSplit(packed_dir, "train").size
 
 
 def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
@@ -294,10 +287,10 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
 def bench_inference(batch_sizes: tuple[int, ...] = (1, 64), steps: int = 0, warmup: int = 0,
                     log: Callable[[str], None] = print) -> dict:
     """The ``torchvision`` network with the same weights, five ways, on the CPU."""
-    import contextlib
-
     import onnxruntime as ort
     import torchvision
+
+    from .export import write_onnx
 
     device = torch.device("cpu")
     torch.manual_seed(0)
@@ -309,9 +302,7 @@ def bench_inference(batch_sizes: tuple[int, ...] = (1, 64), steps: int = 0, warm
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "alexnet.onnx")
-        with contextlib.redirect_stderr(open(os.devnull, "w")):
-            torch.onnx.export(ours, (torch.randn(2, 3, 224, 224),), path, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+        write_onnx(ours, torch.randn(2, 3, 224, 224), path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

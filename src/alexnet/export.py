@@ -64,20 +64,25 @@ def export_onnx(weights: str | Path, out: str | Path, preprocess: bool = False, 
     module, example, meta = exportable(weights, preprocess)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import onnx  # noqa: F401  (the exporter needs it)
-    except ImportError:
-        raise AlexNetError("ONNX export needs the onnx and onnxruntime packages: pip install 'alexnet[export]'") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on constant folding
-        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["output"],
-                          dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
+    write_onnx(module, example, out, opset)
     report = {"format": "onnx", "path": str(out), "input": list(example.shape[1:]),
               "input_dtype": str(example.dtype).replace("torch.", ""), "preprocess": preprocess}
     if check:
         report["max_abs_diff"] = check_onnx(module, out, example)
     return report
+
+
+def write_onnx(module: nn.Module, example: torch.Tensor, out: str | Path, opset: int = 18) -> None:
+    """``module`` as an ONNX graph: input "images" and output "output", both with a dynamic batch."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it)
+    except ImportError:
+        raise AlexNetError("ONNX export needs the onnx and onnxruntime packages: pip install 'alexnet[export]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on constant folding and deprecation
+        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["output"],
+                          dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
 
 
 def check_onnx(module: nn.Module, path: str | Path, example: torch.Tensor) -> float:
@@ -86,11 +91,11 @@ def check_onnx(module: nn.Module, path: str | Path, example: torch.Tensor) -> fl
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in (1, 3):
-        x = example[:1].expand(batch, *example.shape[1:]).clone()
-        if x.dtype == torch.uint8:
-            x = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(batch))
+        shape, g = (batch, *example.shape[1:]), torch.Generator().manual_seed(batch)
+        if example.dtype == torch.uint8:
+            x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
         else:
-            x = torch.randn(x.shape, generator=torch.Generator().manual_seed(batch))
+            x = torch.randn(shape, generator=g)
         with torch.no_grad():
             expected = module(x).numpy()
         got = session.run(None, {"images": x.numpy()})[0]

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_model
+from .checkpoint import atomic_write, load_model
 from .data import loader as data_loader
-from .data.folder import IMAGE_EXTENSIONS, load_image
+from .data.folder import IMAGE_EXTENSIONS, UNREADABLE, load_image
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
@@ -41,8 +41,7 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     fm_dir = fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None
     dev = resolve_device(device)
     splits = data_loader.build(data, meta["resize"], batch_size, dev, workers=workers, train=split == "train",
-                               limit_train=limit, limit_val=limit, fashion_mnist_dir=fm_dir,
-                               eval_batch_size=batch_size)
+                               limit_train=limit, limit_val=limit, fashion_mnist_dir=fm_dir)
     if list(splits.classes) != list(meta["classes"]):
         raise AlexNetError(f"the classes of {data!r} ({len(splits.classes)}) are not the network's "
                            f"({len(meta['classes'])}): {', '.join(splits.classes[:3])}... vs "
@@ -107,19 +106,17 @@ class _Paths(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return load_image(self.paths[i], self.size), i, self.paths[i]
-        except (OSError, ValueError, SyntaxError):
+        except UNREADABLE:
             return None, i, self.paths[i]
 
 
 def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool):
     """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a warning."""
-    from .data.loader import _collate
-
     if workers < 0:
         workers = min(os.cpu_count() or 1, 8)
     workers = min(workers, max(len(paths) // batch_size, 0))
     loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=_collate)
+                                         collate_fn=data_loader._collate)
     bar = Progress(len(paths), desc, enabled=progress, log_every=10)
     for images, index, skipped in loader:
         for path in skipped:
@@ -208,8 +205,6 @@ def extract_features(weights: str | Path, inputs: list[str], layer: str = "fc7",
 
 
 def save_features(path: str | Path, features: np.ndarray, paths: list[str], layer: str, weights: str) -> None:
-    from .checkpoint import atomic_write
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, features=features, paths=np.asarray(paths, dtype=str), layer=np.asarray(layer),
@@ -250,8 +245,6 @@ def neighbor_grid(query_paths: list[str], neighbor_paths: list[list[str]], out: 
             grid.paste(tile, (x, y))
             if c == 0:
                 draw.rectangle([x - 2, y - 2, x + thumb + 1, y + thumb + 1], outline=(220, 30, 30), width=2)
-    from .checkpoint import atomic_write
-
     atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
 
 

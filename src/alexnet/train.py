@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint, load_state,
-                         metadata_record, save_checkpoint, save_weights, unwrap)
-from .config import OptimConfig, TrainConfig, crop_size, from_dict, to_dict, validate
+from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint, load_model,
+                         load_state, metadata_record, save_checkpoint, save_weights, unwrap)
+from .config import OptimConfig, TrainConfig, apply_overrides, crop_size, from_dict, to_dict, validate
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
@@ -142,13 +142,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     """SGD with momentum and weight decay on every trainable parameter, as in the paper
     (section 5); the last layer's group carries ``head_lr_mult``."""
     impl = {"fused": True} if cfg.fused else {"foreach": True}
-    head = {id(p) for p in model.classifier[-1].parameters()}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in head]
-    groups = [{"params": body, "lr_mult": 1.0},
-              {"params": [p for p in model.classifier[-1].parameters() if p.requires_grad],
-               "lr_mult": cfg.head_lr_mult}]
+    head = _head_ids(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in head], "lr_mult": 1.0},
+              {"params": [p for p in trainable if id(p) in head], "lr_mult": cfg.head_lr_mult}]
     groups = [g for g in groups if g["params"]]
     return torch.optim.SGD(groups, lr=base_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl)
+
+
+def _head_ids(model: nn.Module) -> set[int]:
+    """The last layer's parameters (fc8: ``classifier.fc8`` or ``classifier.6``)."""
+    return {id(p) for p in model.classifier[-1].parameters()}
 
 
 def freeze(model: nn.Module, what: str) -> None:
@@ -156,9 +160,9 @@ def freeze(model: nn.Module, what: str) -> None:
     ``all-but-fc8`` (everything but the new last layer)."""
     if what == "none":
         return
+    head = _head_ids(model)
     frozen = model.features.parameters() if what == "features" else (
-        p for name, p in model.named_parameters() if not name.startswith(f"classifier.{len(model.classifier) - 1}")
-        and not name.startswith("classifier.fc8"))
+        p for p in model.parameters() if id(p) not in head)
     for p in frozen:
         p.requires_grad_(False)
 
@@ -246,8 +250,6 @@ def _prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict | No
 def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
     """Load ``cfg.model.weights`` (fine-tuning) and make the config agree with them:
     variant, input sizes and network options come from the weights."""
-    from .checkpoint import load_model
-
     model, normalizer, meta = load_model(cfg.model.weights)
     cfg.model.variant = meta["variant"]
     cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
@@ -263,8 +265,6 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     With ``resume``, the config stored in ``cfg.out``'s checkpoint is used, with
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     """
-    from .config import apply_overrides
-
     cfg, ckpt = _prepare_run(cfg, resume)
     if overrides:
         cfg = apply_overrides(cfg, overrides)

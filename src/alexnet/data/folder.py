@@ -23,6 +23,9 @@ from PIL import Image, ImageFile
 
 from ..errors import AlexNetError
 
+# What Pillow raises for a corrupt, truncated or non-image file: the "unreadable" of the policy above.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -93,5 +96,5 @@ class ImageFolder(torch.utils.data.Dataset):
         path, label = self.samples[index]
         try:
             return load_image(path, self.resize), label, path
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        except UNREADABLE:
             return None, label, path

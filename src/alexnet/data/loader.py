@@ -119,7 +119,7 @@ def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]
 
 
 class _Sampler(torch.utils.data.Sampler):
-    def __init__(self, owner: "FolderBatches") -> None:
+    def __init__(self, owner: Batches) -> None:
         self.owner = owner
 
     def __iter__(self):
@@ -129,18 +129,23 @@ class _Sampler(torch.utils.data.Sampler):
         return len(self.owner)
 
 
+def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``owner``'s batches of indices, decoded by ``workers`` processes
+    (-1: one per CPU core, as --workers documents), kept alive across epochs, 4 batches ahead each."""
+    if workers < 0:
+        workers = os.cpu_count() or 1
+    return torch.utils.data.DataLoader(
+        dataset, num_workers=workers, pin_memory=owner.device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None, **kw)
+
+
 class FolderBatches(Batches):
     """A class-per-folder split, decoded by ``workers`` processes."""
 
     def __init__(self, dataset: ImageFolder, workers: int, **kw) -> None:
         super().__init__(len(dataset), **kw)
         self.dataset = dataset
-        if workers < 0:
-            workers = os.cpu_count() or 1
-        self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=_Sampler(self), num_workers=workers, collate_fn=_collate,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None)
+        self.loader = _worker_loader(self, dataset, workers, batch_sampler=_Sampler(self), collate_fn=_collate)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels, skipped in self.loader:
@@ -164,12 +169,8 @@ class PackedBatches(Batches):
             if self.device.type != "cuda":
                 raise AlexNetError("--gpu-decode needs a CUDA device")
             split.decode_on = self.device
-        if workers < 0:
-            workers = min(os.cpu_count() or 1, 16)
-        self.loader = torch.utils.data.DataLoader(
-            split, sampler=_Sampler(self), batch_size=None, num_workers=workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None)
+        # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
+        self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
 
     def __iter__(self) -> Iterator[Batch]:
         from torchvision.io import decode_jpeg

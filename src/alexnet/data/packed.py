@@ -33,7 +33,7 @@ from PIL import Image
 from ..checkpoint import atomic_write, atomic_write_text
 from ..errors import AlexNetError
 from ..progress import Progress
-from .folder import find_classes, list_images, load_image
+from .folder import UNREADABLE, find_classes, list_images, load_image
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are what
 # this module (and --gpu-decode) uses, so the note is not repeated in every worker.
@@ -44,13 +44,18 @@ FORMAT = "alexnet-packed/1"
 ENCODINGS = ("jpeg", "raw")
 
 
-def is_packed(path: str | Path) -> bool:
-    meta = Path(path) / "meta.json"
-    if not meta.is_file():
-        return False
+def read_meta(path: str | Path) -> dict:
+    """A packed dataset's ``meta.json`` (format, classes, size, encoding, splits)."""
     try:
-        return json.loads(meta.read_text()).get("format") == FORMAT
+        return json.loads((Path(path) / "meta.json").read_text())
     except (OSError, json.JSONDecodeError):
+        raise AlexNetError(f"{path} is not a packed dataset (no readable meta.json)") from None
+
+
+def is_packed(path: str | Path) -> bool:
+    try:
+        return read_meta(path).get("format") == FORMAT
+    except AlexNetError:
         return False
 
 
@@ -90,7 +95,7 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list[str], int]:
             for path, label in job.samples:
                 try:
                     data = _encode(load_image(path, job.size), job.encoding, job.quality)
-                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                except UNREADABLE:
                     skipped.append(path)
                     continue
                 f.write(data)
@@ -198,7 +203,7 @@ class PackedSplit(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split: str) -> None:
         root = Path(root)
-        self.meta = json.loads((root / "meta.json").read_text())
+        self.meta = read_meta(root)
         if split not in self.meta["splits"]:
             raise AlexNetError(f"packed dataset {root} has no {split!r} split")
         info = self.meta["splits"][split]
