@@ -48,3 +48,25 @@ def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir):
     # the two-process checkpoint resumes in one process (any world size)
     run([sys.executable, "-m", "alexnet", "train", "--resume", str(tmp_path / "two"), "--epochs", "3"], tmp_path)
     assert load_checkpoint(tmp_path / "two")["epoch"] == 3
+
+
+def _gather_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+    from alexnet import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        got = distributed.gather_lists([f"bad-{rank}.jpg"] * (rank + 1))
+        total = distributed.all_reduce_sum(torch.tensor([float(rank + 1)]))
+        torch.save({"got": got, "total": total}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_sees_every_ranks_skipped_files(tmp_path):
+    """Unreadable files found by any rank reach rank 0's log (names gathered, counts summed)."""
+    torch.multiprocessing.spawn(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        r = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
+        assert r["got"] == ["bad-0.jpg", "bad-1.jpg", "bad-1.jpg"]
+        assert r["total"].item() == 3.0

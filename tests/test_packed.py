@@ -135,3 +135,33 @@ def test_train_from_packed_data(tree, tmp_path):
     assert result["history"][0]["train_images"] == 18 and result["final"]["images"] == 18
     with pytest.raises(AlexNetError, match="holds 76-px images"):
         fit(apply_overrides(cfg, {"resize": 96, "out": str(tmp_path / "run2")}))
+
+
+def test_device_decode_path_delivers_the_same_batches(tree, tmp_path):
+    """--gpu-decode's path (workers send encoded JPEGs, the device decodes whole batches),
+    run here with the CPU as the decoding device: same images, labels and order."""
+    from alexnet.data.loader import PackedBatches
+
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    cpu = torch.device("cpu")
+
+    def epoch(device_decode):
+        b = PackedBatches(packed.PackedSplit(tmp_path / "dst", "train"), 2, device_decode, batch_size=4,
+                          shuffle=True, drop_last=True, device=cpu, seed=3)
+        b.set_epoch(1)
+        return [(x.images, x.labels) for x in b]
+
+    decoded_by_workers, decoded_on_device = epoch(False), epoch(True)
+    assert len(decoded_by_workers) == len(decoded_on_device) == 4
+    for (xa, ya), (xb, yb) in zip(decoded_by_workers, decoded_on_device):
+        assert xb.shape == (4, 3, 32, 32) and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
+    packed.prepare(tree, tmp_path / "raw", size=32, encoding="raw", workers=1, progress=False)
+    packed.prepare(tree, tmp_path / "jpeg", size=32, encoding="jpeg", workers=1, progress=False)
+    for data in (str(tmp_path / "raw"), str(tree), "fashion-mnist"):
+        with pytest.raises(AlexNetError, match="reads packed JPEG datasets"):
+            build(data, 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)
+    with pytest.raises(AlexNetError, match="needs a CUDA device"):
+        build(str(tmp_path / "jpeg"), 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)

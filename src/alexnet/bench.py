@@ -61,14 +61,31 @@ def _sync(device: torch.device) -> None:
 
 
 def _reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window: CUDA's allocator statistics, or on Linux the
+    process's peak resident set (VmHWM, reset by writing 5 to /proc/self/clear_refs)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the figure is the peak since the process started
 
 
 def _peak_mib(device: torch.device) -> float:
+    """Peak memory since ``_reset_peak``: allocated CUDA memory, or this process's resident set
+    (loader worker processes not included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # lifetime peak (Linux: KiB)
 
 
 def time_steps(step: Callable[[], int], device: torch.device, steps: int, warmup: int) -> float:

@@ -64,6 +64,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def gather_lists(items: list) -> list:
+    """Every rank's list, concatenated in rank order, on every rank (the list itself alone)."""
+    if not is_active():
+        return items
+    boxes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(boxes, items)
+    return [x for box in boxes for x in box]
+
+
 def barrier() -> None:
     if is_active():
         dist.barrier()

@@ -220,6 +220,7 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
     stats[0], stats[1] = dev_stats.double().cpu()
     if distributed.is_active():
         stats = distributed.all_reduce_sum(stats.to(rt.device if rt.device.type == "cuda" else "cpu")).cpu()
+        skipped_files = distributed.gather_lists(skipped_files)[:10]
     if not math.isfinite(stats[0].item()):
         raise AlexNetError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
     images = max(int(stats[2]), 1)

@@ -24,7 +24,7 @@ from ..errors import AlexNetError
 from . import fashion_mnist
 from .folder import ImageFolder
 from .transforms import to_rgb
-from .packed import PackedSplit, is_packed
+from .packed import PackedSplit, is_packed, read_meta
 
 
 @dataclass
@@ -159,16 +159,14 @@ class FolderBatches(Batches):
 
 class PackedBatches(Batches):
     """A split of a packed dataset (``alexnet prepare``): whole batches are read from the
-    memory-mapped shards and decoded by ``workers`` processes, or, with
-    ``gpu_decode``, decoded on the GPU by torchvision's batched ``decode_jpeg``."""
+    memory-mapped shards and decoded by ``workers`` processes, or, with ``device_decode``,
+    sent still encoded and decoded on the training device by torchvision's batched
+    ``decode_jpeg`` (nvJPEG on CUDA: ``--gpu-decode``)."""
 
-    def __init__(self, split: "PackedSplit", workers: int, gpu_decode: bool = False, **kw) -> None:
+    def __init__(self, split: "PackedSplit", workers: int, device_decode: bool = False, **kw) -> None:
         super().__init__(len(split), **kw)
         self.dataset = split
-        if gpu_decode:
-            if self.device.type != "cuda":
-                raise AlexNetError("--gpu-decode needs a CUDA device")
-            split.decode_on = self.device
+        split.decode_later = device_decode
         # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
         self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
 
@@ -176,7 +174,7 @@ class PackedBatches(Batches):
         from torchvision.io import decode_jpeg
 
         for images, labels in self.loader:
-            if isinstance(images, list):  # encoded JPEGs: decode the batch on the GPU
+            if isinstance(images, list):  # still-encoded JPEGs: decode the batch on the device
                 images = torch.stack(decode_jpeg(images, device=self.device))
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
@@ -200,6 +198,11 @@ def build(data: str, resize: int, batch_size: int, device: torch.device, *, work
     """The train and validation batches for ``data`` ('fashion-mnist' or a folder)."""
     common = dict(device=device, seed=seed, rank=rank, world=world)
     eval_bs = eval_batch_size or batch_size
+    root = os.path.expanduser(data)
+    if gpu_decode and not (is_packed(root) and read_meta(root)["encoding"] == "jpeg"):
+        raise AlexNetError(f"--gpu-decode reads packed JPEG datasets (alexnet prepare); {data!r} is not one")
+    if gpu_decode and device.type != "cuda":
+        raise AlexNetError("--gpu-decode needs a CUDA device")
     if data == "fashion-mnist":
         val_x, val_y = fashion_mnist.load("test", fashion_mnist_dir)
         n = _limited(len(val_x), limit_val)
@@ -214,7 +217,6 @@ def build(data: str, resize: int, batch_size: int, device: torch.device, *, work
         # Fashion-MNIST has no validation split: its 10,000-image test set serves.
         return Splits(list(fashion_mnist.CLASSES), train_b, val, "test")
 
-    root = os.path.expanduser(data)
     if is_packed(root):
         train_split = PackedSplit(root, "train")
         if train_split.size != resize:

@@ -247,10 +247,10 @@ class PackedSplit(torch.utils.data.Dataset):
         return images, self.labels[indices]
 
     def __getitem__(self, indices: list[int]):
-        """Decoded (images, labels); with ``decode_on`` set to a CUDA device, the
-        still-encoded JPEGs (a list of byte tensors) and labels instead."""
-        if self.decode_on is not None and self.encoding == "jpeg":
+        """Decoded (images, labels); with ``decode_later`` set, the still-encoded JPEGs
+        (a list of byte tensors) and labels instead, for decoding on the training device."""
+        if self.decode_later and self.encoding == "jpeg":
             return self.encoded(indices), self.labels[indices]
         return self.batch(indices)
 
-    decode_on: torch.device | None = None
+    decode_later: bool = False
