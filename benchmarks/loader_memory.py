@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +74,8 @@ def _family(pid: int) -> list[int]:
 
 
 def memory_mib() -> dict[str, float]:
-    """Anonymous and file-backed resident memory of this process and its children."""
+    """Anonymous and file-backed resident memory of this process and its children
+    (the process reading the epoch and its loader workers)."""
     pids = _family(os.getpid())
     return {"anon": sum(_kib(p, "RssAnon") for p in pids) / 1024,
             "file": sum(_kib(p, "RssFile") for p in pids) / 1024, "processes": len(pids)}
@@ -99,7 +102,11 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one epoch over WORKDIR, as JSON
     args = p.parse_args()
+    if args.measure:
+        print(json.dumps(one_epoch(Path(args.workdir), args.workers, args.batch)))
+        return
     work = Path(args.workdir)
     results = []
     for n in args.sizes:
@@ -108,7 +115,11 @@ def main() -> None:
             write_images(src, n)
             packed.prepare(src, dst, workers=-1, progress=False)
         size_mib = packed.read_meta(dst)["splits"]["train"]["bytes"] / 2**20
-        row = {"dataset_images": n, "dataset_mib": round(size_mib, 1), **one_epoch(dst, args.workers, args.batch)}
+        # A fresh process per size: nothing of an earlier measurement (its loader workers) is counted.
+        out = subprocess.run([sys.executable, __file__, str(dst), "--measure", "--workers", str(args.workers),
+                              "--batch", str(args.batch)], check=True, capture_output=True, text=True).stdout
+        epoch = json.loads(out.splitlines()[-1])
+        row = {"dataset_images": n, "dataset_mib": round(size_mib, 1), **epoch}
         results.append(row)
         print(json.dumps(row), flush=True)
     print("| images | packed size (MiB) | anon. memory after batch 1 (MiB) | peak anon. memory (MiB) "

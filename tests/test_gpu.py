@@ -41,3 +41,19 @@ def test_gpu_jpeg_decode_matches_cpu(tmp_path):
     for a, b in zip(cpu, gpu):
         assert a.images.shape == b.images.shape
         assert (a.images.float() - b.images.float()).abs().mean() < 2  # decoders may round differently
+
+
+def test_two_tower_split_on_cuda_matches_one_device():
+    """The paper's model-parallel split on cuda:0 and cuda:1 (both on cuda:0 with one GPU)."""
+    from alexnet.towers import TwoTowerAlexNet
+
+    torch.manual_seed(0)
+    single = create_model("paper", num_classes=1000, dropout=0.0, init="kaiming").cuda()
+    second = "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
+    split = TwoTowerAlexNet(single, ("cuda:0", second))
+    x = torch.randn(8, 3, 227, 227, device="cuda") * 60
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), single(x), rtol=1e-3, atol=1e-3)  # TF32 convolutions
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fast = split(x).float()
+    assert F.cosine_similarity(single(x), fast).min() > 0.99

@@ -165,3 +165,14 @@ def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
             build(data, 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)
     with pytest.raises(AlexNetError, match="needs a CUDA device"):
         build(str(tmp_path / "jpeg"), 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)
+
+
+def test_truncated_shard_is_named(tree, tmp_path):
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    last = len(split) - 1
+    shard = tmp_path / "dst" / "train-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    split.batch([0])  # images before the cut still read
+    with pytest.raises(AlexNetError, match="train-00000.bin is shorter than its index"):
+        split.batch([last])

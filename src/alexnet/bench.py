@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
 from .data.packed import read_meta
+from .errors import AlexNetError
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .models import create_model, variant_info
 from .summary import summarize
+from .towers import TwoTowerAlexNet
 from .train import Runtime, build_optimizer, resolve_runtime
 
 
@@ -130,7 +132,8 @@ def _train_step(model, optimizer, rt: Runtime):
 
 
 def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):
-    model = create_model(variant, init="kaiming").to(rt.device)
+    model = create_model(variant, init="kaiming")
+    model = TwoTowerAlexNet(model, rt.towers) if rt.towers else model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig())
@@ -231,11 +234,15 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
 def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
         compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
         packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
-        log: Callable[[str], None] = print) -> dict:
-    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}}."""
+        model_parallel: str = "", log: Callable[[str], None] = print) -> dict:
+    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}}.
+    With ``model_parallel`` (two devices, or 'auto'), the ``paper`` network runs split in two towers."""
     for v in variants:
         variant_info(v)
-    rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last))
+    if model_parallel and variants != ["paper"]:
+        raise AlexNetError("--model-parallel benchmarks the paper network only: add --variant paper")
+    rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last,
+                                     model_parallel=model_parallel))
     cuda = rt.device.type == "cuda"
     batch = batch_size or (256 if cuda else 64)
     steps = steps or (50 if cuda else 5)
@@ -243,6 +250,7 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
     workers = (min(os.cpu_count() or 1, 16) if workers < 0 else workers)
     dtype = rt.dtype or torch.float32
     settings = {"precision": str(dtype).replace("torch.", ""), "channels_last": rt.channels_last,
+                "model_parallel": [str(d) for d in rt.towers] if rt.towers else None,
                 "compile": compile, "batch_size": batch, "steps": steps, "warmup": warmup, "workers": workers,
                 "torch": torch.__version__}
     figures: list[Figure] = []

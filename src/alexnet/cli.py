@@ -106,10 +106,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.inference:
         result = bench_inference(steps=args.steps, warmup=args.warmup, log=log)
     else:
-        result = run(args.variant or ["paper", "torchvision"], device=args.device, precision=args.precision,
+        result = run(args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"]), device=args.device, precision=args.precision,
                      channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
                      steps=args.steps, warmup=args.warmup, images=args.images, packed=args.packed,
-                     workers=args.workers, gpu_decode=args.gpu_decode, baseline=args.baseline, log=log)
+                     workers=args.workers, gpu_decode=args.gpu_decode, baseline=args.baseline,
+                     model_parallel=args.model_parallel, log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prepare", help="pack a class-per-folder tree into memory-mappable shards for fast loading",
+    p = sub.add_parser("prepare", help="pack a class-per-folder tree into a few large shards for fast loading",
                        description="Decode SRC/train and SRC/val once, resize (shorter side to --size, center crop) "
                                    "and store them in DST as JPEG or raw uint8 shards. Interrupted? Run it again.")
     p.add_argument("src", help="folder with train/ and val/ class-per-folder trees")
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 10 on GPU, 2 on CPU)")
     p.add_argument("--workers", type=int, default=-1)
     p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
+    p.add_argument("--model-parallel", default="", metavar="DEVICES",
+                   help="the paper network split in two towers: 'auto' or two devices, e.g. cuda:0,cuda:1")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
     p.add_argument("--inference", action="store_true",
                    help="CPU inference instead: batch 1 and 64, eager PyTorch vs ONNX Runtime vs torchvision eager")

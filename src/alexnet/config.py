@@ -88,6 +88,8 @@ class TrainConfig:
     out: str = _f("runs/alexnet", "run directory: config, metrics, checkpoints")
     seed: int = _f(0, "random seed; with it, a CPU run is reproducible and resumes exactly")
     device: str = _f("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    model_parallel: str = _f("", "the paper's two-GPU split of the paper network: 'auto' (towers on cuda:2r and "
+                                 "cuda:2r+1 for local rank r) or two devices, e.g. 'cuda:0,cuda:1'; '' = off")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16", ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
@@ -166,6 +168,8 @@ def validate(cfg: TrainConfig) -> None:
         (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
         (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
+        (not cfg.model_parallel or m.variant == "paper",
+         "--model-parallel splits the paper network's two towers; the torchvision network has none"),
     ]
     for ok, message in checks:
         if not ok:

@@ -82,14 +82,8 @@ class AlexNet(nn.Module):
         """Convolutional part, pooled and flattened; returns the tensor and the
         index of the classifier layer that takes it."""
         x = self.features(x)  # (B, 256, 6, 6) at the native input size
-        if self._fc6_first and x.shape[-2:] == (1, 1):
-            # Inputs below 99 px leave pool5 at 1x1; the 6x6 adaptive pool would copy
-            # each value to all 36 positions. fc6 of those copies is fc6 with its 36
-            # per-position weight columns summed: the same numbers (and gradients)
-            # for 1/36 of fc6's work, which is a third of a small-input step.
-            fc6 = self.classifier[0]
-            weight = fc6.weight.view(fc6.out_features, -1, 36).sum(-1)  # (4096, 256)
-            return F.linear(torch.flatten(x, 1), weight, fc6.bias), 1
+        if self._fc6_first:
+            return fc6_on_pool5(self.classifier[0], self.avgpool, x), 1
         return torch.flatten(self.avgpool(x), 1), 0
 
     @property
@@ -111,6 +105,11 @@ class AlexNet(nn.Module):
         x, start = self._trunk(x)
         return self.classifier[start:self._taps[layer] + 1](x)
 
+    def head_parameters(self):
+        """The last layer's (fc8's) parameters: what ``--head-lr-mult`` and
+        ``--freeze all-but-fc8`` single out."""
+        return list(self.classifier[-1].parameters())
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last layer (fc8) for a new class count, freshly initialised."""
         old = self.classifier[-1]
@@ -118,6 +117,20 @@ class AlexNet(nn.Module):
         nn.init.normal_(new.weight, 0.0, 0.01)
         nn.init.zeros_(new.bias)
         self.classifier[-1] = new.to(old.weight.device, old.weight.dtype)
+
+
+def fc6_on_pool5(fc6: nn.Linear, avgpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fc6 of pool5 ``x`` (B, C, h, w), through the 6x6 adaptive pool.
+
+    Inputs below 99 px leave pool5 at 1x1; the adaptive pool would copy each value to
+    all 36 positions. fc6 of those copies is fc6 with its 36 per-position weight columns
+    summed: the same numbers (and gradients) for 1/36 of fc6's work, which is a third
+    of a small-input step.
+    """
+    if x.shape[-2:] == (1, 1):
+        weight = fc6.weight.view(fc6.out_features, -1, 36).sum(-1)  # (out, C)
+        return F.linear(torch.flatten(x, 1), weight, fc6.bias)
+    return fc6(torch.flatten(avgpool(x), 1))
 
 
 class PaperAlexNet(AlexNet):

@@ -31,6 +31,7 @@ from .errors import AlexNetError
 from .evaluate import evaluate
 from .models import create_model
 from .progress import Progress
+from .towers import TwoTowerAlexNet, resolve_devices
 
 
 # ---------------------------------------------------------------------------
@@ -42,6 +43,7 @@ class Runtime:
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     channels_last: bool
     env: distributed.Env
+    towers: tuple[torch.device, torch.device] | None = None  # --model-parallel: the two towers' devices
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -68,7 +70,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
     env = distributed.from_environment()
-    device = resolve_device(cfg.device, env.local_rank)
+    towers = resolve_devices(cfg.model_parallel, env.local_rank) if cfg.model_parallel else None
+    # With the towers split, the batch, the loss and the metrics live on tower 1's device.
+    device = towers[0] if towers else resolve_device(cfg.device, env.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -82,7 +86,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         raise AlexNetError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     env = distributed.setup(device)
-    return Runtime(device, dtype, channels_last, env)
+    return Runtime(device, dtype, channels_last, env, towers)
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +156,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 def _head_ids(model: nn.Module) -> set[int]:
     """The last layer's parameters (fc8: ``classifier.fc8`` or ``classifier.6``)."""
-    return {id(p) for p in model.classifier[-1].parameters()}
+    return {id(p) for p in model.head_parameters()}
 
 
 def freeze(model: nn.Module, what: str) -> None:
@@ -308,7 +312,10 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
         else:
             normalizer = Normalizer.mean_image(data_loader.estimate_mean_image(splits.train, d.mean_samples))
     freeze(model, cfg.model.freeze)
-    model.to(rt.device)
+    if rt.towers:
+        model = TwoTowerAlexNet(model, rt.towers)  # the same network, tower t on rt.towers[t]
+    else:
+        model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, o)
@@ -316,14 +323,19 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     history: list[dict] = []
     start_epoch = 0
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # the parameters are laid out differently (one device or two)
+            raise AlexNetError(f"{out / CHECKPOINT_NAME}: the optimizer state does not fit; resume with the "
+                               "run's own --model-parallel setting") from None
         schedule.load_state_dict(ckpt["schedule"])
         history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
 
     train_model: nn.Module = model
     if rt.env.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # A module spanning two devices (--model-parallel) takes no device_ids.
+        single_gpu = rt.device.type == "cuda" and not rt.towers
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if single_gpu else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -342,7 +354,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     n_params = sum(p.numel() for p in model.parameters())
     _log(rt, f"alexnet: {cfg.model.variant} network, {n_params:,} parameters, {num_classes} classes, "
              f"input {crop}x{crop} from {d.resize}x{d.resize}; {splits.train.num_images:,} "
-             f"training images; device {rt.device}"
+             f"training images; device {', '.join(map(str, rt.towers)) + ' (two towers)' if rt.towers else rt.device}"
              f"{f' x {rt.env.world} processes' if rt.env.world > 1 else ''}; "
              f"{'resuming after epoch ' + str(start_epoch) if ckpt else 'run directory ' + str(out)}")
 

@@ -2,7 +2,8 @@
 
 A class-per-folder tree is decoded once, preprocessed as the paper does
 (shorter side to S, center S x S crop; S = 256) and stored as JPEG (quality a
-flag) or raw uint8 in a few large shard files that are memory-mapped when read:
+flag) or raw uint8 in a few large flat shard files (memory-mappable; the reader
+uses positioned reads, which keep its resident memory bounded):
 
     DST/meta.json                  format, classes, size, encoding, counts, skipped files
     DST/train-00000.bin            the images of one shard, back to back
@@ -220,27 +221,44 @@ class PackedSplit(torch.utils.data.Dataset):
         self._shard = np.concatenate(self._shard_of)
         self._local = np.concatenate(starts)
         self._names = info["shards"]
-        self._maps: list[np.memmap] | None = None  # opened lazily, once per process
+        self._files: list[int] | None = None  # descriptors, opened lazily in each process
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _bytes(self, i: int) -> np.ndarray:
-        if self._maps is None:
-            self._maps = [np.memmap(self.root / f"{n}.bin", dtype=np.uint8, mode="r") for n in self._names]
+    def __getstate__(self) -> dict:  # loader workers open their own descriptors
+        return {**self.__dict__, "_files": None}
+
+    def __del__(self) -> None:
+        for fd in self.__dict__.get("_files") or ():
+            os.close(fd)
+
+    def _bytes(self, i: int) -> bytearray:
+        """Image ``i``'s stored bytes, read with one positioned read (``os.preadv``).
+
+        Reading rather than memory-mapping keeps every process's resident memory
+        bounded: a map would hold each page it has touched, and over an epoch that is
+        the whole shard. The kernel's page cache still serves repeated reads."""
+        if self._files is None:
+            self._files = [os.open(self.root / f"{n}.bin", os.O_RDONLY) for n in self._names]
         s, j = self._shard[i], self._local[i]
-        off = self._offsets[s]
-        return self._maps[s][off[j]:off[j + 1]]
+        start, end = int(self._offsets[s][j]), int(self._offsets[s][j + 1])
+        buf = bytearray(end - start)
+        if os.preadv(self._files[s], [buf], start) != len(buf):
+            raise AlexNetError(f"{self.root / self._names[s]}.bin is shorter than its index says; "
+                               "re-run alexnet prepare")
+        return buf
 
     def encoded(self, indices: list[int]) -> list[torch.Tensor]:
-        return [torch.from_numpy(np.array(self._bytes(i))) for i in indices]
+        return [torch.frombuffer(self._bytes(i), dtype=torch.uint8) for i in indices]
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded uint8 images (B, 3, S, S) and labels, decoded on the CPU."""
         from torchvision.io import decode_jpeg
 
         if self.encoding == "raw":
-            data = np.stack([self._bytes(i) for i in indices]).reshape(len(indices), 3, self.size, self.size)
+            data = np.stack([np.frombuffer(self._bytes(i), np.uint8) for i in indices])
+            data = data.reshape(len(indices), 3, self.size, self.size)
             images = torch.from_numpy(data)
         else:
             images = torch.stack(decode_jpeg(self.encoded(indices)))
