@@ -9,13 +9,16 @@ def test_bench_reports_every_figure(image_tree):
     result = run(["torchvision"], device="cpu", batch_size=4, steps=1, warmup=1, images=str(image_tree),
                  workers=0, log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
-    assert {w for w, _ in figures} == {"model", "loader", "end-to-end", "baseline"}
+    assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "baseline"}
     assert all(f["images_per_sec"] > 0 and f["peak_memory_mib"] > 0 for f in figures.values())
     model = figures[("model", "torchvision")]
     assert 0 < model["fraction_of_peak"] and model["settings"]["precision"] == "float32"
     e2e = figures[("end-to-end", "torchvision")]["images_per_sec"]
     base = next(f for (w, _), f in figures.items() if w == "baseline")["images_per_sec"]
     assert result["ratios"]["torchvision: end-to-end / baseline"] == pytest.approx(e2e / base)
+    decode = figures[("decode", "-")]["images_per_sec"]
+    assert result["decode_cores"]["torchvision: CPU cores to decode at the model-only rate"] == pytest.approx(
+        model["images_per_sec"] / decode)
 
 
 def test_inference_bench_compares_with_the_baseline():

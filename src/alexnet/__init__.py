@@ -8,10 +8,11 @@ from .errors import AlexNetError
 from .export import export, import_torchvision
 from .infer import evaluate_weights, extract_features, neighbors, predict
 from .models import VARIANTS, AlexNet, create_model, variant_info
+from .towers import TwoTowerAlexNet
 from .train import fit
 
 __version__ = "0.1.0"
 
 __all__ = ["AlexNet", "AlexNetError", "TrainConfig", "VARIANTS", "create_model", "evaluate_weights", "export",
            "extract_features", "fit", "import_caffe", "import_torchvision", "load_model", "neighbors", "predict",
-           "prepare", "variant_info", "__version__"]
+           "prepare", "TwoTowerAlexNet", "variant_info", "__version__"]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
-from .data.packed import read_meta
+from .data.packed import PackedSplit, read_meta
 from .errors import AlexNetError
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .models import create_model, variant_info
@@ -40,7 +40,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 @dataclass
 class Figure:
-    what: str  # model | loader | end-to-end | baseline | matmul-peak
+    what: str  # model | decode | loader | end-to-end | baseline | inference
     variant: str
     device: str
     images_per_sec: float
@@ -185,6 +185,30 @@ def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: i
                   {"workers": workers, "gpu_decode": gpu_decode})
 
 
+def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure:
+    """JPEG decoding alone on one CPU core (torchvision's decode_jpeg, as the loader workers run
+    it): with the model-only rate it says how many cores it takes to keep the device fed."""
+    split = PackedSplit(packed_dir, "train")
+    if split.encoding != "jpeg":
+        raise AlexNetError(f"{packed_dir} stores raw images: there is nothing to decode")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    try:
+        offset = 0
+
+        def step() -> int:
+            nonlocal offset
+            indices = [(offset + i) % len(split) for i in range(batch)]
+            offset += batch
+            return split.batch(indices)[0].shape[0]
+
+        rate = time_steps(step, cpu, steps, warmup)
+    finally:
+        torch.set_num_threads(threads)
+    return Figure("decode", "-", device_name(cpu), rate, batch, steps, _peak_mib(cpu), {"threads": 1})
+
+
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
                      workers: int, gpu_decode: bool, compile: bool) -> Figure:
     next_batch = _packed_batches(packed_dir, rt, batch, workers, gpu_decode, variant_info(variant).input_size)
@@ -278,6 +302,8 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         prepare(images, packed, workers=workers, progress=False)
     try:
         if packed:
+            if read_meta(packed)["encoding"] == "jpeg":
+                add(bench_decode(packed, batch, steps, warmup))
             add(bench_loader(packed, rt, batch, steps, warmup, workers, gpu_decode))
             for v in variants:
                 add(bench_end_to_end(v, packed, rt, batch, steps, warmup, workers, gpu_decode, compile))
@@ -297,13 +323,20 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         ratios["torchvision: end-to-end / baseline"] = by[("end-to-end", "torchvision")] / base
     for k, r in ratios.items():
         log(f"{k}: {r:.2f}x")
+    # How many CPU cores of JPEG decoding it takes to feed the model-only rate.
+    decode = by.get(("decode", "-"))
+    cores = {f"{v}: CPU cores to decode at the model-only rate": by[("model", v)] / decode
+             for v in variants if decode and ("model", v) in by}
+    for k, c in cores.items():
+        log(f"{k}: {c:.1f}")
     # What the end-to-end rate means for the paper's run: 90 epochs of ILSVRC-2012's 1,281,167 images.
     projection = {f"{f.variant}: 90 ImageNet epochs (hours)": 90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600
                   for f in figures if f.what == "end-to-end"}
     for k, h in projection.items():
         log(f"{k}: {h:,.1f}")
     return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": settings,
-            "figures": [asdict(f) for f in figures], "ratios": ratios, "projection": projection}
+            "figures": [asdict(f) for f in figures], "ratios": ratios, "decode_cores": cores,
+            "projection": projection}
 
 
 # ---------------------------------------------------------------------------

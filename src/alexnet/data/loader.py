@@ -95,19 +95,19 @@ class Batches:
 
 
 class TensorBatches(Batches):
-    """In-memory uint8 images (N, C, h, w), resized to ``size`` batch by batch on the device."""
+    """In-memory uint8 images (N, C, h, w), resized to ``size`` batch by batch on the device.
+
+    On a GPU the whole set moves to device memory once (Fashion-MNIST's 60,000 images are
+    47 MB): batches are then gathered on the device, with no host copy per step."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, **kw) -> None:
         super().__init__(len(images), **kw)
-        self.images, self.labels, self.size = images, labels, size
-        if self.device.type == "cuda":
-            self.images = self.images.pin_memory()
+        self.images, self.labels, self.size = images.to(self.device), labels.to(self.device), size
 
     def __iter__(self) -> Iterator[Batch]:
         for idx in self._chunks():
-            x = self.images[idx].to(self.device, non_blocking=True)
-            y = self.labels[idx].to(self.device, non_blocking=True)
-            yield Batch(resize_batch(x, self.size), y)
+            idx = idx.to(self.device)
+            yield Batch(resize_batch(self.images[idx], self.size), self.labels[idx])
 
 
 def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
