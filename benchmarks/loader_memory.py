@@ -81,6 +81,17 @@ def memory_mib() -> dict[str, float]:
             "file": sum(_kib(p, "RssFile") for p in pids) / 1024, "processes": len(pids)}
 
 
+def read_through_memory_maps() -> None:
+    """For comparison: read the shards through memory maps (np.memmap) instead of positioned reads."""
+    def _bytes(self, i: int) -> bytearray:
+        if getattr(self, "_maps", None) is None:
+            self._maps = [np.memmap(self.root / f"{n}.bin", dtype=np.uint8, mode="r") for n in self._names]
+        s, j = self._shard[i], self._local[i]
+        return bytearray(self._maps[s][self._offsets[s][j]:self._offsets[s][j + 1]])
+
+    packed.PackedSplit._bytes = _bytes
+
+
 def one_epoch(dst: Path, workers: int, batch: int) -> dict:
     batches = PackedBatches(packed.PackedSplit(dst, "train"), workers, batch_size=batch, shuffle=True,
                             drop_last=True, device=torch.device("cpu"), seed=0)
@@ -102,8 +113,11 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--mmap", action="store_true", help="read through memory maps, for comparison")
     p.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one epoch over WORKDIR, as JSON
     args = p.parse_args()
+    if args.mmap:
+        read_through_memory_maps()
     if args.measure:
         print(json.dumps(one_epoch(Path(args.workdir), args.workers, args.batch)))
         return
@@ -117,7 +131,8 @@ def main() -> None:
         size_mib = packed.read_meta(dst)["splits"]["train"]["bytes"] / 2**20
         # A fresh process per size: nothing of an earlier measurement (its loader workers) is counted.
         out = subprocess.run([sys.executable, __file__, str(dst), "--measure", "--workers", str(args.workers),
-                              "--batch", str(args.batch)], check=True, capture_output=True, text=True).stdout
+                              "--batch", str(args.batch)] + (["--mmap"] if args.mmap else []),
+                             check=True, capture_output=True, text=True).stdout
         epoch = json.loads(out.splitlines()[-1])
         row = {"dataset_images": n, "dataset_mib": round(size_mib, 1), **epoch}
         results.append(row)

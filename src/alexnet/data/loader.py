@@ -82,9 +82,6 @@ class Batches:
             chunks.pop()
         return chunks
 
-    def _chunks_as_lists(self) -> list[list[int]]:
-        return [c.tolist() for c in self._chunks()]
-
     def __len__(self) -> int:
         per_rank = len(self._order())
         full, rest = divmod(per_rank, self.local_batch)
@@ -123,7 +120,8 @@ class _Sampler(torch.utils.data.Sampler):
         self.owner = owner
 
     def __iter__(self):
-        return iter(self.owner._chunks_as_lists())
+        for chunk in self.owner._chunks():  # one batch's Python list at a time, not the epoch's
+            yield chunk.tolist()
 
     def __len__(self) -> int:
         return len(self.owner)
