@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from alexnet import create_model
@@ -21,17 +22,33 @@ def run(cmd, tmp_path):
     return r
 
 
-def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir):
-    common = ARGS + ["--fashion-mnist-dir", fmnist_dir]
-    run([sys.executable, "-m", "alexnet", "train", *common, "--out", str(tmp_path / "one")], tmp_path)
-    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-             "-m", "alexnet", "train", *common, "--out", str(tmp_path / "two")], tmp_path)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, fmnist_dir):
+    """The reference: one process, one device."""
+    tmp = tmp_path_factory.mktemp("one")
+    run([sys.executable, "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir,
+         "--out", str(tmp / "run")], tmp)
+    return tmp / "run"
+
+
+def torchrun(tmp_path, fmnist_dir, out, *extra):
+    return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir, "--out", str(out), *extra],
+               tmp_path)
+
+
+def initial_weights():
+    torch.manual_seed(0)  # the runs' common starting point (fit seeds with --seed 0, then builds the model)
+    return create_model("paper", num_classes=10, dropout=0.0, init="kaiming").state_dict()
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir, one_process):
+    r = torchrun(tmp_path, fmnist_dir, tmp_path / "two")
     assert "x 2 processes" in r.stdout
     assert r.stdout.count("epoch 2/2") == 1  # only rank 0 prints
-    one, _, _ = read_weights(tmp_path / "one" / "model.safetensors")
+    one, _, _ = read_weights(one_process / "model.safetensors")
     two, _, _ = read_weights(tmp_path / "two" / "model.safetensors")
-    torch.manual_seed(0)  # the runs' common starting point (fit seeds with --seed 0, then builds the model)
-    init = create_model("paper", num_classes=10, dropout=0.0, init="kaiming").state_dict()
+    init = initial_weights()
     assert one.keys() == two.keys() == init.keys()
     for k in one:
         moved = (one[k] - init[k]).norm()
@@ -39,7 +56,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir):
         # The two runs agree to float rounding (measured: ~1e-6 of the distance moved, after 4 steps).
         # Kept short on purpose: over many steps, rounding flips units at the ReLU boundary and grows.
         assert (two[k] - one[k]).norm() <= 1e-4 * moved, k
-    h1 = load_checkpoint(tmp_path / "one")["history"]
+    h1 = load_checkpoint(one_process)["history"]
     h2 = load_checkpoint(tmp_path / "two")["history"]
     for a, b in zip(h1, h2):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
@@ -48,6 +65,20 @@ def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir):
     # the two-process checkpoint resumes in one process (any world size)
     run([sys.executable, "-m", "alexnet", "train", "--resume", str(tmp_path / "two"), "--epochs", "3"], tmp_path)
     assert load_checkpoint(tmp_path / "two")["epoch"] == 3
+
+
+def test_data_parallel_over_two_tower_splits_matches_one_process(tmp_path, fmnist_dir, one_process):
+    """torchrun x --model-parallel: each process holds the split network (here both towers on
+    'cpu'), DistributedDataParallel spans the processes; same weights as one plain process."""
+    r = torchrun(tmp_path, fmnist_dir, tmp_path / "mp", "--model-parallel", "cpu,cpu")
+    assert "(two towers) x 2 processes" in r.stdout
+    one, _, _ = read_weights(one_process / "model.safetensors")
+    split, _, _ = read_weights(tmp_path / "mp" / "model.safetensors")
+    init = initial_weights()
+    assert split.keys() == one.keys()  # the single-device layout
+    for k in one:
+        # measured: ~1e-6 of the distance moved (one thread per process, as in the test above)
+        assert (split[k] - one[k]).norm() <= 1e-4 * (one[k] - init[k]).norm(), k
 
 
 def _gather_worker(rank, init_file, out_dir):
