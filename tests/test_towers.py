@@ -126,3 +126,18 @@ def test_split_training_run_equals_the_single_device_run(tmp_path, fmnist_dir):
     with pytest.raises(AlexNetError, match="torchvision network has none"):
         fit(apply_overrides(TrainConfig(), {**common, "variant": "torchvision", "out": str(tmp_path / "tv"),
                                             "model_parallel": "cpu,cpu"}))
+
+
+def test_per_tower_lrn_is_the_two_gpu_network():
+    """lrn_span='tower': each tower's maps normalised alone, on one device or split."""
+    single = paper(lrn_span="tower")
+    a = torch.rand(2, 96, 5, 5) * 100
+    alone = torch.cat([local_response_norm(a[:, :48]), local_response_norm(a[:, 48:])], 1)
+    torch.testing.assert_close(single.features.norm1(a), alone)
+    assert not torch.allclose(paper().features.norm1(a), alone)  # the default spans all maps
+    split = TwoTowerAlexNet(single, CPU2)
+    assert split.to_single().features.norm1.groups == 2
+    x = torch.randn(2, 3, 67, 67) * 60
+    torch.testing.assert_close(split(x), single(x), rtol=1e-5, atol=2e-6)
+    with pytest.raises(AlexNetError, match="lrn_span"):
+        create_model("paper", lrn_span="gpu")

@@ -79,9 +79,12 @@ def test_other_schedules_and_warmup():
 
 
 def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_dir):
-    fit(tiny_config(tmp_path / "run", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir))
+    fit(tiny_config(tmp_path / "run", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir, lrn_k=1.0,
+                    lrn_span="tower"))
     model, normalizer, meta = load_model(tmp_path / "run")
     assert meta["variant"] == "paper" and meta["num_classes"] == 10 and meta["input_size"] == 67
+    norm = model.features.norm2  # the network's options come back with it
+    assert (norm.k, norm.groups) == (1.0, 2)
     assert meta["classes"][0] == "T-shirt/top" and meta["accuracy"]["protocol"] == "center"
     assert normalizer.mean.shape == (3, 76, 76)
     ckpt = load_checkpoint(tmp_path / "run")

@@ -32,6 +32,9 @@ class ModelConfig:
     dropout: float = _f(0.5, "dropout probability in fc6/fc7 (paper: 0.5)")
     lrn: bool = _f(True, "local response normalisation after conv1/conv2 (paper variant only)")
     lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
+    lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
+                              "each tower, as the paper's two GPUs each normalised their own maps",
+                       ("all", "tower"))
     init: str = _f("paper", "initialisation: paper N(0,0.01) with biases 1, caffe (biases 0.1), kaiming, torchvision",
                    ("paper", "caffe", "kaiming", "torchvision"))
     weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "

@@ -71,14 +71,25 @@ def local_response_norm_reference(x: torch.Tensor, size: int = 5, alpha: float =
 
 
 class LocalResponseNorm(nn.Module):
-    """LRN with the paper's constants as defaults (n=5, k=2, alpha=1e-4, beta=0.75)."""
+    """LRN with the paper's constants as defaults (n=5, k=2, alpha=1e-4, beta=0.75).
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> None:
+    ``groups`` > 1 normalises each block of C/groups channels on its own, the windows
+    stopping at block edges: the two-GPU network, where each GPU normalised its own maps.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                 groups: int = 1) -> None:
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        if self.groups == 1:
+            return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        n, c, h, w = x.shape  # (N, C, H, W) -> (N * groups, C / groups, H, W) and back
+        y = local_response_norm(x.reshape(n * self.groups, c // self.groups, h, w),
+                                self.size, self.alpha, self.beta, self.k)
+        return y.reshape(n, c, h, w)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+                + (f", groups={self.groups}" if self.groups > 1 else ""))

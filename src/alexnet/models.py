@@ -133,6 +133,9 @@ def fc6_on_pool5(fc6: nn.Linear, avgpool: nn.Module, x: torch.Tensor) -> torch.T
     return fc6(torch.flatten(avgpool(x), 1))
 
 
+LRN_SPANS = ("all", "tower")  # the paper network's LRN window: across all maps, or within each tower
+
+
 class PaperAlexNet(AlexNet):
     """The 2012 network (PAPER.md, "paper"), shapes for a 227x227 input."""
 
@@ -147,14 +150,19 @@ class PaperAlexNet(AlexNet):
     _fc6_first = True
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, lrn: bool = True,
-                 init: str = "paper", lrn_k: float = 2.0) -> None:
+                 init: str = "paper", lrn_k: float = 2.0, lrn_span: str = "all") -> None:
         super().__init__()
+        if lrn_span not in LRN_SPANS:
+            raise AlexNetError(f"lrn_span must be one of {', '.join(LRN_SPANS)}, got {lrn_span!r}")
 
         def norm() -> nn.Module:
             # n=5, k=2, alpha=1e-4, beta=0.75; alpha is divided by n, as in the code
             # the paper ran (cuda-convnet) and in Caffe (PAPER.md, "LRN"). Caffe's
-            # bvlc_alexnet uses k=1: imported Caffe weights set lrn_k=1.
-            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=lrn_k) if lrn else nn.Identity()
+            # bvlc_alexnet uses k=1: imported Caffe weights set lrn_k=1. The window runs
+            # over all maps, as in Caffe ("all"), or within each tower ("tower"), as on
+            # the two GPUs of cuda-convnet, where each GPU normalised its own 48/128 maps.
+            groups = 2 if lrn_span == "tower" else 1
+            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=lrn_k, groups=groups) if lrn else nn.Identity()
 
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),            # (B, 96, 55, 55)
@@ -281,8 +289,8 @@ def _lookup(name: str) -> Callable[..., AlexNet]:
 def create_model(variant: str = "paper", num_classes: int = 1000, **kwargs) -> AlexNet:
     """Build a network by name, e.g. ``create_model("paper", num_classes=10)``.
 
-    Keyword arguments go to the variant: ``dropout`` and ``init`` for both,
-    ``lrn`` (bool) for ``paper``.
+    Keyword arguments go to the variant: ``dropout`` and ``init`` for both;
+    ``lrn`` (bool), ``lrn_k`` and ``lrn_span`` ('all' or 'tower') for ``paper``.
     """
     if num_classes < 1:
         raise AlexNetError(f"num_classes must be at least 1, got {num_classes}")

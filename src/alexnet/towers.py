@@ -20,11 +20,12 @@ gradients back across. The arithmetic is that of the single-device ``PaperAlexNe
 single-device layout: a checkpoint from a split run loads anywhere, and any ``paper``
 weights can be split.
 
-Local response normalisation runs over 5 adjacent channels, as the single-device
-network (and Caffe's ``bvlc_alexnet``) does over all 96/256: at the tower boundary the
-window reaches 2 channels into the other tower, so each tower receives those 2 channels
-("halo") before normalising. Without them a split network would compute a different
-function from the weights it was given.
+Local response normalisation runs over 5 adjacent channels. With ``lrn_span='all'`` (the
+default, as Caffe's ``bvlc_alexnet`` does over all 96/256 maps) the window reaches 2
+channels into the other tower at the boundary, so each tower receives those 2 channels
+("halo") before normalising; without them a split network would compute a different
+function from the weights it was given. With ``lrn_span='tower'`` each tower normalises
+its own maps, as each GPU did in the two-GPU network, and nothing crosses.
 
 With one process per pair of GPUs and DistributedDataParallel over the processes (which
 supports modules spanning several devices), the split also runs on many GPUs and machines.
@@ -75,6 +76,7 @@ class TwoTowerAlexNet(nn.Module):
             raise AlexNetError("the two-tower split is defined for the 'paper' network only")
         norm = model.features.norm1
         lrn, lrn_k = not isinstance(norm, nn.Identity), getattr(norm, "k", 2.0)
+        self.lrn_span = "tower" if getattr(norm, "groups", 1) == 2 else "all"
         self.devices = tuple(torch.device(d) for d in devices)
         self._classes = model.num_classes
         halves = torch.tensor_split(torch.arange(self._classes), 2)
@@ -104,11 +106,14 @@ class TwoTowerAlexNet(nn.Module):
                     yield f"{layer}.{kind}", getattr(getattr(tower, layer.split(".")[1]), kind)
 
     def _lrn(self, a: list[torch.Tensor]) -> list[torch.Tensor]:
-        """norm1/norm2 over the channels of both towers: each tower borrows the other's
-        edge channels that fall inside its windows, normalises, and keeps its own."""
+        """norm1/norm2. Over all maps (``lrn_span`` 'all'): each tower borrows the other's
+        edge channels that fall inside its windows, normalises, and keeps its own. Within
+        each tower ('tower', the two-GPU network of 2012): each normalises alone."""
         norm = self.towers[0].norm
         if norm is None:
             return a
+        if self.lrn_span == "tower":
+            return [norm(y) for y in a]
         before, after = norm.size // 2, (norm.size - 1) // 2  # the window [c - before, c + after]
         d0, d1 = self.devices
         a0 = norm(torch.cat([a[0], a[1][:, :after].to(d0)], 1))[:, :a[0].shape[1]]
@@ -138,7 +143,8 @@ class TwoTowerAlexNet(nn.Module):
         """The same weights as one single-device ``PaperAlexNet`` (on the CPU)."""
         t = self.towers[0]
         model = PaperAlexNet(self._classes, dropout=t.drop.p, lrn=t.norm is not None,
-                             lrn_k=t.norm.k if t.norm is not None else 2.0, init="torchvision")
+                             lrn_k=t.norm.k if t.norm is not None else 2.0, lrn_span=self.lrn_span,
+                             init="torchvision")
         model.load_state_dict({k: v.cpu() for k, v in self.state_dict().items()})
         return model
 

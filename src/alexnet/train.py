@@ -261,6 +261,7 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
     kwargs = meta.get("model_kwargs", {})
     cfg.model.lrn = kwargs.get("lrn", cfg.model.lrn)
     cfg.model.lrn_k = kwargs.get("lrn_k", cfg.model.lrn_k)
+    cfg.model.lrn_span = kwargs.get("lrn_span", "all")
     return model, normalizer
 
 
@@ -292,7 +293,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     cfg.model.num_classes = num_classes
     model_kwargs = {"dropout": cfg.model.dropout, "init": cfg.model.init}
     if cfg.model.variant == "paper":
-        model_kwargs.update(lrn=cfg.model.lrn, lrn_k=cfg.model.lrn_k)
+        model_kwargs.update(lrn=cfg.model.lrn, lrn_k=cfg.model.lrn_k, lrn_span=cfg.model.lrn_span)
 
     torch.manual_seed(cfg.seed)
     if pretrained is not None:
