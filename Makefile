@@ -16,8 +16,8 @@ GPU_FLAGS ?= --variant paper --resize 256 --crop 227 --epochs 15 --init kaiming 
 main: $(VENV)/.installed $(FMNIST)
 	@if $(PY) -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then \
 		flags="$(GPU_FLAGS)"; else flags="$(CPU_FLAGS)"; fi; \
-	echo "+ alexnet train --data fashion-mnist $$flags --out $(RUN)"; \
-	$(CLI) train --data fashion-mnist $$flags --out $(RUN) && \
+	echo "+ alexnet train --data fashion-mnist $$flags --out $(RUN) --overwrite"; \
+	$(CLI) train --data fashion-mnist $$flags --out $(RUN) --overwrite && \
 	echo "+ alexnet evaluate $(RUN) --ten-crop" && \
 	$(CLI) evaluate $(RUN) --ten-crop
 

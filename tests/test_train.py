@@ -85,6 +85,10 @@ def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_d
     assert meta["variant"] == "paper" and meta["num_classes"] == 10 and meta["input_size"] == 67
     norm = model.features.norm2  # the network's options come back with it
     assert (norm.k, norm.groups) == (1.0, 2)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(AlexNetError, match="already holds a run; continue it with --resume"):
+        fit(tiny_config(tmp_path / "run", epochs=1, fashion_mnist_dir=fmnist_dir))
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # nothing written was lost
     assert meta["classes"][0] == "T-shirt/top" and meta["accuracy"]["protocol"] == "center"
     assert normalizer.mean.shape == (3, 76, 76)
     ckpt = load_checkpoint(tmp_path / "run")

@@ -57,14 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, apply_overrides
     from .train import fit
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command", "overwrite")}
     if args.resume:
         if "out" in overrides and overrides["out"] != args.resume:
             raise AlexNetError("--resume names the run directory; do not also pass --out")
         overrides.pop("out", None)
         fit(TrainConfig(out=args.resume), resume=True, overrides=overrides)
     else:
-        fit(apply_overrides(TrainConfig(), overrides))
+        fit(apply_overrides(TrainConfig(), overrides), overwrite=args.overwrite)
     return 0
 
 
@@ -161,12 +161,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .config import TrainConfig, apply_overrides
     from .train import fit
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
     # All layers train by default: on the measured transfer (docs/finetune.md) freezing the
     # convolutions cost 26 points of accuracy.
     defaults = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "none", "schedule": "cosine",
                 "out": "runs/finetune"}
-    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}))
+    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}), overwrite=args.overwrite)
     return 0
 
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train AlexNet. Defaults are the paper's recipe; every value is a flag.")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint; "
                    "other flags given override its stored config (e.g. --epochs)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
                                    "flag applies.")
     p.add_argument("source", metavar="WEIGHTS", help="run directory or weights file to start from")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     _add_config_flags(p)
     p.set_defaults(func=cmd_finetune)
 

@@ -265,11 +265,12 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
     return model, normalizer
 
 
-def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -> dict:
+def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
     """Train as ``cfg`` says, validating every epoch; returns the final metrics.
 
     With ``resume``, the config stored in ``cfg.out``'s checkpoint is used, with
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
+    A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     """
     cfg, ckpt = _prepare_run(cfg, resume)
     if overrides:
@@ -278,6 +279,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None) -
     validate(cfg)
     rt = resolve_runtime(cfg)
     out = Path(cfg.out)
+    if ckpt is None and not overwrite:  # rank 0 looks: other nodes may not share its disk
+        taken = distributed.broadcast_object((out / CHECKPOINT_NAME).exists() if rt.env.is_main else None)
+        if taken:
+            raise AlexNetError(f"{out} already holds a run; continue it with --resume {out}, "
+                               "or pass --overwrite or another --out")
     crop = crop_size(cfg)
     d, o = cfg.data, cfg.optim
 
