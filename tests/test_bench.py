@@ -27,3 +27,17 @@ def test_inference_bench_compares_with_the_baseline():
     assert "torchvision eager fp32 (baseline)" in names and "ONNX Runtime fp32 (alexnet export)" in names
     assert len(result["figures"]) == 10 and len(result["ratios"]) == 8
 
+
+
+def test_bad_bench_input_fails_before_measuring(tmp_path):
+    from alexnet import AlexNetError
+
+    for kwargs, message in [(dict(steps=-1), "--steps must not be negative"),
+                            (dict(batch_size=-3), "--batch-size must not be negative"),
+                            (dict(images=str(tmp_path)), "no train/ folder"),
+                            (dict(packed=str(tmp_path)), "not a packed dataset"),
+                            (dict(gpu_decode=True), "--gpu-decode needs packed data")]:
+        with pytest.raises(AlexNetError, match=message):
+            run(["torchvision"], device="cpu", log=lambda _: None, **kwargs)
+    with pytest.raises(AlexNetError, match="--warmup must not be negative"):
+        bench_inference(warmup=-1, log=lambda _: None)

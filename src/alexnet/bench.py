@@ -258,6 +258,12 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
                   _peak_mib(device), {"workers": workers})
 
 
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 0:
+            raise AlexNetError(f"--{name.replace('_', '-')} must not be negative (0 takes the default), got {value}")
+
+
 def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
         compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
         packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
@@ -268,6 +274,14 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         variant_info(v)
     if model_parallel and variants != ["paper"]:
         raise AlexNetError("--model-parallel benchmarks the paper network only: add --variant paper")
+    # Inputs are checked before any measurement, not after minutes of them.
+    _check_counts(batch_size=batch_size, steps=steps, warmup=warmup)
+    if images and not os.path.isdir(os.path.join(images, "train")):
+        raise AlexNetError(f"--images {images}: no train/ folder of class folders there")
+    if packed:
+        read_meta(packed)  # a one-line error when it is not a packed dataset
+    if gpu_decode and not packed and not images:
+        raise AlexNetError("--gpu-decode needs packed data: pass --images or --packed")
     rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last,
                                      model_parallel=model_parallel))
     cuda = rt.device.type == "cuda"
@@ -348,6 +362,7 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
 def bench_inference(batch_sizes: tuple[int, ...] = (1, 64), steps: int = 0, warmup: int = 0,
                     log: Callable[[str], None] = print) -> dict:
     """The ``torchvision`` network with the same weights, five ways, on the CPU."""
+    _check_counts(steps=steps, warmup=warmup)
     import onnxruntime as ort
     import torchvision
 
