@@ -10,6 +10,7 @@ from alexnet.checkpoint import atomic_write, load_checkpoint, load_model, read_w
 from alexnet.config import OptimConfig, TrainConfig, apply_overrides
 from alexnet.data import fashion_mnist
 from alexnet.data.loader import resize_batch
+from alexnet import train
 from alexnet.train import LRSchedule, fit
 
 TINY = dict(variant="paper", resize=76, crop=67, batch_size=32, limit_train=128, limit_val=64, init="kaiming",
@@ -78,17 +79,13 @@ def test_other_schedules_and_warmup():
     assert cos.lr(5, 0) == pytest.approx(0.05) and cos.lr(9, 99) < 1e-3
 
 
-def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_dir):
+def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_dir, monkeypatch):
     fit(tiny_config(tmp_path / "run", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir, lrn_k=1.0,
                     lrn_span="tower"))
     model, normalizer, meta = load_model(tmp_path / "run")
     assert meta["variant"] == "paper" and meta["num_classes"] == 10 and meta["input_size"] == 67
     norm = model.features.norm2  # the network's options come back with it
     assert (norm.k, norm.groups) == (1.0, 2)
-    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    with pytest.raises(AlexNetError, match="already holds a run; continue it with --resume"):
-        fit(tiny_config(tmp_path / "run", epochs=1, fashion_mnist_dir=fmnist_dir))
-    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # nothing written was lost
     assert meta["classes"][0] == "T-shirt/top" and meta["accuracy"]["protocol"] == "center"
     assert normalizer.mean.shape == (3, 76, 76)
     ckpt = load_checkpoint(tmp_path / "run")
@@ -104,6 +101,21 @@ def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_d
         load_state(create_model("paper"), ckpt["model"], "run")
     with pytest.raises(AlexNetError, match="wrong variant"):
         load_state(create_model("torchvision", num_classes=10), ckpt["model"], "run")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(AlexNetError, match="already holds a run; continue it with --resume"):
+        fit(tiny_config(tmp_path / "run", epochs=1, fashion_mnist_dir=fmnist_dir))
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before  # nothing written was lost
+    # --overwrite starts afresh: none of the first run's files survive a second run stopped early
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(train, "evaluate", stop)  # stops the run after its first training epoch
+    with pytest.raises(Stop):
+        fit(tiny_config(tmp_path / "run", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir), overwrite=True)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

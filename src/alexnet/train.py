@@ -355,6 +355,9 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
 
     if rt.env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:  # --overwrite: the earlier run's files go, so the directory never mixes two runs
+            for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
+                (out / name).unlink(missing_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         # The log holds exactly the epochs the checkpoint has (a kill between the two writes loses nothing).
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
