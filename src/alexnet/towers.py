@@ -100,7 +100,8 @@ class TwoTowerAlexNet(nn.Module):
         return [p for tower in self.towers for p in tower.fc8.parameters()]
 
     def _split_parameters(self):
-        for t, tower in enumerate(self.towers):
+        """(single-device name, tower parameter) for every parameter of both towers."""
+        for tower in self.towers:
             for layer in _LAYERS:
                 for kind in ("weight", "bias"):
                     yield f"{layer}.{kind}", getattr(getattr(tower, layer.split(".")[1]), kind)
