@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
 from .data.packed import PackedSplit, read_meta
-from .errors import AlexNetError
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
+from .errors import AlexNetError
 from .models import create_model, variant_info
 from .summary import summarize
 from .towers import TwoTowerAlexNet

@@ -106,7 +106,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.inference:
         result = bench_inference(steps=args.steps, warmup=args.warmup, log=log)
     else:
-        result = run(args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"]), device=args.device, precision=args.precision,
+        variants = args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"])
+        result = run(variants, device=args.device, precision=args.precision,
                      channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
                      steps=args.steps, warmup=args.warmup, images=args.images, packed=args.packed,
                      workers=args.workers, gpu_decode=args.gpu_decode, baseline=args.baseline,

@@ -110,15 +110,15 @@ class TwoTowerAlexNet(nn.Module):
         """norm1/norm2. Over all maps (``lrn_span`` 'all'): each tower borrows the other's
         edge channels that fall inside its windows, normalises, and keeps its own. Within
         each tower ('tower', the two-GPU network of 2012): each normalises alone."""
-        norm = self.towers[0].norm
-        if norm is None:
+        n0, n1 = self.towers[0].norm, self.towers[1].norm
+        if n0 is None:
             return a
         if self.lrn_span == "tower":
-            return [norm(y) for y in a]
-        before, after = norm.size // 2, (norm.size - 1) // 2  # the window [c - before, c + after]
+            return [n0(a[0]), n1(a[1])]
+        before, after = n0.size // 2, (n0.size - 1) // 2  # the window [c - before, c + after]
         d0, d1 = self.devices
-        a0 = norm(torch.cat([a[0], a[1][:, :after].to(d0)], 1))[:, :a[0].shape[1]]
-        a1 = norm(torch.cat([a[0][:, a[0].shape[1] - before:].to(d1), a[1]], 1))[:, before:]
+        a0 = n0(torch.cat([a[0], a[1][:, :after].to(d0)], 1))[:, :a[0].shape[1]]
+        a1 = n1(torch.cat([a[0][:, a[0].shape[1] - before:].to(d1), a[1]], 1))[:, before:]
         return [a0, a1]
 
     def _both(self, a: list[torch.Tensor]) -> list[torch.Tensor]:
