@@ -176,3 +176,17 @@ def test_truncated_shard_is_named(tree, tmp_path):
     split.batch([0])  # images before the cut still read
     with pytest.raises(AlexNetError, match="train-00000.bin is shorter than its index"):
         split.batch([last])
+
+
+def test_close_stops_the_loader_processes(tree, tmp_path):
+    """A closed split leaves no worker behind, so the next loader forks from a clean parent."""
+    packed.prepare(tree, tmp_path / "dst", size=32, workers=1, progress=False)
+    splits = build(str(tmp_path / "dst"), 32, 4, torch.device("cpu"), workers=2)
+    next(iter(splits.train))
+    workers = list(splits.train.loader._iterator._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    splits.train.close()
+    splits.val.close()  # never started: closing it is harmless
+    assert not any(w.is_alive() for w in workers)
+    assert [b.labels.numel() for b in splits.train] == [4] * (len(splits.train))  # usable again after close
+    splits.train.close()

@@ -12,6 +12,7 @@ fraction of the device's measured matmul peak.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -154,10 +155,12 @@ def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, 
     return Figure("model", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device))
 
 
+@contextlib.contextmanager
 def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_decode: bool,
-                    crop: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+                    crop: int) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
     """A function returning the next augmented training batch (images, labels) from a
-    packed dataset, epoch after epoch: the input side of the loader and end-to-end runs."""
+    packed dataset, epoch after epoch: the input side of the loader and end-to-end runs.
+    Its loader processes stop when the ``with`` block ends, before the next row starts its own."""
     size = read_meta(packed_dir)["size"]
     splits = data_loader.build(packed_dir, size, batch, rt.device, workers=workers, gpu_decode=gpu_decode)
     augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
@@ -176,14 +179,25 @@ def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_
         b = next(it)
         return augment(b.images, gen), b.labels
 
-    return next_batch
+    try:
+        yield next_batch
+    finally:
+        it.close()
+        splits.train.close()
+        splits.val.close()
+
+
+def _warmup_past_prefetch(warmup: int, workers: int) -> int:
+    """Warm-up steps for a loader-fed row: past the batches the workers decoded in advance,
+    so that the timed steps measure the loader's rate, not its queue."""
+    return warmup + data_loader.PREFETCH * workers
 
 
 def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int, workers: int,
                  gpu_decode: bool, crop: int = 224) -> Figure:
-    next_batch = _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop)
-    _reset_peak(rt.device)
-    rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, warmup)
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop) as next_batch:
+        _reset_peak(rt.device)
+        rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, _warmup_past_prefetch(warmup, workers))
     return Figure("loader", "-", device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode})
 
@@ -214,11 +228,12 @@ def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure
 
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
                      workers: int, gpu_decode: bool, compile: bool) -> Figure:
-    next_batch = _packed_batches(packed_dir, rt, batch, workers, gpu_decode, variant_info(variant).input_size)
-    model, optimizer = _model_and_optimizer(variant, rt, compile)
-    train = _train_step(model, optimizer, rt)
-    _reset_peak(rt.device)
-    rate = time_steps(lambda: train(*next_batch()), rt.device, steps, warmup)
+    crop = variant_info(variant).input_size
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop) as next_batch:
+        model, optimizer = _model_and_optimizer(variant, rt, compile)
+        train = _train_step(model, optimizer, rt)
+        _reset_peak(rt.device)
+        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(warmup, workers))
     return Figure("end-to-end", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode, "data": "packed"})
 
@@ -253,7 +268,11 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
         return x.shape[0]
 
     _reset_peak(device)
-    rate = time_steps(step, device, steps, warmup)
+    try:
+        rate = time_steps(step, device, steps, warmup + 2 * workers)  # past DataLoader's default prefetch of 2
+    finally:
+        it.close()
+        data_loader.close_loader(loader)
     return Figure("baseline", "torchvision (eager fp32, ImageFolder+PIL)", device_name(device), rate, batch, steps,
                   _peak_mib(device), {"workers": workers})
 

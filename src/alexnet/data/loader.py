@@ -34,6 +34,10 @@ class Batch:
     skipped: list[str] = field(default_factory=list)  # unreadable files dropped from this batch
 
 
+# Batches each loader worker keeps ready. A benchmark of the loader must warm up past
+# workers x PREFETCH batches, or it times batches that were decoded during the warm-up.
+PREFETCH = 4
+
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """This rank's indices for an epoch: a (seed, epoch)-determined permutation,
     cut to a multiple of ``world`` and dealt out round-robin."""
@@ -90,6 +94,11 @@ class Batches:
     def __iter__(self) -> Iterator[Batch]:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Stop this split's loader processes now rather than when the object is collected.
+        Processes forked for a later loader while an earlier one is running inherit its
+        state and fail to clean it up at exit; close the one before starting the next."""
+
 
 class TensorBatches(Batches):
     """In-memory uint8 images (N, C, h, w), resized to ``size`` batch by batch on the device.
@@ -134,7 +143,14 @@ def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.d
         workers = os.cpu_count() or 1
     return torch.utils.data.DataLoader(
         dataset, num_workers=workers, pin_memory=owner.device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None, **kw)
+        prefetch_factor=PREFETCH if workers > 0 else None, **kw)
+
+
+def close_loader(loader: torch.utils.data.DataLoader) -> None:
+    iterator = getattr(loader, "_iterator", None)  # persistent workers live in the kept iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 
 class FolderBatches(Batches):
@@ -154,6 +170,9 @@ class FolderBatches(Batches):
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True),
                         skipped)
 
+    def close(self) -> None:
+        close_loader(self.loader)
+
 
 class PackedBatches(Batches):
     """A split of a packed dataset (``alexnet prepare``): whole batches are read from the
@@ -169,12 +188,29 @@ class PackedBatches(Batches):
         self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
 
     def __iter__(self) -> Iterator[Batch]:
-        from torchvision.io import decode_jpeg
-
         for images, labels in self.loader:
             if isinstance(images, list):  # still-encoded JPEGs: decode the batch on the device
-                images = torch.stack(decode_jpeg(images, device=self.device))
+                images = decode_on_device(images, self.device)
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
+
+    def close(self) -> None:
+        close_loader(self.loader)
+
+
+def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """A batch of JPEGs decoded on ``device`` into one uint8 tensor (B, C, H, W).
+
+    On CUDA, nvJPEG's hardware engine writes its output before the work already queued on
+    the stream it is given has run (pytorch/vision pull request 9606), while PyTorch's
+    caching allocator may hand the decoder a block that queued kernels are still reading:
+    the result is silently wrong numbers elsewhere. So the caller's stream is drained first;
+    the decode itself is synchronous, so this costs the overlap of one decode with the
+    previous step, not a pass over the data."""
+    from torchvision.io import decode_jpeg
+
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return torch.stack(decode_jpeg(encoded, device=device))
 
 
 @dataclass

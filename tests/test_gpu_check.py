@@ -1,0 +1,76 @@
+"""benchmarks/gpu_check.sh --smoke: every stage of the GPU acceptance script at toy size on the CPU,
+so that the script cannot rot between the rare sessions that have a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def run_check(out: Path, *stages: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_WORK=str(out / "work")) | (env_extra or {})
+    return subprocess.run(["bash", str(SCRIPT), "--smoke", str(out), *stages], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check")
+    proc = run_check(out)
+    return out, proc
+
+
+def test_every_stage_runs_and_reports(smoke):
+    out, proc = smoke
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("setup", "tests", "suite", "bench", "main"):
+        summary = json.loads((out / f"{stage}.json").read_text())
+        assert summary["ok"] and summary["smoke"] and summary["steps"], stage
+        assert all(s["rc"] == 0 for s in summary["steps"])
+        assert (out / f"{stage}.log").stat().st_size > 0
+    setup = json.loads((out / "setup.json").read_text())["results"]["environment"]
+    assert setup["missing"] == [] and setup["data"]["fashion_mnist"]
+    tests = json.loads((out / "tests.json").read_text())["results"]["pytest-gpu"]
+    assert tests["tests"] >= 5 and tests["failures"] == tests["errors"] == 0  # collected (skipped on the CPU)
+
+
+def test_bench_stage_measures_every_row(smoke):
+    out, _ = smoke
+    results = json.loads((out / "bench.json").read_text())["results"]
+    rows = {(f["what"], f["variant"]) for f in results["bench-jpeg"]["figures"]}
+    assert rows == {("model", "paper"), ("model", "torchvision"), ("decode", "-"), ("loader", "-"),
+                    ("end-to-end", "paper"), ("end-to-end", "torchvision"),
+                    ("baseline", "torchvision (eager fp32, ImageFolder+PIL)")}
+    assert "decode" not in {f["what"] for f in results["bench-raw"]["figures"]}  # raw packing: nothing to decode
+    split = results["bench-split"]
+    assert split["settings"]["model_parallel"] == ["cpu", "cpu"]
+
+
+def test_main_stage_trains_and_evaluates_with_ten_crops(smoke):
+    out, _ = smoke
+    results = json.loads((out / "main.json").read_text())["results"]
+    assert len(results["metrics"]) == 1 and results["metrics"][0]["train_images"] == 256
+    ten = results["evaluate-ten-crop"]
+    assert ten["protocol"] == "ten-crop" and ten["images"] == 128
+    assert results["evaluate-center"]["protocol"] == "center"
+
+
+def test_a_failing_stage_is_reported_and_fails_the_script(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    proc = run_check(tmp_path / "out", "main", env_extra={"ALEXNET_FASHION_MNIST": str(empty)})
+    assert proc.returncode == 1
+    summary = json.loads((tmp_path / "out" / "main.json").read_text())
+    assert not summary["ok"] and summary["steps"][0]["name"] == "train" and summary["steps"][0]["rc"] != 0
+    assert "Fashion-MNIST file" in (tmp_path / "out" / "main.log").read_text()
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "benchmark"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown stage 'benchmark'" in proc.stderr
