@@ -18,8 +18,8 @@ main: $(VENV)/.installed $(FMNIST)
 		flags="$(GPU_FLAGS)"; else flags="$(CPU_FLAGS)"; fi; \
 	echo "+ alexnet train --data fashion-mnist $$flags --out $(RUN) --overwrite"; \
 	$(CLI) train --data fashion-mnist $$flags --out $(RUN) --overwrite && \
-	echo "+ alexnet evaluate $(RUN) --ten-crop" && \
-	$(CLI) evaluate $(RUN) --ten-crop
+	echo "+ alexnet evaluate $(RUN) --split test --ten-crop" && \
+	$(CLI) evaluate $(RUN) --split test --ten-crop
 
 test: setup
 	$(PY) -m pytest -q

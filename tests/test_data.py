@@ -9,7 +9,8 @@ import torch
 from alexnet import AlexNetError
 from alexnet.data import fashion_mnist
 from alexnet.data.folder import load_image
-from alexnet.data.loader import build, epoch_order, estimate_mean_image
+from alexnet.data.loader import Request, build, epoch_order, resize_batch, split_indices
+from alexnet.train import mean_image
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -66,7 +67,7 @@ def test_unreadable_files_are_skipped_and_counted(image_tree):
     good = (bad / "1.jpg").read_bytes()
     (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (bad / "notes.txt").write_text("ignored: not an image extension")
-    splits = build(str(image_tree), 48, 4, torch.device("cpu"), workers=0)
+    splits = build(str(image_tree), 48, torch.device("cpu"), Request(batch_size=4, workers=0))
     assert splits.classes == ["cat", "dog", "fish"]
     seen, skipped = 0, []
     splits.train.drop_last = False
@@ -79,14 +80,14 @@ def test_unreadable_files_are_skipped_and_counted(image_tree):
 
 def test_empty_class_folder_and_missing_paths_are_errors(image_tree, tmp_path):
     with pytest.raises(AlexNetError, match="not found"):
-        build(str(tmp_path / "missing"), 48, 4, torch.device("cpu"))
+        build(str(tmp_path / "missing"), 48, torch.device("cpu"), Request(batch_size=4))
     (image_tree / "train" / "empty").mkdir()
     with pytest.raises(AlexNetError, match="empty has no images"):
-        build(str(image_tree), 48, 4, torch.device("cpu"))
+        build(str(image_tree), 48, torch.device("cpu"), Request(batch_size=4))
     (image_tree / "train" / "empty").rmdir()
     (image_tree / "val" / "extra").mkdir()
     with pytest.raises(AlexNetError, match="not in train"):
-        build(str(image_tree), 48, 4, torch.device("cpu"))
+        build(str(image_tree), 48, torch.device("cpu"), Request(batch_size=4))
 
 
 def test_epoch_order_is_seeded_and_sharded():
@@ -97,9 +98,54 @@ def test_epoch_order_is_seeded_and_sharded():
     assert len(set(shards[0].tolist()) | set(shards[1].tolist())) == 100  # disjoint, one image dropped
 
 
-def test_mean_image_of_fashion_mnist(fmnist_dir):
-    splits = build("fashion-mnist", 32, 256, torch.device("cpu"), limit_train=2048, fashion_mnist_dir=fmnist_dir)
-    mean = estimate_mean_image(splits.train, 1024)
+def test_mean_image_is_the_exact_mean_of_its_sample(fmnist_dir):
+    """The mean image is the mean of exactly ``samples`` training images, taken in the fixed
+    order the estimate uses (epoch -1 of the training order)."""
+    req = Request(batch_size=256, limit_train=2048, fashion_mnist_dir=fmnist_dir)
+    splits = build("fashion-mnist", 32, torch.device("cpu"), req)
+    mean = mean_image(splits.train, 1000)  # not a multiple of the batch: the last batch is cut
+    x, _ = fashion_mnist.load("train", fmnist_dir)
+    train_idx, _ = split_indices(len(x), -1)
+    chosen = train_idx[:2048][epoch_order(2048, True, 0, -1)[:1000]]
+    exact = resize_batch(x[chosen], 32).double().mean(0) / 255
     assert mean.shape == (3, 32, 32)
-    assert torch.equal(mean[0], mean[1])  # grayscale: the channels agree
+    torch.testing.assert_close(mean, exact.expand(3, -1, -1).float(), rtol=0, atol=1e-6)
     assert mean[:, 16, 16].mean() > mean[:, 0, 0].mean() + 0.2  # garments in the middle, background at edges
+
+
+def test_fashion_mnist_validation_is_held_out_of_training(fmnist_dir):
+    """5,000 training images, the same for every run, validate; the test set is apart."""
+    cpu = torch.device("cpu")
+    a = build("fashion-mnist", 28, cpu, Request(splits=("train", "val", "test"), batch_size=500,
+                                                fashion_mnist_dir=fmnist_dir))
+    b = build("fashion-mnist", 28, cpu, Request(batch_size=500, seed=7, fashion_mnist_dir=fmnist_dir))
+    assert (a.train.num_images, a.val.num_images, a.test.num_images, a.holdout) == (55_000, 5_000, 10_000, 5_000)
+    assert torch.equal(a.val.images, b.val.images)  # a fixed choice, whatever the run's seed
+    train_keys = {bytes(img.numpy()) for img in a.train.images}
+    val_keys = [bytes(img.numpy()) for img in a.val.images]
+    assert sum(k in train_keys for k in val_keys) < 50  # disjoint (Fashion-MNIST has a few duplicate images)
+    x, _ = fashion_mnist.load("test", fmnist_dir)
+    assert torch.equal(a.test.images, x)
+    assert "5,000 images held out of the training set" in a.describe_val()
+    small = build("fashion-mnist", 28, cpu, Request(holdout=600, batch_size=500, fashion_mnist_dir=fmnist_dir))
+    assert (small.train.num_images, small.val.num_images) == (59_400, 600)
+    with pytest.raises(AlexNetError, match="leaves no training images"):
+        build("fashion-mnist", 28, cpu, Request(holdout=60_000, fashion_mnist_dir=fmnist_dir))
+
+
+def test_folder_without_val_holds_out_and_reads_test(image_tree):
+    """A folder with train/ and test/ but no val/: validation is held out of train/ (10%),
+    test/ is its own split; with val/ the data's own split is used."""
+    import shutil
+
+    cpu = torch.device("cpu")
+    with_val = build(str(image_tree), 48, cpu, Request(splits=("train", "val", "test"), batch_size=4, workers=0))
+    assert with_val.holdout == 0 and with_val.val.num_images == 12 and with_val.test is None
+    shutil.move(str(image_tree / "val"), str(image_tree / "test"))
+    for cls in ("cat", "dog", "fish"):
+        for i in range(4, 10):
+            shutil.copy(image_tree / "train" / cls / "0.png", image_tree / "train" / cls / f"x{i}.png")
+    s = build(str(image_tree), 48, cpu, Request(splits=("train", "val", "test"), batch_size=4, workers=0))
+    assert s.holdout == 3 and (s.train.num_images, s.val.num_images, s.test.num_images) == (27, 3, 12)
+    assert not set(s.train.indices.tolist()) & set(s.val.indices.tolist())
+    assert all(Path(p).parts[-3] == "test" for p, _ in s.test.dataset.samples)

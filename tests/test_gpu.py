@@ -1,13 +1,25 @@
-"""GPU paths: skipped without CUDA (see conftest.py); run them on a GPU machine with `pytest -m gpu`."""
+"""GPU paths: skipped without CUDA (see conftest.py); run them on a GPU machine with `pytest -m gpu`
+(benchmarks/gpu_check.sh runs them as its `tests` stage)."""
+
+import copy
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet import create_model
+from alexnet import create_model, distributed
+from alexnet.config import OptimConfig
+from alexnet.data import packed
+from alexnet.data.loader import Request, TensorBatches, build
+from alexnet.data.transforms import Normalizer, TrainAugment
 from alexnet.lrn import local_response_norm
+from alexnet.runtime import Runtime
+from alexnet.train import LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
+from conftest import write_tree
 
 pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
 
 
 def test_compiled_lrn_matches_the_reference():
@@ -17,7 +29,7 @@ def test_compiled_lrn_matches_the_reference():
 
 
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
-def test_bf16_channels_last_step_agrees_with_fp32(variant):
+def test_bf16_channels_last_forward_agrees_with_fp32(variant):
     torch.manual_seed(0)
     model = create_model(variant, init="kaiming").cuda().eval()
     x = torch.randn(16, 3, model.info.input_size, model.info.input_size, device="cuda")
@@ -29,28 +41,121 @@ def test_bf16_channels_last_step_agrees_with_fp32(variant):
     assert F.cosine_similarity(ref, fast).min() > 0.99
 
 
-def test_gpu_jpeg_decode_matches_cpu(tmp_path):
-    from conftest import write_tree
-    from alexnet.data import packed
-    from alexnet.data.loader import build
+@pytest.mark.parametrize("variant", ["paper", "torchvision"])
+def test_bf16_training_step_moves_the_weights_as_fp32_does(variant):
+    """One real step (forward, backward, SGD update) with bf16 autocast and channels-last,
+    against plain fp32: every layer's update points the same way and has the same size."""
+    torch.manual_seed(0)
+    base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()
+    start = {n: p.detach().clone() for n, p in base.named_parameters()}
+    size = base.info.input_size
+    x, y = torch.randn(32, 3, size, size, device="cuda") * 60, torch.randint(0, 10, (32,), device="cuda")
 
+    def update(dtype, channels_last):
+        model = copy.deepcopy(base)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        rt = Runtime(CUDA, dtype, channels_last, distributed.Env())
+        opt = build_optimizer(model, OptimConfig(lr=0.01))
+        set_lr(opt, 0.01)
+        train_step(model, opt, make_scaler(rt), rt, rt.prepare(x), y)
+        return {n: (p.detach() - start[n]).float().flatten() for n, p in model.named_parameters()}
+
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ref = update(None, False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    fast = update(torch.bfloat16, True)
+    for name, r in ref.items():
+        assert r.norm() > 0, name
+        assert F.cosine_similarity(r, fast[name], dim=0) > 0.98, name
+        assert (fast[name].norm() / r.norm() - 1).abs() < 0.05, name
+
+
+def test_training_steps_do_not_wait_for_the_host():
+    """Once warm, an epoch of steps runs without a host synchronisation per step: the data
+    and its order live on the device, the PCA constants too, and metrics stay there."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (160, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (160,))
+    batches = TensorBatches(images, labels, 76, batch_size=16, shuffle=True, drop_last=True, device=CUDA)
+    model = create_model("paper", num_classes=10, init="kaiming").cuda().to(memory_format=torch.channels_last)
+    rt = Runtime(CUDA, torch.bfloat16, True, distributed.Env())
+    cfg = OptimConfig(lr=0.01, epochs=2)
+    opt, schedule, scaler = build_optimizer(model, cfg), LRSchedule(cfg, len(batches)), make_scaler(rt)
+    augment = TrainAugment(Normalizer.mean_image(torch.full((3, 76, 76), 0.5)).to(CUDA), 67)
+
+    def epoch(e):
+        return train_one_epoch(model, batches, augment, opt, schedule, e, rt,
+                               torch.Generator(device=CUDA).manual_seed(e), scaler, progress=False)
+
+    epoch(0)  # warm-up: cuDNN's algorithm search may synchronise
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stats = epoch(1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    assert stats["train_images"] == 160
+    assert len(syncs) <= 3, syncs  # the end of the epoch's reduction, not one per step (10 steps)
+
+
+def test_gpu_jpeg_decode_matches_cpu(tmp_path):
     tree = write_tree(tmp_path / "src", per_class=4, size=64)
     packed.prepare(tree, tmp_path / "dst", size=64, workers=1, progress=False)
-    cpu = build(str(tmp_path / "dst"), 64, 4, torch.device("cuda"), workers=0).val
-    gpu = build(str(tmp_path / "dst"), 64, 4, torch.device("cuda"), workers=0, gpu_decode=True).val
+    req = Request(splits=("val",), batch_size=4, workers=0)
+    cpu = build(str(tmp_path / "dst"), 64, CUDA, req).val
+    gpu = build(str(tmp_path / "dst"), 64, CUDA, Request(splits=("val",), batch_size=4, workers=0,
+                                                         gpu_decode=True)).val
     for a, b in zip(cpu, gpu):
         assert a.images.shape == b.images.shape
         assert (a.images.float() - b.images.float()).abs().mean() < 2  # decoders may round differently
 
 
-def test_two_tower_split_on_cuda_matches_one_device():
-    """The paper's model-parallel split on cuda:0 and cuda:1 (both on cuda:0 with one GPU)."""
+def test_gpu_decode_while_a_step_is_in_flight(tmp_path):
+    """nvJPEG's hardware engine can write its output before work queued on the stream has
+    run, into memory that work still reads (pytorch/vision pull request 9606). Here every
+    batch is decoded while ~tens of ms of queued work still reads tensors already freed to
+    PyTorch's cache: that work's results, the images, the labels and the batch count must
+    all be right."""
+    tree = write_tree(tmp_path / "src", per_class=16, size=64)
+    packed.prepare(tree, tmp_path / "dst", size=64, workers=1, progress=False)
+    req = Request(splits=("train",), batch_size=8, workers=0, seed=1)
+    expected = [(b.images.cpu(), b.labels.cpu()) for b in build(str(tmp_path / "dst"), 64, CUDA, req).train]
+    gpu = build(str(tmp_path / "dst"), 64, CUDA, Request(splits=("train",), batch_size=8, workers=0, seed=1,
+                                                         gpu_decode=True)).train
+    a = torch.randn(2048, 2048, device="cuda")
+    got, sums = [], []
+    for batch in gpu:  # each next() decodes while the previous iteration's work is still queued
+        got.append((batch.images.clone(), batch.labels.clone()))
+        held = [torch.full((256, 1024), float(i), device="cuda") for i in range(32)]
+        for _ in range(20):
+            a = torch.tanh(a @ a)  # keeps the stream busy
+        sums.append(torch.stack([h.sum() for h in held]))
+        del held  # back to the cache, with reductions of them still queued
+    torch.cuda.synchronize()
+    assert len(got) == len(expected) == 6
+    want = torch.arange(32, dtype=torch.float32, device="cuda") * 256 * 1024
+    assert all(torch.equal(s, want) for s in sums), "queued work read memory the decoder overwrote"
+    for (img, lab), (ref_img, ref_lab) in zip(got, expected):
+        assert torch.equal(lab.cpu(), ref_lab)
+        assert (img.cpu().float() - ref_img.float()).abs().mean() < 2
+
+
+@pytest.mark.parametrize("two_devices", [False, True])
+def test_two_tower_split_on_cuda_matches_one_device(two_devices):
+    """The paper's model-parallel split: both towers on cuda:0, and on cuda:0 and cuda:1."""
     from alexnet.towers import TwoTowerAlexNet
 
+    if two_devices and torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
     torch.manual_seed(0)
     single = create_model("paper", num_classes=1000, dropout=0.0, init="kaiming").cuda()
-    second = "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
-    split = TwoTowerAlexNet(single, ("cuda:0", second))
+    split = TwoTowerAlexNet(single, ("cuda:0", "cuda:1" if two_devices else "cuda:0"))
     x = torch.randn(8, 3, 227, 227, device="cuda") * 60
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # plain fp32 to compare

@@ -169,3 +169,31 @@ def test_small_input_fc6_shortcut_is_exact():
         torch.testing.assert_close(a, p.grad)
     torch.testing.assert_close(model.forward_features(x, "fc7"),
                                model.classifier[:5](torch.flatten(model.avgpool(model.features(x)), 1)))
+
+
+def test_lrn_within_towers_keeps_channels_last_and_matches_each_tower_alone():
+    """--lrn-span tower: each half of the maps normalised alone, computed in the input's own
+    layout (a reshape into (2N, C/2, H, W) would copy a channels-last tensor and return NCHW)."""
+    torch.manual_seed(0)
+    a = (torch.randn(2, 96, 7, 7, dtype=torch.float64) * 60).contiguous(memory_format=torch.channels_last)
+    a.requires_grad_()
+    norm = create_model("paper", lrn_span="tower").features.norm1
+    y = norm(a)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    halves = [local_response_norm_reference(a[:, :48]), local_response_norm_reference(a[:, 48:])]
+    torch.testing.assert_close(y, torch.cat(halves, 1))
+    g = torch.randn_like(a)
+    (fast,) = torch.autograd.grad(y, a, g)
+    (ref,) = torch.autograd.grad(torch.cat(halves, 1), a, g)
+    torch.testing.assert_close(fast, ref)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_lrn_in_half_precision_does_not_overflow():
+    """fp16 activations above 255 (their square overflows): LRN is computed in fp32."""
+    torch.manual_seed(0)
+    a = torch.rand(2, 16, 5, 5, dtype=torch.float64) * 600  # ReLU outputs on the 0-255 input scale
+    y = local_response_norm(a.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), lrn_by_formula(a), rtol=2e-3, atol=1e-2)
+    assert (y.double() - a / 2 ** 0.75).abs().max() > 1  # the normalisation is not a no-op here

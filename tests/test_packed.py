@@ -10,7 +10,7 @@ import torch
 from alexnet import AlexNetError
 from alexnet.data import packed
 from alexnet.data.folder import load_image
-from alexnet.data.loader import build
+from alexnet.data.loader import Request, build
 from conftest import write_tree
 
 
@@ -110,18 +110,24 @@ def test_packed_loader_is_deterministic_and_sharded(tree, tmp_path):
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
     cpu = torch.device("cpu")
 
-    def labels_of(epoch, rank=0, world=1, workers=0):
-        b = build(str(tmp_path / "dst"), 32, 4, cpu, workers=workers, seed=5, rank=rank, world=world).train
+    def batches_of(epoch, rank=0, world=1, workers=0, batch=4):
+        req = Request(batch_size=batch, workers=workers, seed=5, rank=rank, world=world)
+        b = build(str(tmp_path / "dst"), 32, cpu, req).train
         b.set_epoch(epoch)
-        return [x for batch in b for x in batch.labels.tolist()], [batch.images for batch in b]
+        return [(x.images, x.labels) for x in b]
 
-    a, imgs_a = labels_of(0)
-    b, imgs_b = labels_of(0, workers=2)
-    assert a == b and all(torch.equal(x, y) for x, y in zip(imgs_a, imgs_b))
-    assert labels_of(1)[0] != a or labels_of(2)[0] != a  # epochs reshuffle
-    r0, r1 = labels_of(0, 0, 2)[0], labels_of(0, 1, 2)[0]
-    assert len(r0) == len(r1) == 8
-    assert sorted(r0 + r1) == sorted(a[:16])  # two ranks together read the single process's batches
+    def keys(batch):  # each image's pixels and label: what identifies it
+        images, labels = batch
+        return {(bytes(img.numpy()), int(y)) for img, y in zip(images, labels)}
+
+    a = batches_of(0)
+    b = batches_of(0, workers=2)
+    assert len(a) == len(b) == 4 and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert [keys(x) for x in batches_of(1)] != [keys(x) for x in a]  # epochs reshuffle
+    r0, r1 = batches_of(0, 0, 2), batches_of(0, 1, 2)
+    assert len(r0) == len(r1) == 4
+    for step in range(4):  # at every step the two ranks' halves make the single process's batch
+        assert keys(r0[step]) | keys(r1[step]) == keys(a[step]) and not keys(r0[step]) & keys(r1[step])
 
 
 def test_train_from_packed_data(tree, tmp_path):
@@ -138,23 +144,31 @@ def test_train_from_packed_data(tree, tmp_path):
 
 
 def test_device_decode_path_delivers_the_same_batches(tree, tmp_path):
-    """--gpu-decode's path (workers send encoded JPEGs, the device decodes whole batches),
-    run here with the CPU as the decoding device: same images, labels and order."""
+    """--gpu-decode's path (workers send encoded JPEGs, the device decodes whole batches), run
+    here with the CPU as the decoding device, against Pillow's decoding of the same stored
+    bytes: same images (to a grey level), labels and order."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     from alexnet.data.loader import PackedBatches
 
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
-    cpu = torch.device("cpu")
-
-    def epoch(device_decode):
-        b = PackedBatches(packed.PackedSplit(tmp_path / "dst", "train"), 2, device_decode, batch_size=4,
-                          shuffle=True, drop_last=True, device=cpu, seed=3)
-        b.set_epoch(1)
-        return [(x.images, x.labels) for x in b]
-
-    decoded_by_workers, decoded_on_device = epoch(False), epoch(True)
-    assert len(decoded_by_workers) == len(decoded_on_device) == 4
-    for (xa, ya), (xb, yb) in zip(decoded_by_workers, decoded_on_device):
-        assert xb.shape == (4, 3, 32, 32) and torch.equal(xa, xb) and torch.equal(ya, yb)
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    b = PackedBatches(split, 2, True, batch_size=4, shuffle=True, drop_last=True, device=torch.device("cpu"),
+                      seed=3)
+    b.set_epoch(1)
+    chunks = b._chunks()
+    batches = list(b)
+    b.close()
+    assert len(batches) == len(chunks) == 4
+    for batch, idx in zip(batches, chunks):
+        pil = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(bytes(split._bytes(i)))).convert("RGB")))
+                           .permute(2, 0, 1) for i in idx.tolist()])
+        assert batch.images.shape == (4, 3, 32, 32)
+        assert (batch.images.int() - pil.int()).abs().max() <= 2  # decoders may round differently
+        assert torch.equal(batch.labels, split.labels[idx])
 
 
 def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
@@ -162,9 +176,9 @@ def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
     packed.prepare(tree, tmp_path / "jpeg", size=32, encoding="jpeg", workers=1, progress=False)
     for data in (str(tmp_path / "raw"), str(tree), "fashion-mnist"):
         with pytest.raises(AlexNetError, match="reads packed JPEG datasets"):
-            build(data, 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)
+            build(data, 32, torch.device("cpu"), Request(batch_size=4, workers=0, gpu_decode=True))
     with pytest.raises(AlexNetError, match="needs a CUDA device"):
-        build(str(tmp_path / "jpeg"), 32, 4, torch.device("cpu"), workers=0, gpu_decode=True)
+        build(str(tmp_path / "jpeg"), 32, torch.device("cpu"), Request(batch_size=4, workers=0, gpu_decode=True))
 
 
 def test_truncated_shard_is_named(tree, tmp_path):
@@ -181,7 +195,7 @@ def test_truncated_shard_is_named(tree, tmp_path):
 def test_close_stops_the_loader_processes(tree, tmp_path):
     """A closed split leaves no worker behind, so the next loader forks from a clean parent."""
     packed.prepare(tree, tmp_path / "dst", size=32, workers=1, progress=False)
-    splits = build(str(tmp_path / "dst"), 32, 4, torch.device("cpu"), workers=2)
+    splits = build(str(tmp_path / "dst"), 32, torch.device("cpu"), Request(batch_size=4, workers=2))
     next(iter(splits.train))
     workers = list(splits.train.loader._iterator._workers)
     assert len(workers) == 2 and all(w.is_alive() for w in workers)

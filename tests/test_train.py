@@ -140,3 +140,76 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(AlexNetError, match="not a readable safetensors"):
         load_model(tmp_path / "w.safetensors")
+
+
+def _two_sgd_steps(model, cfg, grads):
+    """Two optimizer steps with the given gradients, the schedule's rate set as the loop sets it."""
+    opt = train.build_optimizer(model, cfg)
+    for _ in range(2):
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.grad = grads[name].clone()
+        train.set_lr(opt, cfg.lr)
+        opt.step()
+
+
+def _expected_after_two_steps(p0, g, lr, momentum, decay):
+    """SGD with momentum as PyTorch writes it: v = mu v + (g + decay p); p -= lr v."""
+    v1 = g + decay * p0
+    p1 = p0 - lr * v1
+    v2 = momentum * v1 + g + decay * p1
+    return p1 - lr * v2
+
+
+@pytest.mark.parametrize("bias_mults, head_mult", [((2.0, 0.0), 10.0), ((1.0, 1.0), 1.0)])
+def test_optimizer_gives_each_parameter_its_rate_decay_and_momentum(bias_mults, head_mult):
+    """Biases at twice the rate and without decay (cuda-convnet, Caffe), fc8 at head_lr_mult; or,
+    with the multipliers at 1, every parameter alike."""
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10)
+    cfg = OptimConfig(lr=0.1, momentum=0.9, weight_decay=0.01, head_lr_mult=head_mult,
+                      bias_lr_mult=bias_mults[0], bias_decay_mult=bias_mults[1], fused=False)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    _two_sgd_steps(model, cfg, grads)
+    params = dict(model.named_parameters())
+    for name in ("features.conv1.weight", "features.conv1.bias", "classifier.fc7.bias",
+                 "classifier.fc8.weight", "classifier.fc8.bias"):
+        bias = name.endswith("bias")
+        lr = 0.1 * (head_mult if "fc8" in name else 1.0) * (bias_mults[0] if bias else 1.0)
+        decay = 0.01 * (bias_mults[1] if bias else 1.0)
+        expected = _expected_after_two_steps(start[name], grads[name], lr, 0.9, decay)
+        torch.testing.assert_close(params[name].detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_freeze_all_but_fc8_trains_only_the_new_layer():
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10)
+    train.freeze(model, "all-but-fc8")
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    _two_sgd_steps(model, OptimConfig(lr=0.1), grads)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert changed == {"classifier.fc8.weight", "classifier.fc8.bias"}
+
+
+def test_scale_lr_follows_the_linear_scaling_rule():
+    """Goyal et al. 2017: the rate grows with the batch, relative to the paper's 128."""
+    for batch, lr in [(128, 0.01), (512, 0.04), (64, 0.005)]:
+        assert train.base_lr(OptimConfig(lr=0.01, batch_size=batch, scale_lr=True)) == pytest.approx(lr)
+    assert train.base_lr(OptimConfig(lr=0.01, batch_size=512)) == 0.01  # off by default
+    s = LRSchedule(OptimConfig(lr=0.01, batch_size=1024, scale_lr=True, warmup_epochs=2, schedule="step"), 10)
+    assert s.lr(5, 0) == pytest.approx(0.08) and s.lr(0, 0) == pytest.approx(0.08 * 0.1 / 2)
+
+
+def test_caffe_init_draws_the_hidden_fc_layers_narrower():
+    """Caffe's bvlc_alexnet: fc6/fc7 weights N(0, 0.005^2), biases 0.1 where the paper puts 1."""
+    torch.manual_seed(0)
+    m = create_model("paper", init="caffe")
+    stds = {n: float(p.detach().std()) for n, p in m.named_parameters() if n.endswith("weight")}
+    assert stds["classifier.fc6.weight"] == pytest.approx(0.005, rel=0.02)
+    assert stds["classifier.fc7.weight"] == pytest.approx(0.005, rel=0.02)
+    assert stds["classifier.fc8.weight"] == pytest.approx(0.01, rel=0.02)
+    assert stds["features.conv3.weight"] == pytest.approx(0.01, rel=0.02)
+    assert float(m.classifier.fc6.bias.detach().mean()) == pytest.approx(0.1)
+    assert float(m.features.conv3.bias.detach().abs().max()) == 0

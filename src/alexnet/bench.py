@@ -33,7 +33,8 @@ from .errors import AlexNetError
 from .models import create_model, variant_info
 from .summary import summarize
 from .towers import TwoTowerAlexNet
-from .train import Runtime, build_optimizer, resolve_runtime
+from .runtime import Runtime, resolve_runtime
+from .train import build_optimizer, make_scaler, train_step
 
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -125,12 +126,11 @@ def train_flops_per_image(variant: str, size: int) -> float:
 
 
 def _train_step(model, optimizer, rt: Runtime):
+    """The training loop's own step (autocast, fp16 loss scaling, update) on a batch."""
+    scaler = make_scaler(rt)
+
     def step(x: torch.Tensor, y: torch.Tensor) -> int:
-        with rt.autocast():
-            loss = F.cross_entropy(model(rt.prepare(x)), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, scaler, rt, rt.prepare(x), y)
         return x.shape[0]
     return step
 
@@ -162,7 +162,8 @@ def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_
     packed dataset, epoch after epoch: the input side of the loader and end-to-end runs.
     Its loader processes stop when the ``with`` block ends, before the next row starts its own."""
     size = read_meta(packed_dir)["size"]
-    splits = data_loader.build(packed_dir, size, batch, rt.device, workers=workers, gpu_decode=gpu_decode)
+    req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode)
+    splits = data_loader.build(packed_dir, size, rt.device, req)
     augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
     gen = torch.Generator(device=rt.device).manual_seed(0)
 
@@ -183,8 +184,7 @@ def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_
         yield next_batch
     finally:
         it.close()
-        splits.train.close()
-        splits.val.close()
+        splits.close()
 
 
 def _warmup_past_prefetch(warmup: int, workers: int) -> int:

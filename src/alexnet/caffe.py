@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_state, metadata_record, save_weights
+from .classes import class_names
 from .data.transforms import Normalizer
 from .errors import AlexNetError
 from .models import create_model
@@ -152,7 +153,6 @@ def read_mean(path: str | Path) -> np.ndarray:
 def import_caffe(model_path: str | Path, out: str | Path, mean_path: str | Path | None = None,
                  resize: int = 256) -> dict:
     """Convert bvlc_alexnet to a ``paper`` weights file (Caffe's LRN k=1, RGB input)."""
-    from .infer import imagenet_class_names
 
     layers = read_caffemodel(model_path)
     missing = [name for name in LAYERS if name not in layers]
@@ -183,9 +183,7 @@ def import_caffe(model_path: str | Path, out: str | Path, mean_path: str | Path 
     else:
         mean = torch.tensor(CAFFE_PIXEL_MEAN_BGR[::-1]).view(3, 1, 1) / 255
     normalizer = Normalizer(mean, torch.full((3, 1, 1), 1 / 255))
-    names = imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
-    meta = metadata_record(model, "paper", names, crop=227, resize=resize,
-                           model_kwargs={"dropout": 0.5, "lrn_k": 1.0}, source=str(model_path),
+    meta = metadata_record(model, "paper", class_names(num_classes), crop=227, resize=resize, source=str(model_path),
                            published_accuracy={"top1": 0.571, "top5": 0.802, "protocol": "center",
                                                "split": "ILSVRC-2012 val", "by": "Caffe (not measured here)"})
     save_weights(out, model, normalizer, meta)

@@ -101,10 +101,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def metadata_record(model: nn.Module, variant: str, classes: list[str], crop: int, resize: int,
-                    model_kwargs: dict, **extra: Any) -> dict[str, Any]:
+                    **extra: Any) -> dict[str, Any]:
+    """The record a weights file carries; ``model_kwargs`` are the network's own options."""
     model = unwrap(model)
     return {"format": WEIGHTS_FORMAT, "variant": variant, "num_classes": model.num_classes,
-            "classes": list(classes), "input_size": crop, "resize": resize, "model_kwargs": model_kwargs,
+            "classes": list(classes), "input_size": crop, "resize": resize, "model_kwargs": model.options(),
             "num_params": sum(p.numel() for p in model.parameters()), **extra}
 
 

@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
     p.add_argument("--data", help="dataset (default: the one the network was trained on)")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
-    p.add_argument("--split", default="val", help="val (for fashion-mnist: its test set) or train")
+    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
+                   help="test (the data's test split), val (its val split, or the images the run held out of "
+                        "training), train; auto: test where the data has one, else val (default: auto)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=-1)

@@ -60,8 +60,10 @@ class DataConfig:
     mean_samples: int = _f(10000, "training images used to estimate the mean image")
     workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
     gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
+    holdout: int = _f(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
+                          "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
     limit_train: int = _f(0, "use only this many training images (0 = all); for quick runs")
-    limit_val: int = _f(0, "use only this many validation images (0 = all)")
+    limit_val: int = _f(0, "use only this many validation (and test) images (0 = all)")
 
 
 @dataclass
@@ -79,6 +81,10 @@ class OptimConfig:
     step_epochs: int = _f(30, "step: epochs between divisions")
     warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
     head_lr_mult: float = _f(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
+    bias_lr_mult: float = _f(2.0, "learning-rate multiplier for biases: 2 as in the code the paper ran "
+                                  "(cuda-convnet epsB = 2 x epsW) and Caffe (lr_mult 2); 1 treats them as weights")
+    bias_decay_mult: float = _f(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
+                                     "(decay_mult 0); 1 decays them as weights")
     scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
     fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
 
@@ -169,7 +175,10 @@ def validate(cfg: TrainConfig) -> None:
         (o.patience >= 0 and o.max_drops >= 0 and o.step_epochs >= 1, "schedule settings must be positive"),
         (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
         (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
+        (o.bias_lr_mult >= 0, f"--bias-lr-mult must be non-negative, got {o.bias_lr_mult}"),
+        (o.bias_decay_mult >= 0, f"--bias-decay-mult must be non-negative, got {o.bias_decay_mult}"),
         (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
+        (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
         (not cfg.model_parallel or m.variant == "paper",
          "--model-parallel splits the paper network's two towers; the torchvision network has none"),
@@ -177,6 +186,22 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise AlexNetError(message)
+
+
+def model_options(m: ModelConfig) -> dict[str, Any]:
+    """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
+    options = {"dropout": m.dropout, "init": m.init}
+    if m.variant == "paper":
+        options.update(lrn=m.lrn, lrn_k=m.lrn_k, lrn_span=m.lrn_span)
+    return options
+
+
+def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
+    """Take the network's structure (its LRN) from a weights file's record (``model.options()``);
+    dropout stays a training choice."""
+    m.lrn = options.get("lrn", m.lrn)
+    m.lrn_k = options.get("lrn_k", m.lrn_k)
+    m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
 
 
 def crop_size(cfg: TrainConfig) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_model, load_state, metadata_record, save_weights
+from .classes import class_names
 from .data.transforms import Normalizer
 from .errors import AlexNetError
 from .models import create_model
@@ -160,16 +161,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def import_torchvision(path: str | Path, out: str | Path) -> dict:
     """torchvision's published ``alexnet`` weights (e.g. alexnet-owt-7be5be79.pth) -> our weights file."""
-    from .infer import imagenet_class_names
 
     state = _read_state_dict(Path(path))
     state = {k.removeprefix("module."): v for k, v in state.items()}
     num_classes = state["classifier.6.weight"].shape[0] if "classifier.6.weight" in state else 1000
     model = create_model("torchvision", num_classes=num_classes)
     load_state(model, state, str(path))
-    meta = metadata_record(model, "torchvision",
-                           imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)],
-                           crop=224, resize=256, model_kwargs={"dropout": 0.5}, source=str(path),
+    meta = metadata_record(model, "torchvision", class_names(num_classes), crop=224, resize=256, source=str(path),
                            published_accuracy={"top1": 0.56522, "top5": 0.79066, "protocol": "center",
                                                "split": "ILSVRC-2012 val", "by": "torchvision (not measured here)"})
     save_weights(out, model, Normalizer.channel(), meta)

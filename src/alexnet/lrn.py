@@ -21,27 +21,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The paper's constants (section 3.3), the only place they are written: n = 5 channels,
+# k = 2, alpha = 1e-4 (divided by n, as cuda-convnet and Caffe do), beta = 0.75.
+SIZE, K, ALPHA, BETA = 5, 2.0, 1e-4, 0.75
 
-def window_sum(x: torch.Tensor, size: int, mirrored: bool = False) -> torch.Tensor:
+
+def window_sum(x: torch.Tensor, size: int, mirrored: bool = False, groups: int = 1) -> torch.Tensor:
     """Sum over channels [c - size//2, c + (size-1)//2] for each channel c (PyTorch's and
     Caffe's window; centred for odd sizes), zero beyond the edges. ``mirrored`` sums over
-    [c - (size-1)//2, c + size//2], the windows that contain c."""
-    c = x.shape[1]
+    [c - (size-1)//2, c + size//2], the windows that contain c. With ``groups`` the windows
+    stop at the edges of each block of C/groups channels.
+
+    Shifted adds of a zero-padded copy: padding, slicing and concatenating along the
+    channels all keep the input's memory format, so a channels-last tensor is never
+    transposed (a reshape into (N * groups, C / groups, H, W) would be)."""
     before, after = size // 2, (size - 1) // 2
-    padded = F.pad(x, (0, 0, 0, 0, *((after, before) if mirrored else (before, after))))
-    out = padded[:, 0:c].clone()
-    for i in range(1, size):
-        out += padded[:, i:i + c]
-    return out
+    pad = (0, 0, 0, 0, *((after, before) if mirrored else (before, after)))
+    sums = []
+    for part in (x.chunk(groups, dim=1) if groups > 1 else (x,)):
+        width = part.shape[1]
+        padded = F.pad(part, pad)
+        total = padded[:, 0:width].clone()
+        for i in range(1, size):
+            total += padded[:, i:i + width]
+        sums.append(total)
+    return sums[0] if groups == 1 else torch.cat(sums, 1)
 
 
 class _LocalResponseNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        denom = window_sum(x * x, size).mul_(alpha / size).add_(k)  # k + alpha/n * sum a^2
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+        denom = window_sum(x * x, size, groups=groups).mul_(alpha / size).add_(k)  # k + alpha/n * sum a^2
         scale = denom.pow(-beta)
         ctx.save_for_backward(x, denom, scale)
-        ctx.constants = (size, alpha, beta)
+        ctx.constants = (size, alpha, beta, groups)
         return x * scale
 
     @staticmethod
@@ -49,19 +62,26 @@ class _LocalResponseNorm(torch.autograd.Function):
         # d b_c / d a_j = [c == j] scale_j - (2 alpha beta / n) a_j a_c scale_c / denom_c for j in window(c):
         # summing over the c whose window holds j is a window sum over the mirrored window.
         x, denom, scale = ctx.saved_tensors
-        size, alpha, beta = ctx.constants
-        spread = window_sum(grad * x * scale / denom, size, mirrored=True)
-        return grad * scale - (2 * alpha * beta / size) * x * spread, None, None, None, None
+        size, alpha, beta, groups = ctx.constants
+        spread = window_sum(grad * x * scale / denom, size, mirrored=True, groups=groups)
+        return grad * scale - (2 * alpha * beta / size) * x * spread, None, None, None, None, None
 
 
-def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 2.0) -> torch.Tensor:
-    """LRN across the channels of an (N, C, H, W) tensor, with the fast backward."""
-    return _LocalResponseNorm.apply(x, size, alpha, beta, k)
+def local_response_norm(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA,
+                        k: float = K, groups: int = 1) -> torch.Tensor:
+    """LRN across the channels of an (N, C, H, W) tensor, with the fast backward; ``groups``
+    normalises each block of C/groups channels on its own.
+
+    Half precision is computed in fp32: a ReLU output on the paper's 0-255 input scale
+    exceeds 255, whose square overflows fp16, and the result would be 0 rather than inf,
+    which a gradient scaler never notices. bf16 has fp32's range and stays bf16."""
+    if x.dtype == torch.float16:
+        return _LocalResponseNorm.apply(x.float(), size, alpha, beta, k, groups).half()
+    return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
 
 
-def local_response_norm_reference(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                                  k: float = 2.0) -> torch.Tensor:
+def local_response_norm_reference(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA,
+                                  k: float = K) -> torch.Tensor:
     """The formula as autograd sees it: the window mean of a^2 is an average pool over
     a (size, 1, 1) window of the zero-padded squares (the mean already divides alpha by n)."""
     sq = x.square().unsqueeze(1)  # (N, 1, C, H, W)
@@ -77,18 +97,13 @@ class LocalResponseNorm(nn.Module):
     stopping at block edges: the two-GPU network, where each GPU normalised its own maps.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+    def __init__(self, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA, k: float = K,
                  groups: int = 1) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups == 1:
-            return local_response_norm(x, self.size, self.alpha, self.beta, self.k)
-        n, c, h, w = x.shape  # (N, C, H, W) -> (N * groups, C / groups, H, W) and back
-        y = local_response_norm(x.reshape(n * self.groups, c // self.groups, h, w),
-                                self.size, self.alpha, self.beta, self.k)
-        return y.reshape(n, c, h, w)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -90,6 +90,11 @@ class AlexNet(nn.Module):
     def num_classes(self) -> int:
         return self.classifier[-1].out_features
 
+    def options(self) -> dict:
+        """The keyword arguments that rebuild this network with ``create_model`` (with
+        ``num_classes``): what weights files record, and the two-tower split copies."""
+        return dict(self._options)
+
     @property
     def feature_layers(self) -> tuple[str, ...]:
         return ("pool5", *self._taps)
@@ -154,6 +159,7 @@ class PaperAlexNet(AlexNet):
         super().__init__()
         if lrn_span not in LRN_SPANS:
             raise AlexNetError(f"lrn_span must be one of {', '.join(LRN_SPANS)}, got {lrn_span!r}")
+        self._options = dict(dropout=dropout, lrn=lrn, lrn_k=lrn_k, lrn_span=lrn_span)
 
         def norm() -> nn.Module:
             # n=5, k=2, alpha=1e-4, beta=0.75; alpha is divided by n, as in the code
@@ -162,7 +168,7 @@ class PaperAlexNet(AlexNet):
             # over all maps, as in Caffe ("all"), or within each tower ("tower"), as on
             # the two GPUs of cuda-convnet, where each GPU normalised its own 48/128 maps.
             groups = 2 if lrn_span == "tower" else 1
-            return LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=lrn_k, groups=groups) if lrn else nn.Identity()
+            return LocalResponseNorm(k=lrn_k, groups=groups) if lrn else nn.Identity()
 
         self.features = nn.Sequential(OrderedDict([
             ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),            # (B, 96, 55, 55)
@@ -193,8 +199,10 @@ class PaperAlexNet(AlexNet):
         ]))
         initialise(self, init)
 
-    # Names of the layers whose bias the paper sets to 1 (section 5).
+    # Names of the layers whose bias the paper sets to 1 (section 5), and the hidden
+    # fully connected layers (Caffe draws their weights with std 0.005).
     ONE_BIAS = ("features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7")
+    HIDDEN_FC = ("classifier.fc6", "classifier.fc7")
 
 
 class TorchvisionAlexNet(AlexNet):
@@ -211,6 +219,7 @@ class TorchvisionAlexNet(AlexNet):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, init: str = "torchvision") -> None:
         super().__init__()
+        self._options = dict(dropout=dropout)
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),  # 0: (B, 64, 55, 55)
             nn.ReLU(inplace=True),
@@ -239,6 +248,7 @@ class TorchvisionAlexNet(AlexNet):
         initialise(self, init)
 
     ONE_BIAS: tuple[str, ...] = ()
+    HIDDEN_FC = ("classifier.1", "classifier.4")
 
 
 INITS = ("paper", "caffe", "kaiming", "torchvision")
@@ -248,8 +258,9 @@ def initialise(model: AlexNet, scheme: str) -> None:
     """Initialise weights in place.
 
     ``paper``: weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 and
-    0 elsewhere (section 5). ``caffe``: the same with those biases at 0.1, which
-    Caffe chose because 1 can stall the start of training. ``kaiming``: He-normal
+    0 elsewhere (section 5). ``caffe``: Caffe's bvlc_alexnet (train_val.prototxt):
+    those biases at 0.1, which Caffe chose because 1 can stall the start of training,
+    and fc6/fc7 weights N(0, 0.005^2). ``kaiming``: He-normal
     (fan-out) for convolutions, N(0, 0.01^2) for linear layers, zero biases; it
     starts learning at once, which short runs need. ``torchvision``: PyTorch's
     default layer initialisation, as ``torchvision.models.alexnet`` does.
@@ -265,7 +276,8 @@ def initialise(model: AlexNet, scheme: str) -> None:
         if scheme == "kaiming" and isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         else:
-            nn.init.normal_(module.weight, 0.0, 0.01)
+            std = 0.005 if scheme == "caffe" and name in model.HIDDEN_FC else 0.01
+            nn.init.normal_(module.weight, 0.0, std)
         nn.init.constant_(module.bias, one_bias if name in model.ONE_BIAS else 0.0)
 
 

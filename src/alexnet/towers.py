@@ -61,7 +61,7 @@ class Tower(nn.Module):
         self.fc6 = nn.Linear(256 * 6 * 6, 2048)
         self.fc7 = nn.Linear(4096, 2048)
         self.fc8 = nn.Linear(4096, num_classes)
-        self.norm = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=lrn_k) if lrn else None
+        self.norm = LocalResponseNorm(k=lrn_k) if lrn else None
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.drop = nn.Dropout(dropout)
@@ -74,14 +74,13 @@ class TwoTowerAlexNet(nn.Module):
         super().__init__()
         if not isinstance(model, PaperAlexNet):
             raise AlexNetError("the two-tower split is defined for the 'paper' network only")
-        norm = model.features.norm1
-        lrn, lrn_k = not isinstance(norm, nn.Identity), getattr(norm, "k", 2.0)
-        self.lrn_span = "tower" if getattr(norm, "groups", 1) == 2 else "all"
+        self._options = model.options()
+        self.lrn_span = self._options["lrn_span"]
         self.devices = tuple(torch.device(d) for d in devices)
         self._classes = model.num_classes
         halves = torch.tensor_split(torch.arange(self._classes), 2)
         self.towers = nn.ModuleList(
-            Tower(len(h), model.classifier.drop6.p, lrn, lrn_k) for h in halves)
+            Tower(len(h), self._options["dropout"], self._options["lrn"], self._options["lrn_k"]) for h in halves)
         self.register_state_dict_post_hook(_merge_state)
         self.register_load_state_dict_pre_hook(_split_state)
         self.load_state_dict(model.state_dict())
@@ -94,6 +93,9 @@ class TwoTowerAlexNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return self._classes
+
+    def options(self) -> dict:
+        return dict(self._options)
 
     def head_parameters(self):
         """fc8, both halves: the layer ``--head-lr-mult`` and ``--freeze all-but-fc8`` single out."""
@@ -142,10 +144,7 @@ class TwoTowerAlexNet(nn.Module):
 
     def to_single(self) -> PaperAlexNet:
         """The same weights as one single-device ``PaperAlexNet`` (on the CPU)."""
-        t = self.towers[0]
-        model = PaperAlexNet(self._classes, dropout=t.drop.p, lrn=t.norm is not None,
-                             lrn_k=t.norm.k if t.norm is not None else 2.0, lrn_span=self.lrn_span,
-                             init="torchvision")
+        model = PaperAlexNet(self._classes, init="torchvision", **self._options)
         model.load_state_dict({k: v.cpu() for k, v in self.state_dict().items()})
         return model
 

@@ -10,7 +10,6 @@ the uninterrupted run's later epochs exactly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -24,69 +23,16 @@ from torch import nn
 from . import distributed
 from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint, load_model,
                          load_state, metadata_record, save_checkpoint, save_weights, unwrap)
-from .config import OptimConfig, TrainConfig, apply_overrides, crop_size, from_dict, to_dict, validate
+from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overrides, crop_size, from_dict,
+                     model_options, to_dict, validate)
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .models import create_model
 from .progress import Progress
-from .towers import TwoTowerAlexNet, resolve_devices
-
-
-# ---------------------------------------------------------------------------
-# Runtime switches: device, precision, memory format, each decided in one place.
-
-@dataclass
-class Runtime:
-    device: torch.device
-    dtype: torch.dtype | None  # autocast dtype, None for fp32
-    channels_last: bool
-    env: distributed.Env
-    towers: tuple[torch.device, torch.device] | None = None  # --model-parallel: the two towers' devices
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise AlexNetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AlexNetError("--device cuda was asked for, but no CUDA device is available")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def resolve_runtime(cfg: TrainConfig) -> Runtime:
-    env = distributed.from_environment()
-    towers = resolve_devices(cfg.model_parallel, env.local_rank) if cfg.model_parallel else None
-    # With the towers split, the batch, the loss and the metrics live on tower 1's device.
-    device = towers[0] if towers else resolve_device(cfg.device, env.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if dtype is torch.float16 and device.type != "cuda":
-        raise AlexNetError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
-    env = distributed.setup(device)
-    return Runtime(device, dtype, channels_last, env, towers)
+from .runtime import Runtime, resolve_runtime
+from .towers import TwoTowerAlexNet
 
 
 # ---------------------------------------------------------------------------
@@ -143,20 +89,38 @@ def base_lr(cfg: OptimConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum and weight decay on every trainable parameter, as in the paper
-    (section 5); the last layer's group carries ``head_lr_mult``."""
+    """SGD with momentum and weight decay (paper, section 5), in the parameter groups of
+    ``param_groups``."""
     impl = {"fused": True} if cfg.fused else {"foreach": True}
-    head = _head_ids(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in head], "lr_mult": 1.0},
-              {"params": [p for p in trainable if id(p) in head], "lr_mult": cfg.head_lr_mult}]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=base_lr(cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay, **impl)
+    return torch.optim.SGD(param_groups(model, cfg), lr=base_lr(cfg), momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, **impl)
 
 
-def _head_ids(model: nn.Module) -> set[int]:
-    """The last layer's parameters (fc8: ``classifier.fc8`` or ``classifier.6``)."""
-    return {id(p) for p in model.head_parameters()}
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Trainable parameters grouped by learning-rate multiplier and weight decay.
+
+    Biases learn at ``bias_lr_mult`` (2) times the rate and decay at ``bias_decay_mult`` (0)
+    times the weight decay, as in cuda-convnet's layer files (epsB = 2 epsW, no decay on
+    biases) and Caffe's bvlc_alexnet (lr_mult 2, decay_mult 0); the paper's text does not
+    say. The last layer (fc8) carries ``head_lr_mult`` on top. Each group's ``lr_mult`` is
+    applied by the schedule at every step."""
+    head = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        bias = name.endswith(".bias")
+        lr_mult = (cfg.head_lr_mult if id(p) in head else 1.0) * (cfg.bias_lr_mult if bias else 1.0)
+        decay = cfg.weight_decay * (cfg.bias_decay_mult if bias else 1.0)
+        groups.setdefault((lr_mult, decay), []).append(p)
+    return [{"params": params, "lr_mult": lr_mult, "weight_decay": decay}
+            for (lr_mult, decay), params in groups.items()]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, times each group's multiplier (biases, fc8)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def freeze(model: nn.Module, what: str) -> None:
@@ -164,7 +128,7 @@ def freeze(model: nn.Module, what: str) -> None:
     ``all-but-fc8`` (everything but the new last layer)."""
     if what == "none":
         return
-    head = _head_ids(model)
+    head = {id(p) for p in model.head_parameters()}
     frozen = model.features.parameters() if what == "features" else (
         p for p in model.parameters() if id(p) not in head)
     for p in frozen:
@@ -180,58 +144,79 @@ def seed_epoch(seed: int, epoch: int, rank: int, device: torch.device) -> torch.
     return torch.Generator(device=device).manual_seed(seed * 1_000_033 + epoch * 104_729 + rank)
 
 
+def make_scaler(rt: Runtime) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (a no-op otherwise): training and the benchmark use this one."""
+    return torch.amp.GradScaler(rt.device.type, enabled=rt.dtype is torch.float16)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime,
+               x: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward under the runtime's autocast, backward through the scaler, update. Returns the
+    loss and logits, detached, still on the device. ``weight`` 0 makes a step that changes
+    nothing by itself, for a process with no images to take part in the others' step."""
+    with rt.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int) -> None:
+    """Under DistributedDataParallel every process must join every step's gradient
+    all-reduce: a process whose whole batch was unreadable steps on one blank image with
+    zero weight, so it contributes nothing and applies the others' average like them."""
+    x = rt.prepare(torch.zeros(1, 3, crop, crop, device=rt.device))
+    train_step(model, optimizer, scaler, rt, x, torch.zeros(1, dtype=torch.long, device=rt.device), weight=0.0)
+
+
 def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: TrainAugment,
                     optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
                     generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
                     log_every: float = 30.0) -> dict:
     model.train()
     batches.set_epoch(epoch)
-    stats = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 correct, images, skipped
-    dev_stats = torch.zeros(2, device=rt.device)  # loss sum, correct (kept on device: no sync per step)
+    images, skipped, skipped_files = 0, 0, []
+    dev_stats = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss sum, correct: no sync per step
     bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
     start = time.perf_counter()
-    skipped_files: list[str] = []
     for step, batch in enumerate(batches):
-        stats[3] += len(batch.skipped)
+        skipped += len(batch.skipped)
         skipped_files += batch.skipped[: 10 - len(skipped_files)]
-        n = batch.labels.numel()
-        if n == 0:
+        set_lr(optimizer, schedule.lr(epoch, step))
+        if batch.labels.numel() == 0:
+            if distributed.is_active():
+                _idle_step(model, optimizer, scaler, rt, augment.crop)
             continue
-        lr = schedule.lr(epoch, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)
         x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
-        with rt.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits, batch.labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        with torch.no_grad():
-            dev_stats[0] += loss.detach().float() * n
-            dev_stats[1] += (logits.argmax(1) == batch.labels).sum()
-        stats[2] += n
+        loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
+        images += batch.labels.numel()
+        dev_stats[0] += loss.double() * batch.labels.numel()
+        dev_stats[1] += (logits.argmax(1) == batch.labels).sum()
         if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):  # a host sync every 10 steps
             loss_sum, correct = dev_stats.tolist()
-            seen = stats[2].item()
-            bar.update(step + 1 - bar.count, loss=loss_sum / seen, acc=correct / seen,
-                       img_s=f"{seen * rt.env.world / (time.perf_counter() - start):.0f}")
+            bar.update(step + 1 - bar.count, loss=loss_sum / images, acc=correct / images,
+                       img_s=f"{images * rt.env.world / (time.perf_counter() - start):.0f}")
     bar.close()
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
+    return _epoch_stats(dev_stats, images, skipped, skipped_files, start, epoch, rt)
+
+
+def _epoch_stats(dev_stats: torch.Tensor, images: int, skipped: int, skipped_files: list[str], start: float,
+                 epoch: int, rt: Runtime) -> dict:
+    """The epoch's figures, summed over processes."""
+    counts = torch.tensor([float(images), float(skipped)], dtype=torch.float64)
+    stats = torch.cat([dev_stats, counts.to(rt.device)])
+    stats = distributed.all_reduce_sum(stats).cpu()  # the host waits for the epoch's work here
     elapsed = time.perf_counter() - start
-    stats[0], stats[1] = dev_stats.double().cpu()
-    if distributed.is_active():
-        stats = distributed.all_reduce_sum(stats.to(rt.device if rt.device.type == "cuda" else "cpu")).cpu()
-        skipped_files = distributed.gather_lists(skipped_files)[:10]
+    skipped_files = distributed.gather_lists(skipped_files)[:10]
     if not math.isfinite(stats[0].item()):
         raise AlexNetError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
     images = max(int(stats[2]), 1)
     return {"train_loss": float(stats[0]) / images, "train_top1": float(stats[1]) / images,
             "train_images": int(stats[2]), "skipped": int(stats[3]), "skipped_files": skipped_files,
-            "epoch_time": elapsed,
-            "images_per_sec": images / elapsed}
+            "epoch_time": elapsed, "images_per_sec": images / elapsed}
 
 
 # ---------------------------------------------------------------------------
@@ -242,177 +227,258 @@ def _log(rt: Runtime, *args) -> None:
         print(*args, flush=True)
 
 
-def _prepare_run(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict | None]:
-    """The config to run with, and the checkpoint when resuming."""
-    if not resume:
-        return cfg, None
-    ckpt = load_checkpoint(Path(cfg.out) / CHECKPOINT_NAME)
-    saved = from_dict(ckpt["config"])
-    saved.out = cfg.out
-    return saved, ckpt
+def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tuple[TrainConfig, dict | None]:
+    """The config to run with (a resumed run's own, with ``overrides``), and the checkpoint when resuming."""
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(Path(cfg.out) / CHECKPOINT_NAME)
+        saved = from_dict(ckpt["config"])
+        saved.out = cfg.out
+        if "bias_lr_mult" not in ckpt["config"].get("optim", {}):  # a run from before the bias multipliers
+            saved.optim.bias_lr_mult = saved.optim.bias_decay_mult = 1.0  # continues as it began
+        cfg = saved
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg, ckpt
 
 
 def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
     """Load ``cfg.model.weights`` (fine-tuning) and make the config agree with them:
-    variant, input sizes and network options come from the weights."""
+    variant, input sizes and network structure come from the weights."""
     model, normalizer, meta = load_model(cfg.model.weights)
     cfg.model.variant = meta["variant"]
     cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
-    kwargs = meta.get("model_kwargs", {})
-    cfg.model.lrn = kwargs.get("lrn", cfg.model.lrn)
-    cfg.model.lrn_k = kwargs.get("lrn_k", cfg.model.lrn_k)
-    cfg.model.lrn_span = kwargs.get("lrn_span", "all")
+    adopt_model_options(cfg.model, meta.get("model_kwargs", {}))
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = cfg.model.dropout
     return model, normalizer
 
 
-def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
-    """Train as ``cfg`` says, validating every epoch; returns the final metrics.
+def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
+    if resumed or overwrite:
+        return
+    taken = distributed.broadcast_object((out / CHECKPOINT_NAME).exists()  # rank 0 looks: other nodes
+                                         if distributed.from_environment().is_main else None)  # may not share its disk
+    if taken:
+        raise AlexNetError(f"{out} already holds a run; continue it with --resume {out}, "
+                           "or pass --overwrite or another --out")
 
-    With ``resume``, the config stored in ``cfg.out``'s checkpoint is used, with
-    ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
-    A new run refuses an ``out`` that already holds one, unless ``overwrite``.
-    """
-    cfg, ckpt = _prepare_run(cfg, resume)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
-    validate(cfg)
-    rt = resolve_runtime(cfg)
-    out = Path(cfg.out)
-    if ckpt is None and not overwrite:  # rank 0 looks: other nodes may not share its disk
-        taken = distributed.broadcast_object((out / CHECKPOINT_NAME).exists() if rt.env.is_main else None)
-        if taken:
-            raise AlexNetError(f"{out} already holds a run; continue it with --resume {out}, "
-                               "or pass --overwrite or another --out")
-    crop = crop_size(cfg)
+
+def _splits(cfg: TrainConfig, rt: Runtime) -> data_loader.Splits:
     d, o = cfg.data, cfg.optim
-
-    splits = data_loader.build(
-        d.data, d.resize, o.batch_size, rt.device, workers=d.workers, seed=cfg.seed, rank=rt.env.rank,
-        world=rt.env.world, limit_train=d.limit_train, limit_val=d.limit_val,
-        fashion_mnist_dir=d.fashion_mnist_dir or None, gpu_decode=d.gpu_decode)
+    req = data_loader.Request(splits=("train", "val"), batch_size=o.batch_size, holdout=d.holdout,
+                              limit_train=d.limit_train, limit_val=d.limit_val, workers=d.workers,
+                              gpu_decode=d.gpu_decode, seed=cfg.seed, rank=rt.env.rank, world=rt.env.world,
+                              fashion_mnist_dir=d.fashion_mnist_dir or None)
+    splits = data_loader.build(d.data, d.resize, rt.device, req)
     if len(splits.train) == 0:
         raise AlexNetError(f"too few training images for one batch of {o.batch_size}")
     num_classes = cfg.model.num_classes or len(splits.classes)
     if num_classes != len(splits.classes):
         raise AlexNetError(f"--num-classes {num_classes} does not match the data's {len(splits.classes)} classes")
     cfg.model.num_classes = num_classes
-    model_kwargs = {"dropout": cfg.model.dropout, "init": cfg.model.init}
-    if cfg.model.variant == "paper":
-        model_kwargs.update(lrn=cfg.model.lrn, lrn_k=cfg.model.lrn_k, lrn_span=cfg.model.lrn_span)
+    return splits
 
+
+def mean_image(batches: data_loader.Batches, samples: int) -> torch.Tensor:
+    """The mean preprocessed training image, (3, S, S) in [0, 1], over ``samples`` images in a
+    fixed random order (the paper uses the whole training set; 10,000 images give the mean
+    to well under a grey level). Each process sums its share; the sums are added up."""
+    total, count = data_loader.image_sum(batches, -(-samples // batches.world))
+    stats = torch.cat([total.flatten(), torch.tensor([float(count)], dtype=torch.float64, device=total.device)])
+    stats = distributed.all_reduce_sum(stats)
+    return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()
+
+
+def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
+           pretrained: tuple | None) -> tuple[nn.Module, Normalizer]:
+    """The network (fresh, resumed or to fine-tune) and its normaliser."""
     torch.manual_seed(cfg.seed)
     if pretrained is not None:
         model, normalizer = pretrained
-        if model.num_classes != num_classes:
-            model.reset_classifier(num_classes)  # a new fc8 for the new classes
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = cfg.model.dropout
+        if model.num_classes != cfg.model.num_classes:
+            model.reset_classifier(cfg.model.num_classes)  # a new fc8 for the new classes
     else:
-        model = create_model(cfg.model.variant, num_classes, **model_kwargs)
+        model = create_model(cfg.model.variant, cfg.model.num_classes, **model_options(cfg.model))
         if ckpt is not None:
-            load_state(model, ckpt["model"], str(out / CHECKPOINT_NAME))
+            load_state(model, ckpt["model"], str(Path(cfg.out) / CHECKPOINT_NAME))
             normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
-        elif d.normalize == "channel":
+        elif cfg.data.normalize == "channel":
             normalizer = Normalizer.channel()
         else:
-            normalizer = Normalizer.mean_image(data_loader.estimate_mean_image(splits.train, d.mean_samples))
+            normalizer = Normalizer.mean_image(mean_image(splits.train, cfg.data.mean_samples))
     freeze(model, cfg.model.freeze)
-    if rt.towers:
-        model = TwoTowerAlexNet(model, rt.towers)  # the same network, tower t on rt.towers[t]
-    else:
-        model.to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, o)
-    schedule = LRSchedule(o, len(splits.train))
-    history: list[dict] = []
-    start_epoch = 0
+    return model, normalizer
+
+
+def _place(model: nn.Module, rt: Runtime) -> nn.Module:
+    """The network on its device(s), in its memory format."""
+    model = TwoTowerAlexNet(model, rt.towers) if rt.towers else model.to(rt.device)  # tower t on rt.towers[t]
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
+
+
+def _wrap(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
+    """What the loop calls: the network under DistributedDataParallel (several processes) and
+    torch.compile (--compile)."""
+    if rt.env.world > 1:
+        # A module spanning two devices (--model-parallel) takes no device_ids. Gradients live in
+        # DDP's buckets (views, in each parameter's own layout): no copy into the buckets per step.
+        single_gpu = rt.device.type == "cuda" and not rt.towers
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if single_gpu else None,
+                                                    gradient_as_bucket_view=True)
+    return torch.compile(model) if cfg.compile else model
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds, set up by ``_setup``."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    out: Path
+    splits: data_loader.Splits
+    model: nn.Module  # the plain network (what is saved)
+    train_model: nn.Module  # what the loop calls (DDP, compiled)
+    normalizer: Normalizer
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    history: list[dict]
+    start_epoch: int
+    meta_base: dict
+
+
+def _setup(cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> _Run:
+    pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
+    validate(cfg)
+    rt = resolve_runtime(cfg)
+    out = Path(cfg.out)
+    _check_out(out, ckpt is not None, overwrite)
+    splits = _splits(cfg, rt)
+    model, normalizer = _model(cfg, splits, ckpt, pretrained)
+    model = _place(model, rt)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = LRSchedule(cfg.optim, len(splits.train))
+    history, start_epoch = [], 0
     if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError:  # the parameters are laid out differently (one device or two)
-            raise AlexNetError(f"{out / CHECKPOINT_NAME}: the optimizer state does not fit; resume with the "
-                               "run's own --model-parallel setting") from None
+        except ValueError:  # the parameters are laid out differently (one device or two, groups)
+            raise AlexNetError(f"{out / CHECKPOINT_NAME}: the optimizer state does not fit these parameter groups; "
+                               "resume with the run's own --model-parallel, --freeze and multiplier settings") from None
         schedule.load_state_dict(ckpt["schedule"])
         history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    meta_base = dict(variant=cfg.model.variant, classes=splits.classes, crop=crop_size(cfg), resize=cfg.data.resize)
+    return _Run(cfg, rt, out, splits, model, _wrap(model, cfg, rt), normalizer, optimizer, schedule, history,
+                start_epoch, meta_base)
 
-    train_model: nn.Module = model
-    if rt.env.world > 1:
-        # A module spanning two devices (--model-parallel) takes no device_ids.
-        single_gpu = rt.device.type == "cuda" and not rt.towers
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if single_gpu else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
 
-    dev_norm = normalizer.to(rt.device)
-    augment = TrainAugment(dev_norm, crop, d.random_crop, d.flip, d.lighting)
-    center = EvalCrops(dev_norm, crop, ten_crop=False)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype is torch.float16)
-    meta_base = dict(variant=cfg.model.variant, classes=splits.classes, crop=crop, resize=d.resize,
-                     model_kwargs={k: v for k, v in model_kwargs.items() if k != "init"})
+def _open_run_dir(run: _Run, resumed: bool) -> None:
+    """config.json and metrics.jsonl (exactly the epochs the checkpoint has: a kill between
+    the two writes loses nothing); a fresh run (--overwrite) removes the earlier run's files,
+    so a directory never mixes two runs."""
+    if not run.rt.env.is_main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
+            (run.out / name).unlink(missing_ok=True)
+    atomic_write_text(run.out / "config.json", json.dumps(to_dict(run.cfg), indent=2) + "\n")
+    atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
 
-    if rt.env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:  # --overwrite: the earlier run's files go, so the directory never mixes two runs
-            for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
-                (out / name).unlink(missing_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        # The log holds exactly the epochs the checkpoint has (a kill between the two writes loses nothing).
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    n_params = sum(p.numel() for p in model.parameters())
-    _log(rt, f"alexnet: {cfg.model.variant} network, {n_params:,} parameters, {num_classes} classes, "
-             f"input {crop}x{crop} from {d.resize}x{d.resize}; {splits.train.num_images:,} "
-             f"training images; device {', '.join(map(str, rt.towers)) + ' (two towers)' if rt.towers else rt.device}"
+
+def _announce(run: _Run, resumed: bool) -> None:
+    cfg, rt, d = run.cfg, run.rt, run.cfg.data
+    crop = crop_size(cfg)
+    where = ", ".join(map(str, rt.towers)) + " (two towers)" if rt.towers else str(rt.device)
+    _log(rt, f"alexnet: {cfg.model.variant} network, {sum(p.numel() for p in run.model.parameters()):,} "
+             f"parameters, {cfg.model.num_classes} classes, input {crop}x{crop} from {d.resize}x{d.resize}; "
+             f"{run.splits.train.num_images:,} training images; {run.splits.describe_val()}; device {where}"
              f"{f' x {rt.env.world} processes' if rt.env.world > 1 else ''}; "
-             f"{'resuming after epoch ' + str(start_epoch) if ckpt else 'run directory ' + str(out)}")
+             f"{'resuming after epoch ' + str(run.start_epoch) if resumed else 'run directory ' + str(run.out)}")
 
-    try:
-        for epoch in range(start_epoch, o.epochs):
-            generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
-            lr = schedule.lr(epoch, 0)
-            train_stats = train_one_epoch(train_model, splits.train, augment, optimizer, schedule, epoch, rt,
-                                          generator, scaler, log_every=cfg.log_every)
-            val = evaluate(train_model, splits.val, center, split=splits.val_name, autocast=rt.autocast(),
-                           channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
-            dropped = schedule.end_epoch(val.top1_error)
-            record = {"epoch": epoch + 1, "lr": lr, **train_stats, "val_loss": val.loss, "val_top1": val.top1,
-                      "val_top5": val.top5, "val_top1_error": val.top1_error, "val_top5_error": val.top5_error,
-                      "val_skipped": val.skipped}
-            history.append(record)
-            _log(rt, f"epoch {epoch + 1}/{o.epochs}: train loss {record['train_loss']:.4f} "
-                     f"top-1 {100 * record['train_top1']:.2f}% | {splits.val_name} top-1 {100 * val.top1:.2f}% "
-                     f"top-5 {100 * val.top5:.2f}% | lr {lr:.3g} | {record['epoch_time']:.0f}s "
-                     f"{record['images_per_sec']:.0f} img/s"
-                     + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
-                     + (" | lr divided by 10" if dropped else ""))
-            for path in record["skipped_files"]:
-                _log(rt, f"  skipped unreadable file: {path}")
-            if rt.env.is_main:
-                save_checkpoint(out / CHECKPOINT_NAME, {
-                    "config": to_dict(cfg), "epoch": epoch + 1, "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "normalizer": normalizer.state_dict(), "history": history,
-                    "meta": metadata_record(model, **meta_base)})
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            distributed.barrier()
-    except KeyboardInterrupt:
-        _log(rt, f"\ninterrupted; continue with: alexnet train --resume {out}")
-        raise SystemExit(130) from None
 
-    if cfg.ten_crop or start_epoch >= o.epochs:
-        final = evaluate(train_model, splits.val, EvalCrops(dev_norm, crop, ten_crop=cfg.ten_crop),
-                         split=splits.val_name, autocast=rt.autocast(), channels_last=rt.channels_last,
+def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scaler) -> tuple[dict, EvalResult]:
+    """Train one epoch and validate: the epoch's record, and its validation result."""
+    cfg, rt = run.cfg, run.rt
+    generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
+    lr = run.schedule.lr(epoch, 0)
+    stats = train_one_epoch(run.train_model, run.splits.train, augment, run.optimizer, run.schedule, epoch, rt,
+                            generator, scaler, log_every=cfg.log_every)
+    val = evaluate(run.train_model, run.splits.val, center, split="val", autocast=rt.autocast(),
+                   channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
+    dropped = run.schedule.end_epoch(val.top1_error)
+    record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val.loss, "val_top1": val.top1,
+              "val_top5": val.top5, "val_top1_error": val.top1_error, "val_top5_error": val.top5_error,
+              "val_skipped": val.skipped}
+    _log(rt, f"epoch {epoch + 1}/{cfg.optim.epochs}: train loss {record['train_loss']:.4f} "
+             f"top-1 {100 * record['train_top1']:.2f}% | val top-1 {100 * val.top1:.2f}% "
+             f"top-5 {100 * val.top5:.2f}% | lr {lr:.3g} | {record['epoch_time']:.0f}s "
+             f"{record['images_per_sec']:.0f} img/s"
+             + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
+             + (" | lr divided by 10" if dropped else ""))
+    for path in record["skipped_files"]:
+        _log(rt, f"  skipped unreadable file: {path}")
+    return record, val
+
+
+def _save_epoch(run: _Run, record: dict) -> None:
+    """The checkpoint (atomically), then the epoch's line of metrics.jsonl."""
+    run.history.append(record)
+    if run.rt.env.is_main:
+        save_checkpoint(run.out / CHECKPOINT_NAME, {
+            "config": to_dict(run.cfg), "epoch": record["epoch"], "model": unwrap(run.model).state_dict(),
+            "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+            "normalizer": run.normalizer.state_dict(), "history": run.history,
+            "meta": metadata_record(run.model, **run.meta_base)})
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    distributed.barrier()
+
+
+def _finish(run: _Run, dev_norm: Normalizer, last_val) -> dict:
+    """The final validation figure (10-crop with --ten-crop) and the weights file."""
+    cfg, rt = run.cfg, run.rt
+    if cfg.ten_crop or last_val is None:
+        final = evaluate(run.train_model, run.splits.val, EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop),
+                         split="val", autocast=rt.autocast(), channels_last=rt.channels_last,
                          progress=rt.env.is_main, log_every=cfg.log_every)
     else:
-        final = val  # the last epoch's center-crop validation is the final center-crop result
+        final = last_val  # the last epoch's center-crop validation is the final center-crop result
     _log(rt, f"final: {final.summary()}")
     if rt.env.is_main:
-        meta = metadata_record(model, **meta_base, accuracy=final.as_dict(), epochs=len(history),
-                               config=to_dict(cfg))
-        save_weights(out / WEIGHTS_NAME, model, normalizer, meta)
-        _log(rt, f"weights: {out / WEIGHTS_NAME}")
+        meta = metadata_record(run.model, **run.meta_base, accuracy=final.as_dict(), epochs=len(run.history),
+                               holdout=run.splits.holdout, config=to_dict(cfg))
+        save_weights(run.out / WEIGHTS_NAME, run.model, run.normalizer, meta)
+        _log(rt, f"weights: {run.out / WEIGHTS_NAME}")
+    run.splits.close()
     distributed.teardown()
-    return {"final": final.as_dict(), "history": history, "out": str(out)}
+    return {"final": final.as_dict(), "history": run.history, "out": str(run.out)}
+
+
+def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
+    """Train as ``cfg`` says, validating every epoch; returns the final metrics.
+
+    Validation uses the data's val split, or images held out of the training set
+    (``--holdout``); a test split is never looked at here (``alexnet evaluate --split test``).
+    With ``resume``, the config stored in ``cfg.out``'s checkpoint is used, with
+    ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
+    A new run refuses an ``out`` that already holds one, unless ``overwrite``.
+    """
+    cfg, ckpt = _prepare_run(cfg, resume, overrides)
+    run = _setup(cfg, ckpt, overwrite)
+    _open_run_dir(run, ckpt is not None)
+    _announce(run, ckpt is not None)
+    dev_norm = run.normalizer.to(run.rt.device)
+    augment = TrainAugment(dev_norm, crop_size(cfg), cfg.data.random_crop, cfg.data.flip, cfg.data.lighting)
+    center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
+    scaler = make_scaler(run.rt)
+    last_val = None
+    try:
+        for epoch in range(run.start_epoch, cfg.optim.epochs):
+            record, last_val = _epoch(run, epoch, augment, center, scaler)
+            _save_epoch(run, record)
+    except KeyboardInterrupt:
+        _log(run.rt, f"\ninterrupted; continue with: alexnet train --resume {run.out}")
+        raise SystemExit(130) from None
+    return _finish(run, dev_norm, last_val)

@@ -1,6 +1,6 @@
-"""Data: sources (Fashion-MNIST, class-per-folder trees), the loader, and batched transforms."""
+"""Data: sources (Fashion-MNIST, class-per-folder trees, packed datasets), the loader, and batched transforms."""
 
-from .loader import Batch, Batches, Splits, build, estimate_mean_image
+from .loader import Batch, Batches, Request, Splits, build
 from .transforms import EvalCrops, Normalizer, TrainAugment
 
-__all__ = ["Batch", "Batches", "EvalCrops", "Normalizer", "Splits", "TrainAugment", "build", "estimate_mean_image"]
+__all__ = ["Batch", "Batches", "EvalCrops", "Normalizer", "Request", "Splits", "TrainAugment", "build"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import AlexNetError
 from . import fashion_mnist
-from .folder import ImageFolder
+from .folder import ImageFolder, find_classes
 from .transforms import to_rgb
 from .packed import PackedSplit, is_packed, read_meta
 
@@ -62,13 +63,18 @@ def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class Batches:
-    """Base: an iterable of ``Batch`` with ``set_epoch``, ``len`` and a dataset size."""
+    """Base: an iterable of ``Batch`` with ``set_epoch``, ``len`` and a dataset size.
+
+    ``indices`` (optional) restricts it to those images of its dataset: a training set
+    without its held-out validation images, or a ``--limit`` subset."""
 
     def __init__(self, num_images: int, batch_size: int, shuffle: bool, drop_last: bool, device: torch.device,
-                 seed: int = 0, rank: int = 0, world: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world: int = 1, indices: torch.Tensor | None = None) -> None:
         if batch_size % world:
             raise AlexNetError(f"--batch-size {batch_size} is not divisible by the {world} processes")
-        self.num_images, self.shuffle, self.drop_last = num_images, shuffle, drop_last
+        self.indices = indices
+        self.num_images = num_images if indices is None else len(indices)
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.local_batch = batch_size // world
         self.device, self.seed, self.rank, self.world = device, seed, rank, world
         self.epoch = 0
@@ -77,7 +83,8 @@ class Batches:
         self.epoch = epoch
 
     def _order(self) -> torch.Tensor:
-        return epoch_order(self.num_images, self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        order = epoch_order(self.num_images, self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        return order if self.indices is None else self.indices[order]
 
     def _chunks(self) -> list[torch.Tensor]:
         order = self._order()
@@ -104,15 +111,21 @@ class TensorBatches(Batches):
     """In-memory uint8 images (N, C, h, w), resized to ``size`` batch by batch on the device.
 
     On a GPU the whole set moves to device memory once (Fashion-MNIST's 60,000 images are
-    47 MB): batches are then gathered on the device, with no host copy per step."""
+    47 MB), and so does each epoch's order, in one asynchronous copy from pinned memory:
+    batches are then gathered on the device, and a step waits for no host copy."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, size: int, **kw) -> None:
         super().__init__(len(images), **kw)
         self.images, self.labels, self.size = images.to(self.device), labels.to(self.device), size
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self._chunks():
-            idx = idx.to(self.device)
+        order = self._order()
+        if self.device.type == "cuda":
+            order = order.pin_memory().to(self.device, non_blocking=True)
+        chunks = order.split(self.local_batch)
+        if self.drop_last and chunks and len(chunks[-1]) < self.local_batch:
+            chunks = chunks[:-1]
+        for idx in chunks:
             yield Batch(resize_batch(self.images[idx], self.size), self.labels[idx])
 
 
@@ -182,7 +195,6 @@ class PackedBatches(Batches):
 
     def __init__(self, split: "PackedSplit", workers: int, device_decode: bool = False, **kw) -> None:
         super().__init__(len(split), **kw)
-        self.dataset = split
         split.decode_later = device_decode
         # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
         self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
@@ -213,102 +225,212 @@ def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> torch
     return torch.stack(decode_jpeg(encoded, device=device))
 
 
+# Images held out of a training set that comes without a validation split: a fixed choice
+# (its own seed, not the run's), so every run on a dataset validates on the same images.
+HOLDOUT_SEED = 0
+HOLDOUT_MAX = 5000  # the default: 10% of the training set, at most 5,000 images
+EVAL_SPLITS = ("train", "val", "test")
+
+
+def holdout_size(n: int, holdout: int) -> int:
+    """Images to hold out of ``n`` training images; ``holdout`` < 0 asks for the default."""
+    h = min(HOLDOUT_MAX, n // 10) if holdout < 0 else holdout
+    if h >= n:
+        raise AlexNetError(f"--holdout {h} leaves no training images (the training set has {n})")
+    return h
+
+
+def split_indices(n: int, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, held-out validation) indices of a set of ``n`` images, each sorted."""
+    h = holdout_size(n, holdout)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return perm[h:].sort().values, perm[:h].sort().values
+
+
+def _limit(indices: torch.Tensor, limit: int, seed: int | None = None) -> torch.Tensor:
+    """At most ``limit`` of ``indices`` (0: all): the first ones, or with ``seed`` a seeded
+    random choice (for folders, whose order is by class), kept in order."""
+    if not limit or limit >= len(indices):
+        return indices
+    if seed is None:
+        return indices[:limit]
+    keep = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:limit]
+    return indices[keep.sort().values]
+
+
 @dataclass
 class Splits:
+    """The splits of a dataset that were asked for (None where absent or not asked for)."""
+
     classes: list[str]
     train: Batches | None
-    val: Batches
-    val_name: str  # which split ``val`` is, for reporting a protocol ("val", "test")
+    val: Batches | None  # the data's own val split, or ``holdout`` images held out of train
+    test: Batches | None  # the data's test split, if it has one
+    holdout: int  # images held out of the training set for ``val`` (0: the data has a val split)
+
+    def get(self, name: str) -> Batches:
+        batches = getattr(self, name) if name in EVAL_SPLITS else None
+        if batches is None:
+            raise AlexNetError(f"the data has no {name!r} split")
+        return batches
+
+    def describe_val(self) -> str:
+        if self.val is None:
+            return "no validation split"
+        if self.holdout:
+            return (f"validation: {self.val.num_images:,} images held out of the training set "
+                    f"(fixed choice, seed {HOLDOUT_SEED})")
+        return f"validation: the data's val split ({self.val.num_images:,} images)"
+
+    def close(self) -> None:
+        for b in (self.train, self.val, self.test):
+            if b is not None:
+                b.close()
 
 
-def _limited(n: int, limit: int) -> int:
-    return min(n, limit) if limit else n
+@dataclass
+class Request:
+    """What ``build`` is asked for: which splits, how many images, in which batches."""
+
+    splits: tuple[str, ...] = ("train", "val")
+    batch_size: int = 128
+    eval_batch_size: int = 0  # 0: batch_size
+    holdout: int = -1  # held-out validation images when the data has no val split; -1: the default
+    limit_train: int = 0
+    limit_val: int = 0  # also limits test
+    workers: int = -1
+    gpu_decode: bool = False
+    seed: int = 0
+    rank: int = 0
+    world: int = 1
+    fashion_mnist_dir: str | None = None
 
 
-def build(data: str, resize: int, batch_size: int, device: torch.device, *, workers: int = -1,
-          seed: int = 0, rank: int = 0, world: int = 1, train: bool = True, limit_train: int = 0,
-          limit_val: int = 0, fashion_mnist_dir: str | None = None, eval_batch_size: int | None = None,
-          gpu_decode: bool = False) -> Splits:
-    """The train and validation batches for ``data`` ('fashion-mnist' or a folder)."""
-    common = dict(device=device, seed=seed, rank=rank, world=world)
-    eval_bs = eval_batch_size or batch_size
+def build(data: str, resize: int, device: torch.device, req: Request) -> Splits:
+    """The splits of ``data`` ('fashion-mnist', a packed dataset, or a class-per-folder tree
+    with train/ and optionally val/ and test/) that ``req`` asks for, as batches on ``device``.
+    Without a val split, validation images are held out of the training set."""
+    bad = [s for s in req.splits if s not in EVAL_SPLITS]
+    if bad:
+        raise AlexNetError(f"unknown split {bad[0]!r}; choose from {', '.join(EVAL_SPLITS)}")
     root = os.path.expanduser(data)
-    if gpu_decode and not (is_packed(root) and read_meta(root)["encoding"] == "jpeg"):
+    packed_data = data != "fashion-mnist" and is_packed(root)
+    if req.gpu_decode and not (packed_data and read_meta(root)["encoding"] == "jpeg"):
         raise AlexNetError(f"--gpu-decode reads packed JPEG datasets (alexnet prepare); {data!r} is not one")
-    if gpu_decode and device.type != "cuda":
+    if req.gpu_decode and device.type != "cuda":
         raise AlexNetError("--gpu-decode needs a CUDA device")
     if data == "fashion-mnist":
-        val_x, val_y = fashion_mnist.load("test", fashion_mnist_dir)
-        n = _limited(len(val_x), limit_val)
-        val = TensorBatches(val_x[:n], val_y[:n], resize, batch_size=eval_bs, shuffle=False, drop_last=False,
-                            **common)
-        train_b = None
-        if train:
-            tr_x, tr_y = fashion_mnist.load("train", fashion_mnist_dir)
-            n = _limited(len(tr_x), limit_train)
-            train_b = TensorBatches(tr_x[:n], tr_y[:n], resize, batch_size=batch_size, shuffle=True,
-                                    drop_last=True, **common)
-        # Fashion-MNIST has no validation split: its 10,000-image test set serves.
-        return Splits(list(fashion_mnist.CLASSES), train_b, val, "test")
-
-    if is_packed(root):
-        train_split = PackedSplit(root, "train")
-        if train_split.size != resize:
-            raise AlexNetError(f"packed dataset {root} holds {train_split.size}-px images, but --resize is {resize}")
-        val_split = PackedSplit(root, "val")
-        val = PackedBatches(val_split, workers, gpu_decode, batch_size=eval_bs, shuffle=False, drop_last=False,
-                            **common)
-        if limit_val:  # packing shuffled the images, so the first N are a random sample
-            val.num_images = min(limit_val, val.num_images)
-        train_b = None
-        if train:
-            train_b = PackedBatches(train_split, workers, gpu_decode, batch_size=batch_size, shuffle=True,
-                                    drop_last=True, **common)
-            if limit_train:
-                train_b.num_images = min(limit_train, train_b.num_images)
-        return Splits(train_split.classes, train_b, val, "val")
+        return _fashion_mnist_splits(resize, device, req)
+    if packed_data:
+        return _packed_splits(root, resize, device, req)
     if not os.path.isdir(root):
-        raise AlexNetError(f"data folder {data!r} not found (expected 'fashion-mnist' or a folder with train/ and val/)")
-    train_ds = ImageFolder(root, "train", resize)
-    classes = train_ds.classes
-    val_ds = ImageFolder(root, "val", resize, classes=classes)
-    if limit_val:
-        val_ds.samples = val_ds.samples[:limit_val]
-    val = FolderBatches(val_ds, workers, batch_size=eval_bs, shuffle=False, drop_last=False, **common)
-    train_b = None
-    if train:
-        if limit_train:
-            g = torch.Generator().manual_seed(seed)
-            keep = torch.randperm(len(train_ds.samples), generator=g)[:limit_train].sort().values
-            train_ds.samples = [train_ds.samples[i] for i in keep]
-        train_b = FolderBatches(train_ds, workers, batch_size=batch_size, shuffle=True, drop_last=True, **common)
-    return Splits(classes, train_b, val, "val")
+        raise AlexNetError(f"data folder {data!r} not found (expected 'fashion-mnist' or a folder with train/)")
+    return _folder_splits(root, resize, device, req)
 
 
-def estimate_mean_image(batches: Batches, max_images: int) -> torch.Tensor:
-    """The mean preprocessed training image, (3, S, S) in [0, 1], over a seeded random
-    subset of at most ``max_images`` images (the paper uses the whole training set)."""
-    from .. import distributed
+def _batching(req: Request, device: torch.device, train: bool) -> dict:
+    size = req.batch_size if train else (req.eval_batch_size or req.batch_size)
+    return dict(batch_size=size, shuffle=train, drop_last=train, device=device, seed=req.seed, rank=req.rank,
+                world=req.world)
 
+
+def _train_val_indices(n: int, has_val: bool, req: Request, limit_seed: int | None) -> tuple:
+    """(training indices, held-out validation indices or None, holdout count) with the limits applied."""
+    if has_val:
+        return _limit(torch.arange(n), req.limit_train, limit_seed), None, 0
+    train_idx, val_idx = split_indices(n, req.holdout)
+    return _limit(train_idx, req.limit_train, limit_seed), _limit(val_idx, req.limit_val), len(val_idx)
+
+
+def _fashion_mnist_splits(resize: int, device: torch.device, req: Request) -> Splits:
+    """Fashion-MNIST: 60,000 training images, of which the validation images are held
+    out, and the 10,000-image test set."""
+    train = val = test = None
+    holdout = 0
+    if {"train", "val"} & set(req.splits):
+        x, y = fashion_mnist.load("train", req.fashion_mnist_dir)
+        train_idx, val_idx, holdout = _train_val_indices(len(x), False, req, None)
+        if "train" in req.splits:
+            train = TensorBatches(x[train_idx], y[train_idx], resize, **_batching(req, device, True))
+        if "val" in req.splits:
+            val = TensorBatches(x[val_idx], y[val_idx], resize, **_batching(req, device, False))
+    if "test" in req.splits:
+        x, y = fashion_mnist.load("test", req.fashion_mnist_dir)
+        keep = _limit(torch.arange(len(x)), req.limit_val)
+        test = TensorBatches(x[keep], y[keep], resize, **_batching(req, device, False))
+    return Splits(list(fashion_mnist.CLASSES), train, val, test, holdout)
+
+
+def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -> Splits:
+    meta = read_meta(root)
+    if meta["size"] != resize:
+        raise AlexNetError(f"packed dataset {root} holds {meta['size']}-px images, but --resize is {resize}")
+
+    def batches(split: str, train: bool, indices: torch.Tensor | None) -> PackedBatches:
+        return PackedBatches(PackedSplit(root, split), req.workers, req.gpu_decode, indices=indices,
+                             **_batching(req, device, train))
+
+    has_val = "val" in meta["splits"]
+    train = val = test = None
+    holdout = 0
+    if "train" in req.splits or ("val" in req.splits and not has_val):
+        # packing shuffled the images, so the first N of a limit are a random sample
+        n = meta["splits"]["train"]["count"]
+        train_idx, val_idx, holdout = _train_val_indices(n, has_val, req, None)
+        if "train" in req.splits:
+            train = batches("train", True, train_idx)
+        if "val" in req.splits and not has_val:
+            val = batches("train", False, val_idx)
+    if "val" in req.splits and has_val:
+        val = batches("val", False, _limit(torch.arange(meta["splits"]["val"]["count"]), req.limit_val))
+    if "test" in req.splits and "test" in meta["splits"]:
+        test = batches("test", False, _limit(torch.arange(meta["splits"]["test"]["count"]), req.limit_val))
+    return Splits(meta["classes"], train, val, test, holdout)
+
+
+def _folder_splits(root: str, resize: int, device: torch.device, req: Request) -> Splits:
+    classes = find_classes(Path(root) / "train")
+    has_val = os.path.isdir(os.path.join(root, "val"))
+
+    def batches(dataset: ImageFolder, train: bool, keep: torch.Tensor | None = None) -> FolderBatches:
+        keep = _limit(torch.arange(len(dataset)), req.limit_val) if keep is None else keep
+        return FolderBatches(dataset, req.workers, indices=keep, **_batching(req, device, train))
+
+    train = val = test = None
+    holdout = 0
+    if "train" in req.splits or ("val" in req.splits and not has_val):
+        train_set = ImageFolder(root, "train", resize, classes=classes)  # lists the files once
+        train_idx, val_idx, holdout = _train_val_indices(len(train_set), has_val, req, req.seed)
+        if "train" in req.splits:
+            train = batches(train_set, True, train_idx)
+        if "val" in req.splits and not has_val:
+            val = batches(train_set, False, val_idx)
+    if "val" in req.splits and has_val:
+        val = batches(ImageFolder(root, "val", resize, classes=classes), False)
+    if "test" in req.splits and os.path.isdir(os.path.join(root, "test")):
+        test = batches(ImageFolder(root, "test", resize, classes=classes), False)
+    return Splits(classes, train, val, test, holdout)
+
+
+def image_sum(batches: Batches, max_images: int) -> tuple[torch.Tensor, int]:
+    """The sum (float64, (3, S, S), 0-255 scale) and count of at most ``max_images`` of
+    ``batches``' images, taken in a fixed shuffled order of their own: this process's part
+    of the mean image (the trainer sums the parts of all processes)."""
     saved = (batches.shuffle, batches.epoch, batches.drop_last)
     batches.shuffle, batches.epoch, batches.drop_last = True, -1, False  # a fixed order of its own
-    # Each process sums its shard of the same first images: the result does not depend on the world size.
-    budget = -(-max_images // batches.world)
     total, count = None, 0
     try:
         for batch in batches:
             if batch.labels.numel() == 0:
                 continue
-            x = to_rgb(batch.images).to(torch.float64)
+            x = to_rgb(batch.images[: max_images - count]).to(torch.float64)
             s = x.sum(0)
             total = s if total is None else total + s
             count += x.shape[0]
-            if count >= budget:
+            if count >= max_images:
                 break
     finally:
         batches.shuffle, batches.epoch, batches.drop_last = saved
     if total is None:
         raise AlexNetError("no readable training images to compute the mean image from")
-    stats = torch.cat([total.flatten(), torch.tensor([float(count)], dtype=torch.float64, device=total.device)])
-    stats = distributed.all_reduce_sum(stats)
-    return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()
+    return total, count

@@ -121,7 +121,8 @@ def _read_index(path: Path) -> dict[str, np.ndarray]:
 
 def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "jpeg", quality: int = 90,
             workers: int = -1, shard_size: int = 10_000, progress: bool = True) -> dict:
-    """Pack ``src/train`` and ``src/val`` into ``dst``; returns the metadata written."""
+    """Pack ``src/train`` and, where present, ``src/val`` and ``src/test`` into ``dst``;
+    returns the metadata written."""
     src, dst = Path(src), Path(dst)
     if encoding not in ENCODINGS:
         raise AlexNetError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
@@ -135,11 +136,12 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "
         raise AlexNetError("the packed dataset must go to another directory than its source")
     classes = find_classes(src / "train")
     splits = {"train": list_images(src / "train", classes)}
-    if (src / "val").is_dir():
-        extra = sorted(set(find_classes(src / "val")) - set(classes))
-        if extra:
-            raise AlexNetError(f"{src / 'val'} has classes not in train/: {', '.join(extra[:5])}")
-        splits["val"] = list_images(src / "val", classes)
+    for name in ("val", "test"):
+        if (src / name).is_dir():
+            extra = sorted(set(find_classes(src / name)) - set(classes))
+            if extra:
+                raise AlexNetError(f"{src / name} has classes not in train/: {', '.join(extra[:5])}")
+            splits[name] = list_images(src / name, classes)
     for split, samples in splits.items():  # a fixed shuffle: every shard and every prefix mixes the classes
         order = np.random.default_rng(0).permutation(len(samples))
         splits[split] = [samples[i] for i in order]
@@ -210,15 +212,15 @@ class PackedSplit(torch.utils.data.Dataset):
         info = self.meta["splits"][split]
         self.root, self.size, self.encoding = root, self.meta["size"], self.meta["encoding"]
         self.classes = self.meta["classes"]
-        starts, labels, self._shard_of, self._offsets = [], [], [], []
+        starts, labels, shard_of, self._offsets = [], [], [], []
         for s, name in enumerate(info["shards"]):
             index = _read_index(root / f"{name}.npz")
             self._offsets.append(index["offsets"])
             labels.append(index["labels"])
-            self._shard_of.append(np.full(len(index["labels"]), s, np.int32))
+            shard_of.append(np.full(len(index["labels"]), s, np.int32))
             starts.append(np.arange(len(index["labels"]), dtype=np.int64))
         self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64))
-        self._shard = np.concatenate(self._shard_of)
+        self._shard = np.concatenate(shard_of)  # image i is image _local[i] of shard _shard[i]
         self._local = np.concatenate(starts)
         self._names = info["shards"]
         self._files: list[int] | None = None  # descriptors, opened lazily in each process

@@ -95,11 +95,13 @@ class Normalizer:
 
 
 def lighting_offsets(batch: int, sigma: float, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+                     device: torch.device | str = "cpu", eigval: torch.Tensor = IMAGENET_EIGVAL,
+                     eigvec: torch.Tensor = IMAGENET_EIGVEC) -> torch.Tensor:
     """PCA colour noise (paper section 4.1): per image, the RGB offset
-    ``sum_i alpha_i * lambda_i * p_i`` with ``alpha_i ~ N(0, sigma)``. Returns (B, 3)."""
+    ``sum_i alpha_i * lambda_i * p_i`` with ``alpha_i ~ N(0, sigma)``. Returns (B, 3).
+    ``eigval``/``eigvec`` already on ``device`` spare a host copy per call."""
     alpha = torch.randn(batch, 3, generator=generator, device=device) * sigma
-    return (alpha * IMAGENET_EIGVAL.to(device)) @ IMAGENET_EIGVEC.to(device).T
+    return (alpha * eigval.to(device)) @ eigvec.to(device).T
 
 
 class TrainAugment:
@@ -109,6 +111,8 @@ class TrainAugment:
                  lighting: float = 0.1) -> None:
         self.normalizer, self.crop = normalizer, crop
         self.random_crop, self.flip, self.lighting = random_crop, flip, lighting
+        device = normalizer.mean.device  # the PCA constants live where the batches are: no copy per step
+        self.eigval, self.eigvec = IMAGENET_EIGVAL.to(device), IMAGENET_EIGVEC.to(device)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 (B, C, S, S) -> float (B, 3, crop, crop)."""
@@ -127,7 +131,7 @@ class TrainAugment:
         out = self.normalizer.crops(x, rows, cols)
         if self.lighting > 0:
             # The noise lives in [0, 1] RGB space; after normalisation it is divided by std.
-            rgb = lighting_offsets(b, self.lighting, generator, dev)
+            rgb = lighting_offsets(b, self.lighting, generator, dev, self.eigval, self.eigvec)
             out += (rgb / self.normalizer.std.view(1, 3)).view(b, 3, 1, 1)
         return out
 
@@ -144,10 +148,6 @@ class EvalCrops:
 
     def __init__(self, normalizer: Normalizer, crop: int, ten_crop: bool = False) -> None:
         self.normalizer, self.crop, self.ten_crop = normalizer, crop, ten_crop
-
-    @property
-    def views(self) -> int:
-        return 10 if self.ten_crop else 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, size, dev = x.shape[0], x.shape[-1], x.device

@@ -1,0 +1,70 @@
+"""Runtime switches: device, precision, memory format and the process group, each decided
+in one place (``resolve_runtime``) and used through ``Runtime`` by training, evaluation,
+inference and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+from .config import TrainConfig
+from .errors import AlexNetError
+from .towers import resolve_devices
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    channels_last: bool
+    env: distributed.Env
+    towers: tuple[torch.device, torch.device] | None = None  # --model-parallel: the two towers' devices
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    if world > 1 and name not in ("auto", "cpu", "cuda"):
+        raise AlexNetError(f"--device {name} under torchrun would put every process on the same device; "
+                           "use --device cuda (process r takes cuda:LOCAL_RANK) or auto")
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise AlexNetError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AlexNetError("--device cuda was asked for, but no CUDA device is available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def resolve_runtime(cfg: TrainConfig) -> Runtime:
+    env = distributed.from_environment()
+    towers = resolve_devices(cfg.model_parallel, env.local_rank) if cfg.model_parallel else None
+    # With the towers split, the batch, the loss and the metrics live on tower 1's device.
+    device = towers[0] if towers else resolve_device(cfg.device, env.local_rank, env.world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise AlexNetError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    env = distributed.setup(device)
+    return Runtime(device, dtype, channels_last, env, towers)
