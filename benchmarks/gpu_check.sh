@@ -73,15 +73,21 @@ fi
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
 # run_step NAME TIMEOUT CMD...: runs CMD into $WORK/NAME.out (stdout) with stderr in the stage log;
-# appends {"name", "rc", "seconds"} to $WORK/steps.jsonl.
+# appends {"name", "rc", "seconds"} to $WORK/steps.jsonl. Once a step of a stage has failed, the
+# stage's later steps are skipped (they need what it made; a lease's minutes are better kept).
 run_step() {
     local name="$1" limit="$2"; shift 2
     local t0=$SECONDS rc
+    if [ -f "$WORK/stage.failed" ]; then
+        echo "  [$name] skipped: an earlier step of this stage failed" | tee -a "$LOG" >&2
+        return 1
+    fi
     echo "+ [$name] $*" | tee -a "$LOG" >&2
     timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.out" 2>>"$LOG"; rc=$?
     tail -c 20000 "$WORK/$name.out" >>"$LOG"
     echo "  [$name] rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG" >&2
     printf '{"name": "%s", "rc": %d, "seconds": %d}\n' "$name" "$rc" "$((SECONDS - t0))" >>"$WORK/steps.jsonl"
+    [ $rc = 0 ] || touch "$WORK/stage.failed"
     return $rc
 }
 
@@ -131,7 +137,7 @@ EOF
 }
 
 begin() {
-    LOG="$OUTDIR/$1.log"; : >"$LOG"; rm -f "$WORK/steps.jsonl"
+    LOG="$OUTDIR/$1.log"; : >"$LOG"; rm -f "$WORK/steps.jsonl" "$WORK/stage.failed"
     echo "== $1 $(stamp) python=$PY work=$WORK" | tee -a "$LOG" >&2
 }
 
@@ -167,8 +173,9 @@ stage_bench() {
             run_step bench-jpeg 420 "${ALEXNET[@]}" bench --json "${DEVICE[@]}" "${BENCH_ARGS[@]}" --images "$img" --packed "$jpeg" ;;
         gpu-decode)
             [ $SMOKE = 1 ] || run_step bench-gpu-decode 300 "${ALEXNET[@]}" bench --json "${BENCH_ARGS[@]}" --packed "$jpeg" --gpu-decode --no-baseline ;;
-        raw)
-            run_step bench-raw 300 "${ALEXNET[@]}" bench --json "${DEVICE[@]}" "${BENCH_ARGS[@]}" --packed "$raw" ;;
+        raw)  # the smoke run measures one network here: the jpeg step has both
+            run_step bench-raw 300 "${ALEXNET[@]}" bench --json "${DEVICE[@]}" "${BENCH_ARGS[@]}" \
+                $([ $SMOKE = 1 ] && echo --variant torchvision) --packed "$raw" ;;
         split)
             run_step bench-split 300 "${ALEXNET[@]}" bench --json "${BENCH_ARGS[@]}" --variant paper \
                 --model-parallel "$([ $SMOKE = 1 ] && echo cpu,cpu || echo cuda:0,cuda:0)" ;;

@@ -60,7 +60,9 @@ def image_tree(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _quiet_threads():
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Two threads, or one per worker when pytest-xdist runs two test processes side by side.
+    share = 2 if "PYTEST_XDIST_WORKER" not in os.environ else 1
+    torch.set_num_threads(max(1, min(share, os.cpu_count() or 1)))
     yield
 
 

@@ -1,8 +1,8 @@
-"""The benchmark harness runs every measurement and reports consistent ratios (no timing asserted)."""
+"""The benchmark harness runs every measurement (no timing asserted: figures are measured, not tested)."""
 
 import pytest
 
-from alexnet.bench import bench_inference, run
+from alexnet.bench import bench_inference, run, train_flops_per_image
 
 
 def test_bench_reports_every_figure(image_tree):
@@ -10,15 +10,16 @@ def test_bench_reports_every_figure(image_tree):
                  workers=0, log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
     assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "baseline"}
-    assert all(f["images_per_sec"] > 0 and f["peak_memory_mib"] > 0 for f in figures.values())
-    model = figures[("model", "torchvision")]
-    assert 0 < model["fraction_of_peak"] and model["settings"]["precision"] == "float32"
-    e2e = figures[("end-to-end", "torchvision")]["images_per_sec"]
-    base = next(f for (w, _), f in figures.items() if w == "baseline")["images_per_sec"]
-    assert result["ratios"]["torchvision: end-to-end / baseline"] == pytest.approx(e2e / base)
-    decode = figures[("decode", "-")]["images_per_sec"]
-    assert result["decode_cores"]["torchvision: CPU cores to decode at the model-only rate"] == pytest.approx(
-        model["images_per_sec"] / decode)
+    assert figures[("model", "torchvision")]["settings"]["precision"] == "float32"
+    assert set(result["ratios"]) == {"torchvision: end-to-end / model", "torchvision: end-to-end / baseline"}
+    assert set(result["projection"]) == {"torchvision: 90 ImageNet epochs (hours)"}
+
+
+def test_training_flops_are_three_forward_passes():
+    """The figure the matmul-peak fraction uses: 2 FLOPs per multiply-accumulate, forward plus a
+    backward of twice the forward (PAPER.md: 0.714 GMAC torchvision, about 724M MACs paper)."""
+    assert train_flops_per_image("torchvision", 224) == pytest.approx(6 * 0.714e9, rel=0.005)
+    assert train_flops_per_image("paper", 227) == pytest.approx(6 * 724e6, rel=0.005)
 
 
 def test_inference_bench_compares_with_the_baseline():

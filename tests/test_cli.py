@@ -31,8 +31,6 @@ def test_train_then_evaluate_on_fashion_mnist(tmp_path, fmnist_dir):
     result = json.loads(r.stdout)
     assert result["protocol"] == "ten-crop" and result["split"] == "test" and result["images"] == 128
     assert result["top1"] > 0.3  # ten classes: chance is 0.1
-    assert result["top5"] >= result["top1"]
-    assert result["top1_error"] == pytest.approx(1 - result["top1"])
     r = run_cli("evaluate", str(out), "--limit", "128")
     assert r.returncode == 0 and "test (center, 128 images): top-1" in r.stdout
 
@@ -72,3 +70,24 @@ def test_evaluate_rejects_data_with_other_classes(tmp_path, image_tree, fmnist_d
                  "--limit-train", "64", "--limit-val", "32", "--init", "kaiming", "--out", str(out),
                  "--fashion-mnist-dir", fmnist_dir]) == 0
     assert main(["evaluate", str(out), "--data", str(image_tree), "--workers", "0"]) == 2
+
+
+def test_every_flag_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    from alexnet.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert len(commands) == 12
+    for name, p in commands.items():
+        formatter = p._get_formatter()
+        p.format_help()  # every help line formats (a stray % would raise here)
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            what = f"alexnet {name} {action.option_strings or action.dest}"
+            assert action.help and len(action.help) > 8, what
+            meaningful = not (action.default is None or action.default is False)
+            if action.option_strings and meaningful:
+                assert "(default" in formatter._get_help_string(action), what

@@ -1,7 +1,8 @@
 """--compile on the CPU: every network traces as one graph, and the compiled LRN is the formula.
 
-The GPU runs the same traces (only the generated kernels differ), so a graph break or a
-tracing error shows here first; the compiled speed itself is a GPU benchmark.
+Dynamo traces the same Python whatever the device, so a graph break or a tracing error shows
+here first. What the GPU compiles from it (Triton kernels, cuDNN's choices, channels-last
+layouts) differs and is checked only on a GPU (tests/test_gpu.py); its speed is a benchmark.
 """
 
 import shutil

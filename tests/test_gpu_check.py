@@ -68,6 +68,7 @@ def test_a_failing_stage_is_reported_and_fails_the_script(tmp_path):
     assert proc.returncode == 1
     summary = json.loads((tmp_path / "out" / "main.json").read_text())
     assert not summary["ok"] and summary["steps"][0]["name"] == "train" and summary["steps"][0]["rc"] != 0
+    assert len(summary["steps"]) == 1  # the stage stopped there: nothing to evaluate
     assert "Fashion-MNIST file" in (tmp_path / "out" / "main.log").read_text()
 
 

@@ -197,3 +197,59 @@ def test_lrn_in_half_precision_does_not_overflow():
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
     torch.testing.assert_close(y.double(), lrn_by_formula(a), rtol=2e-3, atol=1e-2)
     assert (y.double() - a / 2 ** 0.75).abs().max() > 1  # the normalisation is not a no-op here
+
+
+def _inputs_of(model, names, x):
+    """The tensors the named layers receive in one forward pass."""
+    seen, hooks = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        hooks.append(modules[name].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0].detach().clone())))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _outputs_of(model, names, x):
+    seen, hooks = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        hooks.append(modules[name].register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.detach().clone())))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_dropout_sits_where_each_paper_puts_it_in_train_mode():
+    """paper (2012): dropout after fc6 and fc7, none before fc6. torchvision ("one weird
+    trick"): dropout before fc6 and fc7, none before fc8. A dropped unit is 0, a kept one x2."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 227, 227) * 60
+    paper = create_model("paper", num_classes=10, init="kaiming").train()
+    torch.manual_seed(1)
+    got = _inputs_of(paper, ["classifier.fc6", "classifier.fc7", "classifier.fc8"], x)
+    torch.manual_seed(1)
+    relu = _outputs_of(paper, ["features.pool5", "classifier.relu6", "classifier.relu7"], x)
+    torch.testing.assert_close(got["classifier.fc6"].flatten(1), relu["features.pool5"].flatten(1))  # no dropout
+    for fc, r in (("classifier.fc7", "classifier.relu6"), ("classifier.fc8", "classifier.relu7")):
+        kept = got[fc] != 0
+        torch.testing.assert_close(got[fc][kept], 2 * relu[r][kept])
+        alive = relu[r] > 0
+        assert 0.4 < (~kept & alive).sum() / alive.sum() < 0.6  # half the active units dropped
+    tv = create_model("torchvision", num_classes=10).train()
+    y = torch.randn(4, 3, 224, 224)
+    torch.manual_seed(1)
+    got = _inputs_of(tv, ["classifier.1", "classifier.4", "classifier.6"], y)
+    torch.manual_seed(1)
+    before = _outputs_of(tv, ["avgpool", "classifier.2", "classifier.5"], y)
+    for fc, src in (("classifier.1", "avgpool"), ("classifier.4", "classifier.2")):
+        kept, alive = got[fc] != 0, before[src].flatten(1) != 0
+        torch.testing.assert_close(got[fc][kept], 2 * before[src].flatten(1)[kept])
+        assert 0.4 < (~kept & alive).sum() / alive.sum() < 0.6  # half the non-zero inputs dropped
+    torch.testing.assert_close(got["classifier.6"], before["classifier.5"])  # no dropout before fc8

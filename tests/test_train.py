@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import AlexNetError, create_model
-from alexnet.checkpoint import atomic_write, load_checkpoint, load_model, read_weights
+from alexnet.checkpoint import load_checkpoint, load_model, read_weights
+from alexnet.files import atomic_write
 from alexnet.config import OptimConfig, TrainConfig, apply_overrides
 from alexnet.data import fashion_mnist
 from alexnet.data.loader import resize_batch
@@ -213,3 +214,74 @@ def test_caffe_init_draws_the_hidden_fc_layers_narrower():
     assert stds["features.conv3.weight"] == pytest.approx(0.01, rel=0.02)
     assert float(m.classifier.fc6.bias.detach().mean()) == pytest.approx(0.1)
     assert float(m.features.conv3.bias.detach().abs().max()) == 0
+
+
+def test_each_epoch_and_each_rank_draws_its_own_randomness():
+    """seed_epoch: the same (seed, epoch, rank) repeats its crops and dropout masks (exact
+    resume); another epoch or rank draws others (no two ranks share augmentations)."""
+    cpu = torch.device("cpu")
+
+    def draws(seed, epoch, rank):
+        g = train.seed_epoch(seed, epoch, rank, cpu)
+        return torch.rand(8, generator=g), torch.rand(8)  # augmentation generator, global RNG (dropout)
+
+    a = draws(0, 3, 0)
+    assert all(torch.equal(x, y) for x, y in zip(a, draws(0, 3, 0)))
+    for other in (draws(0, 4, 0), draws(0, 3, 1), draws(1, 3, 0)):
+        assert not torch.equal(a[0], other[0]) and not torch.equal(a[1], other[1])
+
+
+def test_fit_in_bf16_with_channels_last(tmp_path, fmnist_dir, monkeypatch):
+    """The CPU main job's settings reach the network: its layers compute in bf16 under autocast
+    and the images arrive channels-last."""
+    from alexnet import models
+
+    seen = []
+    real_forward = models.PaperAlexNet.forward
+
+    def spy(self, x):
+        out = real_forward(self, x)
+        if self.training:
+            seen.append((x.is_contiguous(memory_format=torch.channels_last), out.dtype))
+        return out
+
+    monkeypatch.setattr(models.PaperAlexNet, "forward", spy)
+    result = fit(tiny_config(tmp_path / "run", epochs=1, limit_train=32, limit_val=32, fashion_mnist_dir=fmnist_dir,
+                             precision="bf16", channels_last="on"))  # bf16 is emulated, slowly, on CPUs without it
+    assert seen and all(cl and dtype == torch.bfloat16 for cl, dtype in seen)
+    assert math.isfinite(result["history"][0]["train_loss"])
+
+
+def test_fit_compiled_equals_fit_eager(tmp_path, fmnist_dir, monkeypatch):
+    """--compile wraps the network (here with the aot_eager backend: dynamo's graph and
+    AOTAutograd's backward, no C++ build) and trains the same weights, saved without prefixes."""
+    calls = []
+    real_compile = torch.compile
+
+    def compile_(model, **kw):
+        calls.append(type(model).__name__)
+        return real_compile(model, backend="aot_eager")
+
+    eager = fit(tiny_config(tmp_path / "eager", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir,
+                            dropout=0.0))
+    monkeypatch.setattr(torch, "compile", compile_)
+    compiled = fit(tiny_config(tmp_path / "compiled", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir,
+                               dropout=0.0, compile=True))
+    assert calls == ["PaperAlexNet"]
+    a = read_weights(tmp_path / "eager" / "model.safetensors")[0]
+    b = read_weights(tmp_path / "compiled" / "model.safetensors")[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    assert compiled["final"]["top1"] == eager["final"]["top1"]
+
+
+def test_a_fixed_cuda_device_is_refused_under_torchrun():
+    """--device cuda:1 with several processes would put every rank on one GPU."""
+    from alexnet.runtime import resolve_device
+
+    for name in ("cuda:0", "cuda:1"):
+        with pytest.raises(AlexNetError, match="would put every process on the same device"):
+            resolve_device(name, local_rank=1, world=2)
+    assert resolve_device("cpu", local_rank=1, world=2) == torch.device("cpu")
+    assert resolve_device("auto", local_rank=1, world=2).type in ("cpu", "cuda")

@@ -46,7 +46,6 @@ def test_random_crops_and_flips_stay_inside_and_are_seeded():
     aug = TrainAugment(IDENTITY, crop, lighting=0.0)
     out = aug(x, torch.Generator().manual_seed(1)).round()
     rows, cols = out[:, 0], out[:, 1]
-    assert rows.min() >= 0 and rows.max() <= size - 1 and cols.max() <= size - 1
     # every crop is a contiguous window: rows increase by one, columns by +1 or -1 (flipped)
     assert torch.all(rows[:, 1:, 0] - rows[:, :-1, 0] == 1)
     step = cols[:, 0, 1:] - cols[:, 0, :-1]
@@ -76,12 +75,21 @@ def test_mean_image_subtraction_is_at_the_crop_position():
         assert found
 
 
-def test_grayscale_becomes_three_channels_and_lighting_shifts_channels():
-    x = torch.full((2, 1, 8, 8), 100, dtype=torch.uint8)
-    out = TrainAugment(Normalizer.channel(), 8, random_crop=False, flip=False, lighting=0.5)(
-        x, torch.Generator().manual_seed(0))
+def test_grayscale_becomes_three_channels():
+    x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    out = TrainAugment(IDENTITY, 8, random_crop=False, flip=False, lighting=0.0)(x)
     assert out.shape == (2, 3, 8, 8)
-    per_channel = out[:, :, 0, 0]
-    base = (100 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
-    assert not torch.allclose(per_channel, base.expand(2, 3), atol=1e-3)  # colour noise added
-    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))  # a constant offset per channel
+    assert torch.equal(out.round(), x.float().expand(-1, 3, -1, -1))
+
+
+def test_lighting_adds_the_pca_offsets_on_the_normalisers_scale():
+    """TrainAugment with colour noise minus without it: each image's PCA offset (drawn from the
+    same generator state), divided by the normaliser's std, the same at every pixel."""
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalizer.channel()
+    lit = TrainAugment(norm, 8, random_crop=False, flip=False, lighting=0.5)(x, torch.Generator().manual_seed(0))
+    plain = TrainAugment(norm, 8, random_crop=False, flip=False, lighting=0.0)(x, torch.Generator().manual_seed(0))
+    offsets = lighting_offsets(4, 0.5, torch.Generator().manual_seed(0))  # (4, 3) in [0, 1] RGB
+    expected = (offsets / norm.std.view(1, 3)).view(4, 3, 1, 1).expand(-1, -1, 8, 8)
+    torch.testing.assert_close(lit - plain, expected)
+    assert offsets.abs().min() > 0

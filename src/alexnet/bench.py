@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import OptimConfig, TrainConfig
 from .data import loader as data_loader
+from .data.folder import resolve_workers
 from .data.packed import PackedSplit, read_meta
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .errors import AlexNetError
@@ -283,36 +284,100 @@ def _check_counts(**counts: int) -> None:
             raise AlexNetError(f"--{name.replace('_', '-')} must not be negative (0 takes the default), got {value}")
 
 
-def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-        compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
-        packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
-        model_parallel: str = "", log: Callable[[str], None] = print) -> dict:
-    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}}.
-    With ``model_parallel`` (two devices, or 'auto'), the ``paper`` network runs split in two towers."""
+def _check_inputs(variants: list[str], model_parallel: str, images: str | None, packed: str | None,
+                  gpu_decode: bool, **counts: int) -> None:
+    """Every input checked before any measurement, not after minutes of them."""
     for v in variants:
         variant_info(v)
     if model_parallel and variants != ["paper"]:
         raise AlexNetError("--model-parallel benchmarks the paper network only: add --variant paper")
-    # Inputs are checked before any measurement, not after minutes of them.
-    _check_counts(batch_size=batch_size, steps=steps, warmup=warmup)
+    _check_counts(**counts)
     if images and not os.path.isdir(os.path.join(images, "train")):
         raise AlexNetError(f"--images {images}: no train/ folder of class folders there")
     if packed:
         read_meta(packed)  # a one-line error when it is not a packed dataset
     if gpu_decode and not packed and not images:
         raise AlexNetError("--gpu-decode needs packed data: pass --images or --packed")
+
+
+@dataclass
+class _Plan:
+    """What one ``run`` measures, and how."""
+
+    rt: Runtime
+    variants: list[str]
+    batch: int
+    steps: int
+    warmup: int
+    workers: int
+    compile: bool
+    gpu_decode: bool
+
+    def settings(self) -> dict:
+        dtype = self.rt.dtype or torch.float32
+        return {"precision": str(dtype).replace("torch.", ""), "channels_last": self.rt.channels_last,
+                "model_parallel": [str(d) for d in self.rt.towers] if self.rt.towers else None,
+                "compile": self.compile, "batch_size": self.batch, "steps": self.steps, "warmup": self.warmup,
+                "workers": self.workers, "torch": torch.__version__}
+
+
+def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, baseline: bool,
+             add: Callable[[Figure], None]) -> None:
+    """Every row, each added as soon as it is measured. ``images`` without ``packed`` are
+    packed into a temporary directory first."""
+    p = plan
+    for v in p.variants:
+        fig = bench_model(v, p.rt, p.batch, p.steps, p.warmup, p.compile)
+        fig.fraction_of_peak = fig.images_per_sec * train_flops_per_image(v, variant_info(v).input_size) / (peak * 1e12)
+        fig.settings = p.settings()
+        add(fig)
+    with contextlib.ExitStack() as stack:
+        if images and not packed:
+            from .data.packed import prepare
+
+            packed = stack.enter_context(tempfile.TemporaryDirectory(prefix="alexnet-bench-"))
+            prepare(images, packed, workers=p.workers, progress=False)
+        if packed:
+            if read_meta(packed)["encoding"] == "jpeg":
+                add(bench_decode(packed, p.batch, p.steps, p.warmup))
+            add(bench_loader(packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode))
+            for v in p.variants:
+                add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
+                                     p.compile))
+        if images and baseline:
+            add(bench_baseline(images, p.rt.device, p.batch, p.steps, p.warmup, p.workers))
+
+
+def _derived(figures: list[Figure], variants: list[str]) -> dict[str, dict[str, float]]:
+    """Ratios, the CPU cores decoding would take at the model-only rate, and what the
+    end-to-end rate means for the paper's run (90 epochs of ILSVRC-2012's 1,281,167 images)."""
+    by = {(f.what, f.variant): f.images_per_sec for f in figures}
+    base = next((f.images_per_sec for f in figures if f.what == "baseline"), None)
+    ratios = {f"{v}: end-to-end / model": by[("end-to-end", v)] / by[("model", v)]
+              for v in variants if ("end-to-end", v) in by and ("model", v) in by}
+    if base and ("end-to-end", "torchvision") in by:  # the same network on the same images
+        ratios["torchvision: end-to-end / baseline"] = by[("end-to-end", "torchvision")] / base
+    decode = by.get(("decode", "-"))
+    cores = {f"{v}: CPU cores to decode at the model-only rate": by[("model", v)] / decode
+             for v in variants if decode and ("model", v) in by}
+    projection = {f"{f.variant}: 90 ImageNet epochs (hours)": 90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600
+                  for f in figures if f.what == "end-to-end"}
+    return {"ratios": ratios, "decode_cores": cores, "projection": projection}
+
+
+def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
+        compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
+        packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
+        model_parallel: str = "", log: Callable[[str], None] = print) -> dict:
+    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}, ...}.
+    With ``model_parallel`` (two devices, or 'auto'), the ``paper`` network runs split in two towers."""
+    _check_inputs(variants, model_parallel, images, packed, gpu_decode, batch_size=batch_size, steps=steps,
+                  warmup=warmup)
     rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last,
                                      model_parallel=model_parallel))
     cuda = rt.device.type == "cuda"
-    batch = batch_size or (256 if cuda else 64)
-    steps = steps or (50 if cuda else 5)
-    warmup = warmup or (10 if cuda else 2)
-    workers = (min(os.cpu_count() or 1, 16) if workers < 0 else workers)
-    dtype = rt.dtype or torch.float32
-    settings = {"precision": str(dtype).replace("torch.", ""), "channels_last": rt.channels_last,
-                "model_parallel": [str(d) for d in rt.towers] if rt.towers else None,
-                "compile": compile, "batch_size": batch, "steps": steps, "warmup": warmup, "workers": workers,
-                "torch": torch.__version__}
+    plan = _Plan(rt, variants, batch_size or (256 if cuda else 64), steps or (50 if cuda else 5),
+                 warmup or (10 if cuda else 2), resolve_workers(workers), compile, gpu_decode)
     figures: list[Figure] = []
 
     def add(fig: Figure) -> None:
@@ -320,59 +385,15 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
         frac = f", {100 * fig.fraction_of_peak:.1f}% of matmul peak" if fig.fraction_of_peak else ""
         log(f"{fig.what:<11} {fig.variant:<12} {fig.images_per_sec:>10,.0f} img/s  peak {fig.peak_memory_mib:,.0f} MiB{frac}")
 
-    peak = matmul_peak_tflops(rt.device, dtype)
-    log(f"device: {device_name(rt.device)}; matmul peak {peak:.2f} TFLOP/s ({settings['precision']})")
-    for v in variants:
-        fig = bench_model(v, rt, batch, steps, warmup, compile)
-        fig.fraction_of_peak = fig.images_per_sec * train_flops_per_image(v, variant_info(v).input_size) / (peak * 1e12)
-        fig.settings = dict(settings)
-        add(fig)
-
-    tmp = None
-    if images and not packed:
-        from .data.packed import prepare
-
-        tmp = tempfile.TemporaryDirectory(prefix="alexnet-bench-")
-        packed = tmp.name
-        log(f"packing {images} into {packed} (256 px, JPEG q90)")
-        prepare(images, packed, workers=workers, progress=False)
-    try:
-        if packed:
-            if read_meta(packed)["encoding"] == "jpeg":
-                add(bench_decode(packed, batch, steps, warmup))
-            add(bench_loader(packed, rt, batch, steps, warmup, workers, gpu_decode))
-            for v in variants:
-                add(bench_end_to_end(v, packed, rt, batch, steps, warmup, workers, gpu_decode, compile))
-        if images and baseline:
-            add(bench_baseline(images, rt.device, batch, steps, warmup, workers))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-
-    ratios = {}
-    by = {(f.what, f.variant): f.images_per_sec for f in figures}
-    base = next((f.images_per_sec for f in figures if f.what == "baseline"), None)
-    for v in variants:
-        if ("end-to-end", v) in by and ("model", v) in by:
-            ratios[f"{v}: end-to-end / model"] = by[("end-to-end", v)] / by[("model", v)]
-    if base and ("end-to-end", "torchvision") in by:  # the same network on the same images
-        ratios["torchvision: end-to-end / baseline"] = by[("end-to-end", "torchvision")] / base
-    for k, r in ratios.items():
-        log(f"{k}: {r:.2f}x")
-    # How many CPU cores of JPEG decoding it takes to feed the model-only rate.
-    decode = by.get(("decode", "-"))
-    cores = {f"{v}: CPU cores to decode at the model-only rate": by[("model", v)] / decode
-             for v in variants if decode and ("model", v) in by}
-    for k, c in cores.items():
-        log(f"{k}: {c:.1f}")
-    # What the end-to-end rate means for the paper's run: 90 epochs of ILSVRC-2012's 1,281,167 images.
-    projection = {f"{f.variant}: 90 ImageNet epochs (hours)": 90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600
-                  for f in figures if f.what == "end-to-end"}
-    for k, h in projection.items():
-        log(f"{k}: {h:,.1f}")
-    return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": settings,
-            "figures": [asdict(f) for f in figures], "ratios": ratios, "decode_cores": cores,
-            "projection": projection}
+    peak = matmul_peak_tflops(rt.device, rt.dtype or torch.float32)
+    log(f"device: {device_name(rt.device)}; matmul peak {peak:.2f} TFLOP/s ({plan.settings()['precision']})")
+    _measure(plan, peak, images, packed, baseline, add)
+    derived = _derived(figures, variants)
+    for name, fmt in (("ratios", "{:.2f}x"), ("decode_cores", "{:.1f}"), ("projection", "{:,.1f}")):
+        for k, value in derived[name].items():
+            log(f"{k}: {fmt.format(value)}")
+    return {"device": device_name(rt.device), "matmul_peak_tflops": peak, "settings": plan.settings(),
+            "figures": [asdict(f) for f in figures], **derived}
 
 
 # ---------------------------------------------------------------------------

@@ -29,13 +29,9 @@ from .checkpoint import load_state, metadata_record, save_weights
 from .classes import class_names
 from .data.transforms import Normalizer
 from .errors import AlexNetError
-from .models import create_model
+from .models import PaperAlexNet, create_model
 
-LAYERS = {
-    "conv1": "features.conv1", "conv2": "features.conv2", "conv3": "features.conv3",
-    "conv4": "features.conv4", "conv5": "features.conv5",
-    "fc6": "classifier.fc6", "fc7": "classifier.fc7", "fc8": "classifier.fc8",
-}
+LAYERS = {path.split(".")[1]: path for path in PaperAlexNet.LAYERS}  # Caffe's layer name -> module path
 # Caffe's ilsvrc_2012_mean averaged over pixels (B, G, R), for when no mean file is given.
 CAFFE_PIXEL_MEAN_BGR = (104.0069879317889, 116.66876761696767, 122.6789143406786)
 

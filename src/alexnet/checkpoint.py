@@ -21,15 +21,16 @@ half of one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from .data.transforms import Normalizer
 from .errors import AlexNetError
+from .files import atomic_write
+from .models import create_model
 
 CHECKPOINT_FORMAT = "alexnet-checkpoint/1"
 WEIGHTS_FORMAT = "alexnet-weights/1"
@@ -47,37 +48,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(dir_fd)
-        os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -175,9 +145,6 @@ def load_model(path: str | Path, variant: str | None = None, num_classes: int | 
     Returns ``(model in eval mode, Normalizer, metadata)``. ``variant`` and
     ``num_classes``, when given, must match what the file holds.
     """
-    from .data.transforms import Normalizer
-    from .models import create_model
-
     p = find_weights(path)
     if p.suffix == ".safetensors":
         state, norm, meta = read_weights(p)

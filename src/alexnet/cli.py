@@ -26,7 +26,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             groups[title] = parser.add_argument_group(f"{title} options")
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
+        help_line = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats with %
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_line)
         if isinstance(default, bool):
             groups[title].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
@@ -211,22 +212,47 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+# ---------------------------------------------------------------------------
+# The parser: one function per subcommand; every flag has a help line, and the
+# formatter adds each default to it.
 
-    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al. 2012): "
-                                     "train, evaluate and inspect the paper's network and torchvision's.")
-    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' after every flag's help (not for flags whose default is None or off)."""
 
-    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs")
-    p.add_argument("--variant", default="paper", help="paper or torchvision (default: paper)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--input-size", type=int, default=0, help="input side in pixels (default: the variant's native)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+
+
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=-1, help="image-decoding processes; -1 = one per CPU core")
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _summary(sub) -> None:
+    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
+    p.add_argument("--variant", default="paper", help="the network: paper or torchvision")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
+    p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
+    _json(p)
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("train", help="train with the paper's recipe (every value a flag)",
+
+def _train(sub) -> None:
+    p = sub.add_parser("train", help="train with the paper's recipe (every value a flag)", formatter_class=_Help,
                        description="Train AlexNet. Defaults are the paper's recipe; every value is a flag.")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint; "
                    "other flags given override its stored config (e.g. --epochs)")
@@ -234,56 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prepare", help="pack a class-per-folder tree into a few large shards for fast loading",
-                       description="Decode SRC/train and SRC/val once, resize (shorter side to --size, center crop) "
-                                   "and store them in DST as JPEG or raw uint8 shards. Interrupted? Run it again.")
-    p.add_argument("src", help="folder with train/ and val/ class-per-folder trees")
-    p.add_argument("dst", help="output directory (train with --data DST)")
-    p.add_argument("--size", type=int, default=256, help="stored side in pixels (paper: 256)")
-    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"))
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
-    p.add_argument("--workers", type=int, default=-1, help="processes; -1 = one per CPU core")
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("predict", help="top-5 classes of images or folders of images")
-    p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=-1)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("features", help="save a hidden layer's activations (default fc7) for every image")
-    p.add_argument("weights")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"))
-    p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=-1)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.set_defaults(func=cmd_features)
-
-    p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)")
-    p.add_argument("weights")
-    p.add_argument("--query", nargs="+", required=True, metavar="IMAGE_OR_DIR")
-    p.add_argument("--gallery", nargs="+", required=True, metavar="DIR_OR_NPZ",
-                   help="images to search, or a features .npz from alexnet features")
-    p.add_argument("--k", type=int, default=6)
-    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"))
-    p.add_argument("--out", default="neighbors.png")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_neighbors)
-
-    p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes",
+def _finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes", formatter_class=_Help,
                        description="Train from WEIGHTS on --data: a new fc8 for the new class count, a 10x "
                                    "learning rate on the new layer, optionally frozen layers. Defaults: --epochs 10 "
                                    "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
@@ -293,29 +272,119 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("export", help="ONNX (checked with ONNX Runtime) or torch.export, dynamic batch")
-    p.add_argument("weights")
-    p.add_argument("--format", default="onnx", choices=("onnx", "torch-export"))
+
+def _prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="pack a class-per-folder tree into a few large shards for fast loading",
+                       formatter_class=_Help,
+                       description="Decode SRC/train (and SRC/val, SRC/test where present) once, resize (shorter "
+                                   "side to --size, center crop) and store them in DST as JPEG or raw uint8 shards. "
+                                   "Interrupted? Run it again.")
+    p.add_argument("src", help="folder with a train/ class-per-folder tree, and optionally val/ and test/")
+    p.add_argument("dst", help="output directory (train with --data DST)")
+    p.add_argument("--size", type=int, default=256, help="stored side in pixels (the paper's 256)")
+    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"), help="how images are stored")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    _workers(p)
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    _json(p)
+    p.set_defaults(func=cmd_prepare)
+
+
+def _evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network", formatter_class=_Help)
+    _weights(p)
+    p.add_argument("--data", help="dataset (default: the one the network was trained on)")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
+    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
+                   help="test (the data's test split), val (its val split, or the images the run held out of "
+                        "training), train; auto: test where the data has one, else val")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (times 10 with --ten-crop)")
+    _device(p)
+    _workers(p)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images; 0 = all")
+    p.add_argument("--fashion-mnist-dir", default=None, help="Fashion-MNIST's directory (default: the run's)")
+    _json(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-5 classes of images or folders of images", formatter_class=_Help)
+    _weights(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
+    p.add_argument("--topk", type=int, default=5, help="classes to list per image")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _device(p)
+    _workers(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
+    _json(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _features(sub) -> None:
+    p = sub.add_parser("features", help="save a hidden layer's activations (default fc7) for every image",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
+    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"), help="which activations")
+    p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    _device(p)
+    _workers(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
+    p.set_defaults(func=cmd_features)
+
+
+def _neighbors(sub) -> None:
+    p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("--query", nargs="+", required=True, metavar="IMAGE_OR_DIR", help="the images to look up")
+    p.add_argument("--gallery", nargs="+", required=True, metavar="DIR_OR_NPZ",
+                   help="images to search, or a features .npz from alexnet features")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"), help="the space distances are taken in")
+    p.add_argument("--out", default="neighbors.png", help="the PNG grid")
+    _device(p)
+    _json(p)
+    p.set_defaults(func=cmd_neighbors)
+
+
+def _export(sub) -> None:
+    p = sub.add_parser("export", help="ONNX (checked with ONNX Runtime) or torch.export, dynamic batch",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("--format", default="onnx", choices=("onnx", "torch-export"), help="what to write")
     p.add_argument("--out", help="output file (default: beside the weights)")
     p.add_argument("--preprocess", action="store_true",
                    help="take uint8 images at the stored size and return probabilities (crop, normalise, softmax inside)")
-    p.add_argument("--json", action="store_true")
+    _json(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import-weights", help="convert torchvision's or Caffe's published AlexNet weights")
-    p.add_argument("source", choices=("torchvision", "caffe"))
+
+def _import(sub) -> None:
+    p = sub.add_parser("import-weights", help="convert torchvision's or Caffe's published AlexNet weights",
+                       formatter_class=_Help)
+    p.add_argument("source", choices=("torchvision", "caffe"), help="whose weights")
     p.add_argument("file", help="torchvision: alexnet-owt-*.pth or .safetensors; caffe: bvlc_alexnet.caffemodel")
     p.add_argument("--mean", help="caffe: the mean image, imagenet_mean.binaryproto (default: Caffe's pixel mean)")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("visualize", help="conv1 kernels (the paper's Fig. 3) and a run's training curves")
+
+def _visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="conv1 kernels (the paper's Fig. 3) and a run's training curves",
+                       formatter_class=_Help)
     p.add_argument("source", help="run directory (curves, kernels) or weights file (kernels)")
     p.add_argument("--kernels", metavar="PNG", help="draw the 96 conv1 kernels")
     p.add_argument("--curves", metavar="PNG", help="draw loss, top-1, top-5 and learning rate per epoch")
     p.set_defaults(func=cmd_visualize)
 
+
+def _bench(sub) -> None:
     p = sub.add_parser("bench", help="images/s: model alone, loader alone, end to end, and the plain baseline",
+                       formatter_class=_Help,
                        description="Median images/s after warm-up, device synchronised. With --images FOLDER "
                                    "(train/ class folders of JPEGs) it also packs them and compares end-to-end "
                                    "training against torchvision's alexnet fed by ImageFolder + DataLoader.")
@@ -323,37 +392,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat for several (default: both)")
     p.add_argument("--images", help="class-per-folder tree of images for the loader, end-to-end and baseline runs")
     p.add_argument("--packed", help="an already packed copy of --images (alexnet prepare)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--batch-size", type=int, default=0, help="default: 256 on GPU, 64 on CPU")
-    p.add_argument("--steps", type=int, default=0, help="timed steps (default: 50 on GPU, 5 on CPU)")
-    p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default: 10 on GPU, 2 on CPU)")
-    p.add_argument("--workers", type=int, default=-1)
+    _device(p)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="auto: on for CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--batch-size", type=int, default=0, help="0: 256 on GPU, 64 on CPU")
+    p.add_argument("--steps", type=int, default=0, help="timed steps; 0: 50 on GPU, 5 on CPU")
+    p.add_argument("--warmup", type=int, default=0, help="untimed steps first; 0: 10 on GPU, 2 on CPU")
+    _workers(p)
     p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
     p.add_argument("--model-parallel", default="", metavar="DEVICES",
                    help="the paper network split in two towers: 'auto' or two devices, e.g. cuda:0,cuda:1")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
     p.add_argument("--inference", action="store_true",
                    help="CPU inference instead: batch 1 and 64, eager PyTorch vs ONNX Runtime vs torchvision eager")
-    p.add_argument("--json", action="store_true")
+    _json(p)
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network")
-    p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
-    p.add_argument("--data", help="dataset (default: the one the network was trained on)")
-    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
-    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
-                   help="test (the data's test split), val (its val split, or the images the run held out of "
-                        "training), train; auto: test where the data has one, else val (default: auto)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=-1)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
-    p.add_argument("--fashion-mnist-dir", default=None)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_evaluate)
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet (Krizhevsky et al. 2012): "
+                                     "train, evaluate and inspect the paper's network and torchvision's.")
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_summary, _train, _prepare, _predict, _features, _neighbors, _finetune, _export, _import,
+                _visualize, _bench, _evaluate):
+        add(sub)
     return parser
 
 

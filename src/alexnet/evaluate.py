@@ -47,6 +47,13 @@ class EvalResult:
                 f"top-5 {100 * self.top5:.2f}% (error {100 * self.top5_error:.2f}%)")
 
 
+def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Class probabilities of each image from the logits of its ``views`` crops (rows
+    image-major, (B * V, classes)): the mean of the views' softmax outputs, as the paper's
+    10-crop test does (section 4.1), not the softmax of the mean logits. (B, classes)."""
+    return F.softmax(logits.float(), dim=1).view(-1, views, logits.shape[1]).mean(dim=1)
+
+
 def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """How many rows have their label among the k highest scores, for each k
     (k is capped at the number of classes)."""
@@ -77,7 +84,7 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast or contextlib.nullcontext():
             logits = model(x)
-        probs = F.softmax(logits.float(), dim=1).view(b, v, -1).mean(dim=1)  # average the views' softmax
+        probs = average_views(logits, v)  # (B, classes)
         c1, c5 = topk_correct(probs, batch.labels)
         nll = -probs.gather(1, batch.labels[:, None]).clamp_min(1e-12).log().sum()
         totals += torch.tensor([c1, c5, float(nll), b, 0], dtype=torch.float64)

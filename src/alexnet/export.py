@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import load_model, load_state, metadata_record, save_weights
 from .classes import class_names
-from .data.transforms import Normalizer
+from .data.transforms import Normalizer, normalized_window
 from .errors import AlexNetError
 from .models import create_model
 
@@ -25,23 +25,17 @@ FORMATS = ("onnx", "torch-export")
 
 
 class Preprocessed(nn.Module):
-    """uint8 (B, 3, S, S) -> class probabilities: center crop, normalise, network, softmax."""
+    """uint8 (B, 3, S, S) -> class probabilities: center crop and normalisation as evaluation
+    does them (``normalized_window``), the network, softmax."""
 
     def __init__(self, model: nn.Module, normalizer: Normalizer, resize: int, crop: int) -> None:
         super().__init__()
-        self.model, self.resize, self.crop = model, resize, crop
-        off = (resize - crop) // 2
-        mean = normalizer.mean
-        if mean.shape[-1] > 1:
-            mean = mean[:, off:off + crop, off:off + crop]
-        self.register_buffer("mean", mean.unsqueeze(0).clone())
-        self.register_buffer("inv_std", (1 / normalizer.std).unsqueeze(0).clone())
-        self.offset = off
+        self.model, self.crop, self.offset = model, crop, (resize - crop) // 2
+        self.register_buffer("mean", normalizer.mean.clone())
+        self.register_buffer("std", normalizer.std.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        o, c = self.offset, self.crop
-        x = images[:, :, o:o + c, o:o + c].float() / 255
-        x = (x - self.mean) * self.inv_std
+        x = normalized_window(images, self.mean, self.std, self.offset, self.offset, self.crop)
         return torch.softmax(self.model(x), dim=1)
 
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .checkpoint import atomic_write, load_model
+from .checkpoint import load_model
+from .files import atomic_write
 from .classes import class_names
 from .data import loader as data_loader
-from .data.folder import IMAGE_EXTENSIONS, UNREADABLE, load_image
+from .data.folder import IMAGE_EXTENSIONS, UNREADABLE, load_image, resolve_workers
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
-from .evaluate import EvalResult, evaluate
-from .runtime import Runtime, resolve_device
+from .evaluate import EvalResult, average_views, evaluate
+from .runtime import Runtime, autocast_dtype, resolve_device
 from . import distributed
 
 
@@ -105,9 +105,7 @@ class _Paths(torch.utils.data.Dataset):
 
 def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool):
     """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a warning."""
-    if workers < 0:
-        workers = min(os.cpu_count() or 1, 8)
-    workers = min(workers, max(len(paths) // batch_size, 0))
+    workers = min(resolve_workers(workers), max(len(paths) // batch_size, 0))  # no more than batches
     loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
                                          collate_fn=data_loader._collate)
     bar = Progress(len(paths), desc, enabled=progress, log_every=10)
@@ -138,7 +136,7 @@ class Loaded:
             raise AlexNetError(f"--precision must be fp32 or bf16, got {precision!r}")
         model, normalizer, meta = load_model(weights)
         dev = resolve_device(device)
-        fast = precision == "bf16"
+        fast = autocast_dtype(precision, dev) is not None
         model = model.to(dev, memory_format=torch.channels_last) if fast else model.to(dev)
         rt = Runtime(dev, torch.bfloat16 if fast else None, fast, distributed.Env())
         return cls(model, normalizer.to(dev), meta, rt)
@@ -172,8 +170,8 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
     for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
                                         "predict", progress):
         views = crops(images.to(net.device))  # (B, V, 3, crop, crop)
-        b, v = views.shape[:2]
-        probs = F.softmax(net(views.flatten(0, 1)), dim=1).view(b, v, -1).mean(1)
+        v = views.shape[1]
+        probs = average_views(net(views.flatten(0, 1)), v)
         top = probs.topk(k, dim=1)
         for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
             results.append({"path": path, "protocol": "ten-crop" if ten_crop else "center",

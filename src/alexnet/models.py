@@ -75,12 +75,14 @@ class AlexNet(nn.Module):
     _fc6_first: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, start = self._trunk(x)  # (B, 9216), or fc6's output on small inputs
+        x, start = self._trunk(x)  # pool5 flattened (B, 9216), or for `paper` fc6's output (B, 4096)
         return self.classifier[start:](x)  # (B, num_classes) logits
 
     def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Convolutional part, pooled and flattened; returns the tensor and the
-        index of the classifier layer that takes it."""
+        """The convolutional part, and the index of the classifier layer to continue from:
+        pool5 pooled and flattened with index 0, or, where fc6 is the classifier's first
+        layer (``paper``), fc6's output (before its ReLU) with index 1, computed by
+        ``fc6_on_pool5`` (exact, and cheaper when pool5 is 1x1)."""
         x = self.features(x)  # (B, 256, 6, 6) at the native input size
         if self._fc6_first:
             return fc6_on_pool5(self.classifier[0], self.avgpool, x), 1
@@ -199,6 +201,10 @@ class PaperAlexNet(AlexNet):
         ]))
         initialise(self, init)
 
+    # The layers with weights, by module path: the names Caffe's bvlc_alexnet uses, and the
+    # unit of the two-tower split (towers.py).
+    LAYERS = ("features.conv1", "features.conv2", "features.conv3", "features.conv4", "features.conv5",
+              "classifier.fc6", "classifier.fc7", "classifier.fc8")
     # Names of the layers whose bias the paper sets to 1 (section 5), and the hidden
     # fully connected layers (Caffe draws their weights with std 0.005).
     ONE_BIAS = ("features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7")

@@ -27,8 +27,10 @@ channels into the other tower at the boundary, so each tower receives those 2 ch
 function from the weights it was given. With ``lrn_span='tower'`` each tower normalises
 its own maps, as each GPU did in the two-GPU network, and nothing crosses.
 
-With one process per pair of GPUs and DistributedDataParallel over the processes (which
-supports modules spanning several devices), the split also runs on many GPUs and machines.
+DistributedDataParallel accepts modules spanning several devices, so the split composes with
+data parallelism: one process per pair of devices. That is tested on the CPU (two gloo
+processes, each with both towers on 'cpu'); on GPUs the split has run on one device
+(cuda:0,cuda:0), not yet on two GPUs or under NCCL.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ from .models import PaperAlexNet, fc6_on_pool5
 # The layers with weights, by their single-device names. Each single-device weight is the two
 # towers' weights stacked on dim 0 (outputs): for the grouped convolutions (conv2, conv4,
 # conv5) the groups are the towers, and the other layers take both towers' maps as input.
-_LAYERS = ("features.conv1", "features.conv2", "features.conv3", "features.conv4", "features.conv5",
-           "classifier.fc6", "classifier.fc7", "classifier.fc8")
+_LAYERS = PaperAlexNet.LAYERS
 
 
 class Tower(nn.Module):

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, atomic_write_text, load_checkpoint, load_model,
-                         load_state, metadata_record, save_checkpoint, save_weights, unwrap)
+from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_model, load_state, metadata_record,
+                         save_checkpoint, save_weights, unwrap)
+from .files import atomic_write_text
 from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overrides, crop_size, from_dict,
                      model_options, to_dict, validate)
 from .data import loader as data_loader

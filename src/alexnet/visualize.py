@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_model
+from .checkpoint import load_model
+from .files import atomic_write
 from .errors import AlexNetError
 
 

@@ -29,6 +29,11 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
+def resolve_workers(workers: int) -> int:
+    """Image-decoding processes: ``workers``, or one per CPU core for -1 (every command's default)."""
+    return (os.cpu_count() or 1) if workers < 0 else workers
+
+
 def find_classes(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
         raise AlexNetError(f"{split_dir} not found; a data folder needs train/ and val/ class-per-folder trees")

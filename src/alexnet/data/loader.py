@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import AlexNetError
 from . import fashion_mnist
-from .folder import ImageFolder, find_classes
+from .folder import ImageFolder, find_classes, resolve_workers
 from .transforms import to_rgb
 from .packed import PackedSplit, is_packed, read_meta
 
@@ -152,8 +152,7 @@ class _Sampler(torch.utils.data.Sampler):
 def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.data.DataLoader:
     """A DataLoader over ``owner``'s batches of indices, decoded by ``workers`` processes
     (-1: one per CPU core, as --workers documents), kept alive across epochs, 4 batches ahead each."""
-    if workers < 0:
-        workers = os.cpu_count() or 1
+    workers = resolve_workers(workers)
     return torch.utils.data.DataLoader(
         dataset, num_workers=workers, pin_memory=owner.device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=PREFETCH if workers > 0 else None, **kw)

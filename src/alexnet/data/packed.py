@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoint import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from ..errors import AlexNetError
 from ..progress import Progress
-from .folder import UNREADABLE, find_classes, list_images, load_image
+from .folder import UNREADABLE, find_classes, list_images, load_image, resolve_workers
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are what
 # this module (and --gpu-decode) uses, so the note is not repeated in every worker.
@@ -119,11 +119,7 @@ def _read_index(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "jpeg", quality: int = 90,
-            workers: int = -1, shard_size: int = 10_000, progress: bool = True) -> dict:
-    """Pack ``src/train`` and, where present, ``src/val`` and ``src/test`` into ``dst``;
-    returns the metadata written."""
-    src, dst = Path(src), Path(dst)
+def _check_settings(src: Path, dst: Path, encoding: str, quality: int, size: int, shard_size: int) -> None:
     if encoding not in ENCODINGS:
         raise AlexNetError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not 1 <= quality <= 100:
@@ -134,6 +130,11 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "
         raise AlexNetError(f"source folder {src} not found")
     if dst.resolve() == src.resolve():
         raise AlexNetError("the packed dataset must go to another directory than its source")
+
+
+def _source_splits(src: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """The classes (train/'s folders) and each split's (path, label) list, in a fixed shuffle:
+    every shard and every prefix mixes the classes."""
     classes = find_classes(src / "train")
     splits = {"train": list_images(src / "train", classes)}
     for name in ("val", "test"):
@@ -142,61 +143,84 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "
             if extra:
                 raise AlexNetError(f"{src / name} has classes not in train/: {', '.join(extra[:5])}")
             splits[name] = list_images(src / name, classes)
-    for split, samples in splits.items():  # a fixed shuffle: every shard and every prefix mixes the classes
+    for split, samples in splits.items():
         order = np.random.default_rng(0).permutation(len(samples))
         splits[split] = [samples[i] for i in order]
-    dst.mkdir(parents=True, exist_ok=True)
-    for stale in dst.glob(".*.tmp"):  # left by a process killed mid-write
-        stale.unlink()
-    settings = {"size": size, "encoding": encoding, "quality": quality if encoding == "jpeg" else None}
-    plan_path = dst / "plan.json"
-    plan = {"source": str(src.resolve()), **settings, "classes": classes,
-            "splits": {k: _digest(v) for k, v in splits.items()}, "shard_size": shard_size}
-    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
-        raise AlexNetError(f"{dst} holds a packing of other files or settings; remove it or choose another DST")
-    atomic_write_text(plan_path, json.dumps(plan, indent=1))
+    return classes, splits
 
-    jobs, done = [], {}
+
+def _shard_jobs(dst: Path, splits: dict, settings: dict, shard_size: int) -> tuple[list[_ShardJob], int]:
+    """The shards still to write, and how many images the finished ones hold (a shard is
+    finished when its index exists and matches its source list)."""
+    jobs, done = [], 0
     for split, samples in splits.items():
         for i in range(0, len(samples), shard_size):
             chunk = samples[i:i + shard_size]
-            job = _ShardJob(str(dst), f"{split}-{i // shard_size:05d}", chunk, size, encoding, quality, _digest(chunk))
+            job = _ShardJob(str(dst), f"{split}-{i // shard_size:05d}", chunk, settings["size"],
+                            settings["encoding"], settings["quality"], _digest(chunk))
             index = dst / f"{job.name}.npz"
             if index.is_file() and (dst / f"{job.name}.bin").is_file():
                 try:
                     if str(_read_index(index)["digest"]) == job.digest:
-                        done[job.name] = len(chunk)
+                        done += len(chunk)
                         continue
                 except (OSError, ValueError, KeyError):
                     pass  # a damaged index: redo the shard
             jobs.append(job)
-    total = sum(len(s) for s in splits.values())
-    workers = (os.cpu_count() or 1) if workers < 0 else max(workers, 1)
-    bar = Progress(total, "prepare", enabled=progress, log_every=10)
-    bar.update(sum(done.values()))
+    return jobs, done
+
+
+def _write_shards(jobs: list[_ShardJob], workers: int, bar: Progress) -> None:
+    if workers == 1:
+        for _, written, skipped, _ in map(_write_shard, jobs):
+            bar.update(written + len(skipped))
+        return
+    with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        for _, written, skipped, _ in pool.imap_unordered(_write_shard, jobs):
+            bar.update(written + len(skipped))
+
+
+def _split_meta(dst: Path, split: str, count: int, shard_size: int) -> dict:
+    """A packed split's counts, shards, skipped files and size, read back from its indexes."""
+    shards, images, skipped, nbytes = [], 0, [], 0
+    for i in range(0, count, shard_size):
+        name = f"{split}-{i // shard_size:05d}"
+        index = _read_index(dst / f"{name}.npz")
+        shards.append(name)
+        images += len(index["labels"])
+        skipped += [str(s) for s in index["skipped"]]
+        nbytes += int(index["offsets"][-1])
+    return {"count": images, "shards": shards, "skipped": skipped, "bytes": nbytes}
+
+
+def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "jpeg", quality: int = 90,
+            workers: int = -1, shard_size: int = 10_000, progress: bool = True) -> dict:
+    """Pack ``src/train`` and, where present, ``src/val`` and ``src/test`` into ``dst``;
+    returns the metadata written."""
+    src, dst = Path(src), Path(dst)
+    _check_settings(src, dst, encoding, quality, size, shard_size)
+    classes, splits = _source_splits(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    for stale in dst.glob(".*.tmp"):  # left by a process killed mid-write
+        stale.unlink()
+    settings = {"size": size, "encoding": encoding, "quality": quality if encoding == "jpeg" else None}
+    plan = {"source": str(src.resolve()), **settings, "classes": classes,
+            "splits": {k: _digest(v) for k, v in splits.items()}, "shard_size": shard_size}
+    plan_path = dst / "plan.json"
+    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+        raise AlexNetError(f"{dst} holds a packing of other files or settings; remove it or choose another DST")
+    atomic_write_text(plan_path, json.dumps(plan, indent=1))
+
+    jobs, done = _shard_jobs(dst, splits, {**settings, "quality": quality}, shard_size)
+    bar = Progress(sum(len(s) for s in splits.values()), "prepare", enabled=progress, log_every=10)
+    bar.update(done)
     start = time.perf_counter()
     if jobs:
-        if workers == 1:
-            for _, written, skipped, _ in map(_write_shard, jobs):
-                bar.update(written + len(skipped))
-        else:
-            with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-                for _, written, skipped, _ in pool.imap_unordered(_write_shard, jobs):
-                    bar.update(written + len(skipped))
+        _write_shards(jobs, max(resolve_workers(workers), 1), bar)
     bar.close()
-
-    meta = {"format": FORMAT, **settings, "classes": classes, "splits": {}}
-    for split, samples in splits.items():
-        shards, count, skipped, nbytes = [], 0, [], 0
-        for i in range(0, len(samples), shard_size):
-            name = f"{split}-{i // shard_size:05d}"
-            index = _read_index(dst / f"{name}.npz")
-            shards.append(name)
-            count += len(index["labels"])
-            skipped += [str(s) for s in index["skipped"]]
-            nbytes += int(index["offsets"][-1])
-        meta["splits"][split] = {"count": count, "shards": shards, "skipped": skipped, "bytes": nbytes}
-    atomic_write_text(dst / "meta.json", json.dumps(meta, indent=1))
+    meta = {"format": FORMAT, **settings, "classes": classes,
+            "splits": {split: _split_meta(dst, split, len(samples), shard_size) for split, samples in splits.items()}}
+    atomic_write_text(dst / "meta.json", json.dumps(meta, indent=1))  # last: the dataset exists from here
     meta["seconds"] = time.perf_counter() - start
     return meta
 

@@ -142,6 +142,17 @@ def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:
     return [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
 
 
+def normalized_window(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, top: int, left: int,
+                      crop: int) -> torch.Tensor:
+    """The float patch at (top, left) of uint8 images (B, C, S, S), normalised: x/255 minus
+    the mean (a mean image cut at the same place, or per-channel), over std. Plain slicing,
+    so exported graphs (ONNX, torch.export) run it as it is."""
+    x = to_rgb(x)[..., top:top + crop, left:left + crop].float() / 255
+    if mean.shape[-1] > 1:
+        mean = mean[..., top:top + crop, left:left + crop]
+    return (x - mean) / std
+
+
 class EvalCrops:
     """Test-time views: the center crop, or the paper's 10 crops (five patches and
     their horizontal reflections). Returns (B, V, 3, crop, crop) with V = 1 or 10."""
@@ -150,15 +161,10 @@ class EvalCrops:
         self.normalizer, self.crop, self.ten_crop = normalizer, crop, ten_crop
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        b, size, dev = x.shape[0], x.shape[-1], x.device
+        size, n = x.shape[-1], self.normalizer
         mid = (size - self.crop) // 2
         offsets = ten_crop_offsets(size, self.crop) if self.ten_crop else [(mid, mid)]
-        views = []
-        for flipped in ([False, True] if self.ten_crop else [False]):
-            for top, left in offsets:
-                t = torch.full((b,), top, device=dev)
-                l = torch.full((b,), left, device=dev)
-                f = torch.full((b,), flipped, device=dev)
-                rows, cols = crop_indices(self.crop, t, l, f)
-                views.append(self.normalizer.crops(x, rows, cols))
+        views = [normalized_window(x, n.mean, n.std, top, left, self.crop) for top, left in offsets]
+        if self.ten_crop:
+            views += [v.flip(-1) for v in views]  # the reflections: each patch read right to left
         return torch.stack(views, dim=1)
