@@ -199,31 +199,28 @@ def test_lrn_in_half_precision_does_not_overflow():
     assert (y.double() - a / 2 ** 0.75).abs().max() > 1  # the normalisation is not a no-op here
 
 
-def _inputs_of(model, names, x):
-    """The tensors the named layers receive in one forward pass."""
+def _tensors_at(model, names, x, inputs):
+    """What the named layers receive (``inputs``) or return, in one forward pass."""
     seen, hooks = {}, []
     modules = dict(model.named_modules())
     for name in names:
-        hooks.append(modules[name].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0].detach().clone())))
+        def keep(m, args, out=None, name=name):
+            seen[name] = (args[0] if inputs else out).detach().clone()
+        hooks.append(modules[name].register_forward_pre_hook(keep) if inputs else modules[name].register_forward_hook(keep))
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
     return seen
+
+
+def _inputs_of(model, names, x):
+    return _tensors_at(model, names, x, inputs=True)
 
 
 def _outputs_of(model, names, x):
-    seen, hooks = {}, []
-    modules = dict(model.named_modules())
-    for name in names:
-        hooks.append(modules[name].register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out.detach().clone())))
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen
+    return _tensors_at(model, names, x, inputs=False)
 
 
 def test_dropout_sits_where_each_paper_puts_it_in_train_mode():
