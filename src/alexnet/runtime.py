@@ -52,8 +52,8 @@ def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.devi
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX, through oneDNN). Without it
-    PyTorch emulates bf16 convolutions and matrix products, measured 50x slower than fp32 on
-    an AVX2 machine (a 26 s training step against 0.5 s)."""
+    PyTorch emulates bf16 convolutions and matrix products: training ran about 30x slower than
+    fp32 on an AVX2 machine (docs/benchmarks.md)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
