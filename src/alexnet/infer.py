@@ -46,11 +46,12 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     req = data_loader.Request(splits=(), batch_size=batch_size, holdout=config.get("data", {}).get("holdout", -1),
                               limit_train=limit, limit_val=limit, workers=workers,
                               fashion_mnist_dir=fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None)
-    if split == "auto":
-        probe = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=("test",)))
-        split = "test" if probe.test is not None else "val"
-        probe.close()
-    splits = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=(split,)))
+    splits = data_loader.build(data, meta["resize"], dev,
+                               dataclasses.replace(req, splits=("test" if split == "auto" else split,)))
+    if split == "auto":  # test where the data has one, else val
+        split = "test" if splits.test is not None else "val"
+        if split == "val":
+            splits = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=("val",)))
     _check_classes(data, splits.classes, meta["classes"])
     batches = splits.get(split)
     batches.shuffle, batches.drop_last = False, False  # every image once, also of the training split

@@ -198,7 +198,8 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
         dev_stats[1] += (logits.argmax(1) == batch.labels).sum()
         if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):  # a host sync every 10 steps
             loss_sum, correct = dev_stats.tolist()
-            bar.update(step + 1 - bar.count, loss=loss_sum / images, acc=correct / images,
+            seen = max(images, 1)  # the first batches may all have been unreadable
+            bar.update(step + 1 - bar.count, loss=loss_sum / seen, acc=correct / seen,
                        img_s=f"{images * rt.env.world / (time.perf_counter() - start):.0f}")
     bar.close()
     return _epoch_stats(dev_stats, images, skipped, skipped_files, start, epoch, rt)
