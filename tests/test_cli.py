@@ -42,6 +42,14 @@ def test_summary_table(capsys):
     assert main(["summary", "--variant", "torchvision", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["params"] == 61_100_840 and data["layers"][0]["output"] == [64, 55, 55]
+    # The experiment networks: every layer listed, fc6 too when a small input folds it
+    assert main(["summary", "--norm", "batch", "--activation", "tanh", "--input-size", "67", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in data["layers"]]
+    assert "features.bn5" in names and "features.tanh1" in names and "classifier.fc6" in names
+    assert data["params"] == 60_966_600  # every layer counted, fc6 included
+    assert main(["summary", "--variant", "lenet5", "--num-classes", "10"]) == 0
+    assert "classifier.f6" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torchvision
@@ -6,17 +8,95 @@ from alexnet import AlexNetError, VARIANTS, create_model, variant_info
 from alexnet.lrn import local_response_norm, local_response_norm_reference
 
 
-@pytest.mark.parametrize("variant,count", [("paper", 60_965_224), ("torchvision", 61_100_840)])
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant,count", [("paper", 60_965_224), ("torchvision", 61_100_840),
+                                           ("paper-half", 59_798_312), ("lenet5", 146_156)])
 def test_exact_parameter_count(variant, count):
-    model = create_model(variant)
-    assert sum(p.numel() for p in model.parameters()) == count
+    assert _count(create_model(variant)) == count
     assert variant_info(variant).num_params_1000 == count
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_every_variant_forward_backward(variant):
+def test_lenet5_is_the_1998_network():
+    """61,706 parameters at 10 classes on one channel; C1-S2-C3-S4 maps 6@28, 6@14, 16@10, 16@5
+    from 32x32; scaled tanh (1.7159 tanh(2a/3)) and average subsampling, no max pooling."""
+    from alexnet.models import ScaledTanh
+
+    model = create_model("lenet5", num_classes=10, in_channels=1)
+    assert _count(model) == 61_706
+    x = torch.randn(2, 1, 32, 32)
+    sizes = []
+    for layer in model.features:
+        x = layer(x)
+        sizes.append(tuple(x.shape[1:]))
+    assert sizes[::3] == [(6, 28, 28), (16, 10, 10)] and sizes[2::3] == [(6, 14, 14), (16, 5, 5)]
+    kinds = [type(m) for m in model.modules()]
+    assert kinds.count(ScaledTanh) == 4 and torch.nn.MaxPool2d not in kinds and torch.nn.ReLU not in kinds
+    assert [m.out_features for m in model.classifier if isinstance(m, torch.nn.Linear)] == [120, 84, 10]
+    assert ScaledTanh()(torch.tensor([1.5])).item() == pytest.approx(1.7159 * math.tanh(1.0))
+    assert model.feature_layers == ("s4", "c5", "f6")
+    assert model.forward_features(torch.randn(2, 1, 32, 32), "f6").shape == (2, 84)
+
+
+def test_tanh_option_replaces_every_relu():
+    model = create_model("paper", activation="tanh")
+    kinds = [type(m) for m in model.modules()]
+    assert kinds.count(torch.nn.Tanh) == 7 and torch.nn.ReLU not in kinds
+    assert _count(model) == 60_965_224  # a nonlinearity has no parameters
+    assert model.options()["activation"] == "tanh"
+
+
+def test_non_overlapping_pooling_keeps_the_map_sizes():
+    plain, flat = create_model("paper").eval(), create_model("paper", overlap_pool=False).eval()
+    pools = [m for m in flat.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 3 and all(p.kernel_size == 2 and p.stride == 2 for p in pools)
+    x = torch.randn(1, 3, 227, 227)
+    shapes = lambda model: [tuple(x_.shape) for x_ in _trace_pools(model, x)]  # noqa: E731
+    assert shapes(plain) == shapes(flat) == [(1, 96, 27, 27), (1, 256, 13, 13), (1, 256, 6, 6)]
+
+
+def _trace_pools(model, x):
+    out = []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            out.append(x)
+    return out
+
+
+def test_batch_norm_option_replaces_lrn_after_every_convolution():
+    from alexnet.lrn import LocalResponseNorm
+
+    model = create_model("paper", norm="batch")
+    names = [n for n, _ in model.features.named_children()]
+    convs = [n for n in names if n.startswith("conv")]
+    assert all(names[names.index(c) + 1] == f"bn{c[-1]}" for c in convs)  # right after each convolution
+    assert not any(isinstance(m, LocalResponseNorm) for m in model.modules())
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d))  # cancelled by the norm
+    assert _count(model) == 60_965_224 - (96 + 256 + 384 + 384 + 256) + 2 * (96 + 256 + 384 + 384 + 256)
+    none = create_model("paper", norm="none")
+    assert not any(isinstance(m, (LocalResponseNorm, torch.nn.BatchNorm2d)) for m in none.modules())
+    assert create_model("paper", lrn=False).options()["norm"] == "none"  # the older spelling
+
+
+def test_half_network_is_one_tower_of_half_the_kernels():
+    model = create_model("paper-half")
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [48, 128, 192, 192, 256]  # conv5 keeps its 256 (footnote)
+    assert all(c.groups == 1 for c in convs)
+    assert model.classifier.fc6.out_features == model.classifier.fc7.out_features == 4096
+
+
+OPTIONS = [(v, {}) for v in VARIANTS] + [("paper", {"activation": "tanh"}), ("paper", {"overlap_pool": False}),
+                                         ("paper", {"norm": "batch"}), ("paper", {"init": "zero-bias"})]
+
+
+@pytest.mark.parametrize("variant,options", OPTIONS, ids=lambda o: str(o) if o else "")
+def test_every_variant_forward_backward(variant, options):
     info = variant_info(variant)
-    model = create_model(variant, num_classes=7)
+    model = create_model(variant, num_classes=7, **options)
     for size in (info.input_size, info.min_input_size):
         x = torch.randn(2, 3, size, size, requires_grad=True)
         out = model(x)
@@ -122,6 +202,9 @@ def test_paper_initialisation():
     assert abs(w.std().item() - 0.01) < 2e-4 and abs(w.mean().item()) < 1e-4
     caffe = create_model("paper", init="caffe")
     assert torch.all(caffe.features.conv2.bias == 0.1)
+    zero = create_model("paper", init="zero-bias")
+    assert all(torch.all(m.bias == 0) for m in zero.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert abs(zero.classifier.fc6.weight.std().item() - 0.01) < 2e-4
 
 
 def test_feature_layers():
@@ -250,3 +333,25 @@ def test_dropout_sits_where_each_paper_puts_it_in_train_mode():
         torch.testing.assert_close(got[fc][kept], 2 * before[src].flatten(1)[kept])
         assert 0.4 < (~kept & alive).sum() / alive.sum() < 0.6  # half the non-zero inputs dropped
     torch.testing.assert_close(got["classifier.6"], before["classifier.5"])  # no dropout before fc8
+
+
+def test_lenet5_initialisation_is_lecuns():
+    model = create_model("lenet5", num_classes=10)
+    for layer in (model.features.c1, model.features.c3, model.classifier.c5, model.classifier.f6):
+        bound = 2.4 / layer.weight[0].numel()  # fan-in (LeCun et al. 1998, appendix C)
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert torch.all(layer.bias == 0)
+
+
+def test_structural_options_survive_weights_files_and_old_configs():
+    from alexnet.config import ModelConfig, adopt_model_options, from_dict
+    from alexnet.towers import TwoTowerAlexNet
+
+    m = ModelConfig()
+    adopt_model_options(m, create_model("paper", norm="batch", activation="tanh", overlap_pool=False).options())
+    assert (m.norm, m.activation, m.overlap_pool) == ("batch", "tanh", False)
+    adopt_model_options(m, {"lrn": False, "lrn_k": 2.0})  # a file from before the norm option
+    assert (m.norm, m.activation, m.overlap_pool) == ("none", "relu", True)
+    assert from_dict({"model": {"lrn": False}}).model.norm == "none"
+    with pytest.raises(AlexNetError, match="two-tower split"):
+        TwoTowerAlexNet(create_model("paper", activation="tanh", num_classes=4), ("cpu", "cpu"))

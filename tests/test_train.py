@@ -285,3 +285,20 @@ def test_a_fixed_cuda_device_is_refused_under_torchrun():
             resolve_device(name, local_rank=1, world=2)
     assert resolve_device("cpu", local_rank=1, world=2) == torch.device("cpu")
     assert resolve_device("auto", local_rank=1, world=2).type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("flags,kind", [(dict(variant="lenet5", resize=36, crop=32, init="paper"), "ScaledTanh"),
+                                        (dict(norm="batch"), "BatchNorm2d")])
+def test_new_networks_train_save_and_come_back(tmp_path, fmnist_dir, flags, kind):
+    """LeNet-5 and AlexNet-BN through fit: the weights file rebuilds the same network (batch
+    norm's running statistics included), and --trace-steps records every step's error."""
+    result = fit(tiny_config(tmp_path / "run", epochs=1, trace_steps=True, fashion_mnist_dir=fmnist_dir, **flags))
+    record = result["history"][0]
+    assert len(record["trace_error"]) == len(record["trace_loss"]) == 128 // 32
+    assert sum(record["trace_error"]) / 4 == pytest.approx(1 - record["train_top1"])  # equal batches
+    model, _, meta = load_model(tmp_path / "run")
+    assert kind in {type(m).__name__ for m in model.modules()}
+    state = read_weights(tmp_path / "run" / "model.safetensors")[0]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    if kind == "BatchNorm2d":
+        assert meta["model_kwargs"]["norm"] == "batch" and not torch.all(model.features.bn1.running_mean == 0)

@@ -36,6 +36,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, model_options
     from .models import create_model, variant_info
     from .summary import format_table, summarize
 
@@ -43,13 +44,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     size = args.input_size or info.input_size
     if size < info.min_input_size:
         raise AlexNetError(f"--input-size {size} is too small for {args.variant} (at least {info.min_input_size})")
-    model = create_model(args.variant, num_classes=args.num_classes)
+    m = ModelConfig(variant=args.variant, norm=args.norm, activation=args.activation, overlap_pool=args.overlap_pool)
+    model = create_model(args.variant, num_classes=args.num_classes, **model_options(m))
     rows = summarize(model, size)
     if args.json:
-        print(json.dumps({"variant": args.variant, "input_size": size, "layers": [dataclasses.asdict(r) for r in rows],
+        print(json.dumps({"variant": args.variant, "options": model.options(), "input_size": size, "layers": [dataclasses.asdict(r) for r in rows],
                           "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows)}, indent=2))
     else:
-        print(format_table(rows, f"{args.variant}: {info.description}; input 3x{size}x{size}, "
+        changed = {k: v for k, v in model.options().items() if k in ("norm", "activation", "overlap_pool")
+                   and v != {"norm": "lrn", "activation": "relu", "overlap_pool": True}[k]}
+        options = "".join(f", {k}={v}" for k, v in changed.items())
+        print(format_table(rows, f"{args.variant}{options}: {info.description}; input 3x{size}x{size}, "
                                  f"{args.num_classes} classes"))
     return 0
 
@@ -244,7 +249,12 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 def _summary(sub) -> None:
     p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
-    p.add_argument("--variant", default="paper", help="the network: paper or torchvision")
+    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half or lenet5")
+    p.add_argument("--norm", default="lrn", choices=("lrn", "batch", "none"),
+                   help="paper networks: LRN (the paper), batch norm after every convolution, or none")
+    p.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="paper networks: the nonlinearity")
+    p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
+                   help="paper networks: 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
     p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
     _json(p)
@@ -411,6 +421,54 @@ def _bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce as rep
+
+    if args.list:
+        print(rep.list_claims())
+        return 0
+    if args.report:
+        if args.claims:
+            raise AlexNetError("--report rebuilds a finished reproduction's report; do not also name claims")
+        plan = rep.load_plan(args.report)
+        rep.build_report(plan, plan.command())
+        print(f"report: {plan.out / 'report.md'}")
+        return 0
+    from .config import parse_setting
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    overrides.update(parse_setting(text) for text in args.set)
+    plan = rep.make_plan(args.claims, args.preset, args.seeds, args.data, args.out, args.device, overrides)
+    rep.reproduce(plan)
+    return 0
+
+
+def _reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's claims as controlled experiments, with intervals",
+                       formatter_class=_Help,
+                       description="Each claim trains a baseline arm and an arm with one change, on the same data, "
+                                   "budget and seeds, and reports the paired difference with a 95%% interval and a "
+                                   "verdict. Finished runs are kept: run it again to continue.")
+    p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to measure (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
+    p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
+    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="cpu: Fashion-MNIST at 67 px, 6,000 images, 2 epochs (under an hour on 2 cores); "
+                        "gpu: the full-size network at 227 px; auto: gpu when CUDA is present")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
+    p.add_argument("--out", default="runs/reproduce", help="directory of the runs and the report")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--limit-train", type=int, help="override the preset's number of training images (0: all)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch (128, the paper's)")
+    p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+                   help="any other training flag for every arm, e.g. --set gpu-decode=true --set workers=16")
+    _device(p)
+    p.set_defaults(func=cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -419,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_summary, _train, _prepare, _predict, _features, _neighbors, _finetune, _export, _import,
-                _visualize, _bench, _evaluate):
+                _visualize, _bench, _evaluate, _reproduce):
         add(sub)
     return parser
 

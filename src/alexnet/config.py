@@ -26,17 +26,27 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
 
 @dataclass
 class ModelConfig:
-    variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN) or 'torchvision' (single tower)",
-                      ("paper", "torchvision"))
+    variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN), 'torchvision' (single tower), "
+                               "'paper-half' (one tower, half of conv1-4: section 3.2), 'lenet5' (1998, 32 px)",
+                      ("paper", "torchvision", "paper-half", "lenet5"))
     num_classes: int = _f(0, "number of classes; 0 takes it from the data")
     dropout: float = _f(0.5, "dropout probability in fc6/fc7 (paper: 0.5)")
-    lrn: bool = _f(True, "local response normalisation after conv1/conv2 (paper variant only)")
+    norm: str = _f("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
+                          "after every convolution (AlexNet-BN), or none", ("lrn", "batch", "none"))
+    activation: str = _f("relu", "paper networks: the nonlinearity (section 3.1 compares relu with tanh)",
+                         ("relu", "tanh"))
+    overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
     lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
     lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
                               "each tower, as the paper's two GPUs each normalised their own maps",
                        ("all", "tower"))
-    init: str = _f("paper", "initialisation: paper N(0,0.01) with biases 1, caffe (biases 0.1), kaiming, torchvision",
-                   ("paper", "caffe", "kaiming", "torchvision"))
+    # He's init, not the paper's: with the paper's N(0, 0.01) weights and biases of 1 the network
+    # stayed at chance through its first epoch in every seed (alexnet reproduce init,
+    # docs/reproduction.md), the stall Caffe's bvlc_alexnet also met. --init paper is the paper's.
+    init: str = _f("kaiming", "initialisation: kaiming (He, fan-out; linear layers N(0,0.01); biases 0), paper "
+                              "(N(0,0.01), biases 1 in conv2/4/5, fc6/7), zero-bias (the same, biases 0), caffe "
+                              "(biases 0.1, fc6/7 std 0.005), torchvision (PyTorch's layer defaults)",
+                   ("kaiming", "paper", "zero-bias", "caffe", "torchvision"))
     weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "
                           "count differs, and the weights' variant, input size and normaliser are used")
     freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
@@ -104,6 +114,7 @@ class TrainConfig:
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
     ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
+    trace_steps: bool = _f(False, "record every step's training loss and error in metrics.jsonl (for curves)")
     log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
 
 
@@ -123,6 +134,8 @@ def from_dict(d: dict) -> TrainConfig:
             raise AlexNetError(f"config has unknown field {key!r}")
         if key in SECTIONS:
             section = SECTIONS[key]
+            if key == "model" and "lrn" in value:  # configs from before --norm
+                value = {k: v for k, v in value.items() if k != "lrn"} | {"norm": "lrn" if value["lrn"] else "none"}
             known = {f.name for f in fields(section)}
             bad = set(value) - known
             if bad:
@@ -154,6 +167,28 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``"gpu-decode=true"`` -> ``("gpu_decode", True)``: a config field by its flag name, the value
+    converted to the field's type."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    field_ = {f.name: f for _, f in flat_fields()}.get(name)
+    if not sep or field_ is None:
+        raise AlexNetError(f"--set wants FLAG=VALUE with a training flag (see alexnet train --help), got {text!r}")
+    kind = type(field_.default)
+    try:
+        if kind is bool:
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+        else:
+            value = kind(raw)
+    except (KeyError, ValueError):
+        raise AlexNetError(f"--set {name}: {raw!r} is not a {kind.__name__}") from None
+    choices = field_.metadata.get("choices")
+    if choices and value not in choices:
+        raise AlexNetError(f"--set {name}: choose one of {', '.join(choices)}, got {raw!r}")
+    return name, value
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible combinations with a message naming the flag."""
     from .models import variant_info
@@ -182,7 +217,9 @@ def validate(cfg: TrainConfig) -> None:
         (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
         (not cfg.model_parallel or m.variant == "paper",
-         "--model-parallel splits the paper network's two towers; the torchvision network has none"),
+         f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
+        (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"),
+         "--model-parallel builds the 2012 structure: ReLU, overlapping pooling, LRN or none"),
     ]
     for ok, message in checks:
         if not ok:
@@ -191,16 +228,21 @@ def validate(cfg: TrainConfig) -> None:
 
 def model_options(m: ModelConfig) -> dict[str, Any]:
     """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
+    if m.variant == "lenet5":
+        return {"init": m.init}
     options = {"dropout": m.dropout, "init": m.init}
-    if m.variant == "paper":
-        options.update(lrn=m.lrn, lrn_k=m.lrn_k, lrn_span=m.lrn_span)
+    if m.variant in ("paper", "paper-half"):
+        options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
+                       overlap_pool=m.overlap_pool)
     return options
 
 
 def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
-    """Take the network's structure (its LRN) from a weights file's record (``model.options()``);
-    dropout stays a training choice."""
-    m.lrn = options.get("lrn", m.lrn)
+    """Take the network's structure (normalisation, activation, pooling) from a weights file's
+    record (``model.options()``); dropout stays a training choice."""
+    m.norm = options.get("norm", "lrn" if options.get("lrn", True) else "none")  # older files record lrn
+    m.activation = options.get("activation", "relu")
+    m.overlap_pool = options.get("overlap_pool", True)
     m.lrn_k = options.get("lrn_k", m.lrn_k)
     m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
 

@@ -43,7 +43,9 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     if not data:
         raise AlexNetError(f"{weights} does not record its dataset; pass --data")
     dev = resolve_device(device)
+    # The run's seed: with --limit, the training images a folder run drew are the ones evaluated.
     req = data_loader.Request(splits=(), batch_size=batch_size, holdout=config.get("data", {}).get("holdout", -1),
+                              seed=config.get("seed", 0),
                               limit_train=limit, limit_val=limit, workers=workers,
                               fashion_mnist_dir=fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None)
     splits = data_loader.build(data, meta["resize"], dev,

@@ -38,6 +38,8 @@ from .lrn import LocalResponseNorm
 
 __all__ = [
     "AlexNet",
+    "HalfAlexNet",
+    "LeNet5",
     "PaperAlexNet",
     "TorchvisionAlexNet",
     "VariantInfo",
@@ -97,9 +99,11 @@ class AlexNet(nn.Module):
         ``num_classes``): what weights files record, and the two-tower split copies."""
         return dict(self._options)
 
+    _pool_layer = "pool5"  # the last convolutional stage, which forward_features returns flattened
+
     @property
     def feature_layers(self) -> tuple[str, ...]:
-        return ("pool5", *self._taps)
+        return (self._pool_layer, *self._taps)
 
     def forward_features(self, x: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
         """Activations of a hidden layer: ``pool5`` (9216-d, flattened), ``fc6`` or
@@ -107,7 +111,7 @@ class AlexNet(nn.Module):
         are the vectors the paper compares in its Fig. 4 (``fc7``)."""
         if layer not in self.feature_layers:
             raise AlexNetError(f"unknown layer {layer!r}; choose one of {', '.join(self.feature_layers)}")
-        if layer == "pool5":
+        if layer == self._pool_layer:
             return torch.flatten(self.avgpool(self.features(x)), 1)
         x, start = self._trunk(x)
         return self.classifier[start:self._taps[layer] + 1](x)
@@ -141,10 +145,21 @@ def fc6_on_pool5(fc6: nn.Linear, avgpool: nn.Module, x: torch.Tensor) -> torch.T
 
 
 LRN_SPANS = ("all", "tower")  # the paper network's LRN window: across all maps, or within each tower
+NORMS = ("lrn", "batch", "none")  # after the convolutions: the paper's LRN, batch norm (2015), nothing
+ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two (Fig. 1)
 
 
 class PaperAlexNet(AlexNet):
-    """The 2012 network (PAPER.md, "paper"), shapes for a 227x227 input."""
+    """The 2012 network (PAPER.md, "paper"), shapes for a 227x227 input.
+
+    The options change one thing each, for the paper's own comparisons (``alexnet
+    reproduce``): ``activation="tanh"`` (section 3.1), ``overlap_pool=False``: 2x2
+    stride-2 pooling, which gives the same map sizes as 3x3 stride 2 (section 3.4),
+    ``norm="none"`` (LRN off, section 3.3; ``lrn=False`` says the same) and
+    ``norm="batch"``: batch normalisation after every convolution, before its
+    activation, in place of LRN (Ioffe and Szegedy 2015; the convolutions then have no
+    bias, which the normalisation would cancel).
+    """
 
     info = VariantInfo(
         name="paper",
@@ -155,51 +170,71 @@ class PaperAlexNet(AlexNet):
     )
     _taps = {"fc6": 1, "fc7": 4}  # classifier.relu6, classifier.relu7
     _fc6_first = True
+    # Kernels of conv1..conv5, and the groups of conv2, conv4, conv5: the two towers.
+    WIDTHS = (96, 256, 384, 384, 256)
+    GROUPS = 2
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, lrn: bool = True,
-                 init: str = "paper", lrn_k: float = 2.0, lrn_span: str = "all") -> None:
+                 init: str = "paper", lrn_k: float = 2.0, lrn_span: str = "all", norm: str | None = None,
+                 activation: str = "relu", overlap_pool: bool = True) -> None:
         super().__init__()
-        if lrn_span not in LRN_SPANS:
-            raise AlexNetError(f"lrn_span must be one of {', '.join(LRN_SPANS)}, got {lrn_span!r}")
-        self._options = dict(dropout=dropout, lrn=lrn, lrn_k=lrn_k, lrn_span=lrn_span)
+        norm = norm or ("lrn" if lrn else "none")
+        _check_choice("lrn_span", lrn_span, LRN_SPANS)
+        _check_choice("norm", norm, NORMS)
+        _check_choice("activation", activation, ACTIVATIONS)
+        self._options = dict(dropout=dropout, norm=norm, lrn_k=lrn_k, lrn_span=lrn_span, activation=activation,
+                             overlap_pool=overlap_pool)
+        c1, c2, c3, c4, c5 = self.WIDTHS
+        g = self.GROUPS
 
-        def norm() -> nn.Module:
+        def act() -> nn.Module:
+            return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
+        pool = (3, 2) if overlap_pool else (2, 2)  # (kernel, stride): 55 -> 27 -> 13 -> 6 either way
+
+        def conv(i: int, cin: int, cout: int, k: int, groups: int = 1, **kw) -> list[tuple[str, nn.Module]]:
+            layers = [(f"conv{i}", nn.Conv2d(cin, cout, k, groups=groups, bias=norm != "batch", **kw))]
+            if norm == "batch":
+                layers.append((f"bn{i}", nn.BatchNorm2d(cout)))
+            return layers + [(f"{activation}{i}", act())]
+
+        def lrn_(i: int) -> list[tuple[str, nn.Module]]:
             # n=5, k=2, alpha=1e-4, beta=0.75; alpha is divided by n, as in the code
             # the paper ran (cuda-convnet) and in Caffe (PAPER.md, "LRN"). Caffe's
             # bvlc_alexnet uses k=1: imported Caffe weights set lrn_k=1. The window runs
             # over all maps, as in Caffe ("all"), or within each tower ("tower"), as on
             # the two GPUs of cuda-convnet, where each GPU normalised its own 48/128 maps.
-            groups = 2 if lrn_span == "tower" else 1
-            return LocalResponseNorm(k=lrn_k, groups=groups) if lrn else nn.Identity()
+            if norm != "lrn":
+                return []
+            return [(f"norm{i}", LocalResponseNorm(k=lrn_k, groups=g if lrn_span == "tower" else 1))]
 
         self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, 96, kernel_size=11, stride=4)),            # (B, 96, 55, 55)
-            ("relu1", nn.ReLU(inplace=True)),
-            ("norm1", norm()),
-            ("pool1", nn.MaxPool2d(kernel_size=3, stride=2)),                 # (B, 96, 27, 27)
-            ("conv2", nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=2)),  # (B, 256, 27, 27)
-            ("relu2", nn.ReLU(inplace=True)),
-            ("norm2", norm()),
-            ("pool2", nn.MaxPool2d(kernel_size=3, stride=2)),                 # (B, 256, 13, 13)
-            ("conv3", nn.Conv2d(256, 384, kernel_size=3, padding=1)),         # crosses towers
-            ("relu3", nn.ReLU(inplace=True)),
-            ("conv4", nn.Conv2d(384, 384, kernel_size=3, padding=1, groups=2)),
-            ("relu4", nn.ReLU(inplace=True)),
-            ("conv5", nn.Conv2d(384, 256, kernel_size=3, padding=1, groups=2)),  # (B, 256, 13, 13)
-            ("relu5", nn.ReLU(inplace=True)),
-            ("pool5", nn.MaxPool2d(kernel_size=3, stride=2)),                 # (B, 256, 6, 6)
+            *conv(1, 3, c1, 11, stride=4),                              # (B, 96, 55, 55)
+            *lrn_(1),
+            ("pool1", nn.MaxPool2d(*pool)),                             # (B, 96, 27, 27)
+            *conv(2, c1, c2, 5, groups=g, padding=2),                   # (B, 256, 27, 27)
+            *lrn_(2),
+            ("pool2", nn.MaxPool2d(*pool)),                             # (B, 256, 13, 13)
+            *conv(3, c2, c3, 3, padding=1),                             # crosses towers
+            *conv(4, c3, c4, 3, groups=g, padding=1),
+            *conv(5, c4, c5, 3, groups=g, padding=1),                   # (B, 256, 13, 13)
+            ("pool5", nn.MaxPool2d(*pool)),                             # (B, 256, 6, 6)
         ]))
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 227; allows smaller inputs
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(256 * 6 * 6, 4096)),
-            ("relu6", nn.ReLU(inplace=True)),
+            ("fc6", nn.Linear(c5 * 6 * 6, 4096)),
+            (f"{activation}6", act()),
             ("drop6", nn.Dropout(dropout)),  # the paper drops after fc6 and fc7
             ("fc7", nn.Linear(4096, 4096)),
-            ("relu7", nn.ReLU(inplace=True)),
+            (f"{activation}7", act()),
             ("drop7", nn.Dropout(dropout)),
             ("fc8", nn.Linear(4096, num_classes)),
         ]))
         initialise(self, init)
+
+    def is_standard(self) -> bool:
+        """The 2012 structure (ReLU, overlapping pooling, LRN or none): what the two-tower split builds."""
+        o = self._options
+        return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch"
 
     # The layers with weights, by module path: the names Caffe's bvlc_alexnet uses, and the
     # unit of the two-tower split (towers.py).
@@ -209,6 +244,84 @@ class PaperAlexNet(AlexNet):
     # fully connected layers (Caffe draws their weights with std 0.005).
     ONE_BIAS = ("features.conv2", "features.conv4", "features.conv5", "classifier.fc6", "classifier.fc7")
     HIDDEN_FC = ("classifier.fc6", "classifier.fc7")
+
+
+class HalfAlexNet(PaperAlexNet):
+    """The single-tower network the paper compares the two towers with (section 3.2): half
+    the kernels in conv1-conv4 (48-128-192-192), no groups, and the full conv5 (256) and
+    fully connected layers, "so that the two nets have approximately the same number of
+    parameters" (the paper's footnote). Everything else, options included, as ``paper``."""
+
+    info = VariantInfo(
+        name="paper-half",
+        input_size=227,
+        min_input_size=67,
+        num_params_1000=59_798_312,
+        description="one tower with half of conv1-conv4's kernels (48-128-192-192-256): section 3.2's baseline",
+    )
+    WIDTHS = (48, 128, 192, 192, 256)
+    GROUPS = 1
+
+    def is_standard(self) -> bool:
+        return False  # it has no towers to split
+
+
+class ScaledTanh(nn.Module):
+    """LeNet-5's squashing function, f(a) = 1.7159 tanh(2a/3) (LeCun et al. 1998, appendix A)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
+class LeNet5(AlexNet):
+    """LeNet-5 (LeCun, Bottou, Bengio, Haffner 1998), AlexNet's predecessor, on 32x32 inputs:
+    C1 6 maps 5x5, S2 2x2 subsampling, C3 16 maps 5x5, S4, C5 120 units, F6 84, output.
+
+    As in common use since, and as the 61,706 parameters (10 classes, one input channel)
+    count it: C3 connects every S2 map (the paper's table omits some), S2/S4 are plain 2x2
+    average pools (the paper's have a trainable gain and bias each), and the output is a
+    linear layer under softmax (the paper's Euclidean RBF units). ``in_channels`` defaults
+    to 3, the pipeline's RGB (grayscale data arrives as three equal channels).
+    """
+
+    info = VariantInfo(
+        name="lenet5",
+        input_size=32,
+        min_input_size=32,
+        num_params_1000=146_156,
+        description="LeNet-5 (1998): 6-16-120-84 units, 5x5 convolutions, 2x2 subsampling, scaled tanh",
+    )
+    _taps = {"c5": 1, "f6": 3}  # classifier.act5, classifier.act6
+    _pool_layer = "s4"
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, init: str = "paper") -> None:
+        super().__init__()
+        self._options = dict(in_channels=in_channels)
+        self.features = nn.Sequential(OrderedDict([
+            ("c1", nn.Conv2d(in_channels, 6, kernel_size=5)),     # (B, 6, 28, 28)
+            ("act1", ScaledTanh()),
+            ("s2", nn.AvgPool2d(2, 2)),                           # (B, 6, 14, 14)
+            ("c3", nn.Conv2d(6, 16, kernel_size=5)),              # (B, 16, 10, 10)
+            ("act3", ScaledTanh()),
+            ("s4", nn.AvgPool2d(2, 2)),                           # (B, 16, 5, 5)
+        ]))
+        self.avgpool = nn.AdaptiveAvgPool2d((5, 5))  # identity at 32
+        self.classifier = nn.Sequential(OrderedDict([
+            ("c5", nn.Linear(16 * 5 * 5, 120)),  # the paper's C5 is a 5x5 convolution over 5x5 maps: the same
+            ("act5", ScaledTanh()),
+            ("f6", nn.Linear(120, 84)),
+            ("act6", ScaledTanh()),
+            ("output", nn.Linear(84, num_classes)),
+        ]))
+        initialise(self, init)
+
+    ONE_BIAS: tuple[str, ...] = ()
+    HIDDEN_FC: tuple[str, ...] = ()
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise AlexNetError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 class TorchvisionAlexNet(AlexNet):
@@ -257,19 +370,22 @@ class TorchvisionAlexNet(AlexNet):
     HIDDEN_FC = ("classifier.1", "classifier.4")
 
 
-INITS = ("paper", "caffe", "kaiming", "torchvision")
+INITS = ("paper", "zero-bias", "caffe", "kaiming", "torchvision")
 
 
 def initialise(model: AlexNet, scheme: str) -> None:
     """Initialise weights in place.
 
     ``paper``: weights N(0, 0.01^2); biases 1 in conv2, conv4, conv5, fc6, fc7 and
-    0 elsewhere (section 5). ``caffe``: Caffe's bvlc_alexnet (train_val.prototxt):
-    those biases at 0.1, which Caffe chose because 1 can stall the start of training,
-    and fc6/fc7 weights N(0, 0.005^2). ``kaiming``: He-normal
+    0 elsewhere (section 5). ``zero-bias``: the same weights, every bias 0 (what
+    section 5's ones are compared with). ``caffe``: Caffe's bvlc_alexnet
+    (train_val.prototxt): those biases at 0.1, which Caffe chose because 1 can stall
+    the start of training, and fc6/fc7 weights N(0, 0.005^2). ``kaiming``: He-normal
     (fan-out) for convolutions, N(0, 0.01^2) for linear layers, zero biases; it
     starts learning at once, which short runs need. ``torchvision``: PyTorch's
     default layer initialisation, as ``torchvision.models.alexnet`` does.
+    LeNet-5's ``paper`` is its own paper's: weights uniform in +-2.4/fan-in (LeCun et
+    al. 1998, appendix C), biases 0.
     """
     if scheme not in INITS:
         raise AlexNetError(f"unknown init {scheme!r}; choose one of {', '.join(INITS)}")
@@ -277,19 +393,28 @@ def initialise(model: AlexNet, scheme: str) -> None:
         return  # nn.Conv2d / nn.Linear already initialised themselves
     one_bias = {"paper": 1.0, "caffe": 0.1}.get(scheme, 0.0)
     for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
-        if scheme == "kaiming" and isinstance(module, nn.Conv2d):
+        if isinstance(model, LeNet5) and scheme == "paper":
+            bound = 2.4 / module.weight[0].numel()
+            nn.init.uniform_(module.weight, -bound, bound)
+        elif scheme == "kaiming" and isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         else:
             std = 0.005 if scheme == "caffe" and name in model.HIDDEN_FC else 0.01
             nn.init.normal_(module.weight, 0.0, std)
-        nn.init.constant_(module.bias, one_bias if name in model.ONE_BIAS else 0.0)
+        if module.bias is not None:
+            nn.init.constant_(module.bias, one_bias if name in model.ONE_BIAS else 0.0)
 
 
 VARIANTS: dict[str, Callable[..., AlexNet]] = {
     "paper": PaperAlexNet,
     "torchvision": TorchvisionAlexNet,
+    "paper-half": HalfAlexNet,
+    "lenet5": LeNet5,
 }
 
 
@@ -307,8 +432,10 @@ def _lookup(name: str) -> Callable[..., AlexNet]:
 def create_model(variant: str = "paper", num_classes: int = 1000, **kwargs) -> AlexNet:
     """Build a network by name, e.g. ``create_model("paper", num_classes=10)``.
 
-    Keyword arguments go to the variant: ``dropout`` and ``init`` for both;
-    ``lrn`` (bool), ``lrn_k`` and ``lrn_span`` ('all' or 'tower') for ``paper``.
+    Keyword arguments go to the variant: ``init`` for all; ``dropout`` for the AlexNets;
+    ``norm`` ('lrn', 'batch', 'none'), ``lrn_k``, ``lrn_span`` ('all' or 'tower'),
+    ``activation`` ('relu', 'tanh') and ``overlap_pool`` for ``paper`` and ``paper-half``,
+    e.g. ``create_model("paper", activation="tanh")``; ``in_channels`` for ``lenet5``.
     """
     if num_classes < 1:
         raise AlexNetError(f"num_classes must be at least 1, got {num_classes}")

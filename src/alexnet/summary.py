@@ -42,12 +42,15 @@ def summarize(model: AlexNet, input_size: int | None = None) -> list[LayerRow]:
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
+    model._fc6_first = False  # the plain fc6 (its folded small-input form would skip fc6's row)
     try:
         device = next(model.parameters()).device
-        model(torch.zeros(1, 3, size, size, device=device))
+        channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        model(torch.zeros(1, channels, size, size, device=device))
     finally:
         for h in hooks:
             h.remove()
+        del model._fc6_first
         model.train(was_training)
     return rows
 

@@ -73,15 +73,16 @@ class TwoTowerAlexNet(nn.Module):
 
     def __init__(self, model: PaperAlexNet, devices: tuple[torch.device, torch.device]) -> None:
         super().__init__()
-        if not isinstance(model, PaperAlexNet):
-            raise AlexNetError("the two-tower split is defined for the 'paper' network only")
+        if type(model) is not PaperAlexNet or not model.is_standard():
+            raise AlexNetError("the two-tower split is defined for the 'paper' network with ReLU, overlapping "
+                               "pooling and LRN (or none)")
         self._options = model.options()
         self.lrn_span = self._options["lrn_span"]
         self.devices = tuple(torch.device(d) for d in devices)
         self._classes = model.num_classes
         halves = torch.tensor_split(torch.arange(self._classes), 2)
         self.towers = nn.ModuleList(
-            Tower(len(h), self._options["dropout"], self._options["lrn"], self._options["lrn_k"]) for h in halves)
+            Tower(len(h), self._options["dropout"], self._options["norm"] == "lrn", self._options["lrn_k"]) for h in halves)
         self.register_state_dict_post_hook(_merge_state)
         self.register_load_state_dict_pre_hook(_split_state)
         self.load_state_dict(model.state_dict())

@@ -176,11 +176,14 @@ def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int) -> None:
 def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: TrainAugment,
                     optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
                     generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
-                    log_every: float = 30.0) -> dict:
+                    log_every: float = 30.0, trace: bool = False) -> dict:
+    """One pass over ``batches``; with ``trace`` the record also holds every step's training
+    loss and error (``trace_loss``, ``trace_error``: the curves of the paper's Fig. 1)."""
     model.train()
     batches.set_epoch(epoch)
     images, skipped, skipped_files = 0, 0, []
     dev_stats = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss sum, correct: no sync per step
+    steps = torch.zeros(len(batches) if trace else 0, 3, dtype=torch.float64, device=rt.device)  # loss sum, correct, n
     bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
     start = time.perf_counter()
     for step, batch in enumerate(batches):
@@ -194,15 +197,28 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
         x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
         loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
         images += batch.labels.numel()
-        dev_stats[0] += loss.double() * batch.labels.numel()
-        dev_stats[1] += (logits.argmax(1) == batch.labels).sum()
+        step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
+        dev_stats += step_stats
+        if trace:
+            steps[step, :2] = step_stats
+            steps[step, 2] = batch.labels.numel()
         if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):  # a host sync every 10 steps
             loss_sum, correct = dev_stats.tolist()
             seen = max(images, 1)  # the first batches may all have been unreadable
             bar.update(step + 1 - bar.count, loss=loss_sum / seen, acc=correct / seen,
                        img_s=f"{images * rt.env.world / (time.perf_counter() - start):.0f}")
     bar.close()
-    return _epoch_stats(dev_stats, images, skipped, skipped_files, start, epoch, rt)
+    return _epoch_stats(dev_stats, images, skipped, skipped_files, start, epoch, rt) | _trace(steps)
+
+
+def _trace(steps: torch.Tensor) -> dict:
+    """Per-step training loss and error, over all processes (steps with no images left out)."""
+    if not len(steps):
+        return {}
+    steps = distributed.all_reduce_sum(steps).cpu()
+    steps = steps[steps[:, 2] > 0]
+    return {"trace_loss": [round(v, 5) for v in (steps[:, 0] / steps[:, 2]).tolist()],
+            "trace_error": [round(v, 5) for v in (1 - steps[:, 1] / steps[:, 2]).tolist()]}
 
 
 def _epoch_stats(dev_stats: torch.Tensor, images: int, skipped: int, skipped_files: list[str], start: float,
@@ -406,7 +422,7 @@ def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scal
     generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
     lr = run.schedule.lr(epoch, 0)
     stats = train_one_epoch(run.train_model, run.splits.train, augment, run.optimizer, run.schedule, epoch, rt,
-                            generator, scaler, log_every=cfg.log_every)
+                            generator, scaler, log_every=cfg.log_every, trace=cfg.trace_steps)
     val = evaluate(run.train_model, run.splits.val, center, split="val", autocast=rt.autocast(),
                    channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
     dropped = run.schedule.end_epoch(val.top1_error)

@@ -1,0 +1,134 @@
+"""`alexnet reproduce`: the statistics on numbers worked by hand, the step counts, and the runner
+on a tiny real Fashion-MNIST subset (two arms, two seeds, report, resume)."""
+
+import json
+import math
+
+import pytest
+
+from alexnet import AlexNetError
+from alexnet import reproduce as rep
+from alexnet import stats
+from alexnet.cli import main
+
+
+def test_paired_statistics_match_a_hand_computation():
+    # diffs 1, 2, 2: mean 5/3; sd sqrt(((1-5/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3);
+    # t(0.975, 2) = 4.302653 (printed tables); half-width 4.302653 * sqrt(1/3) / sqrt(3) = 1.434218.
+    p = stats.paired([1.0, 2.0, 3.0], [2.0, 4.0, 5.0])
+    assert p.diffs == [1.0, 2.0, 2.0]
+    assert p.mean_diff == pytest.approx(5 / 3)
+    assert p.sd_diff == pytest.approx(math.sqrt(1 / 3))
+    assert (p.mean_a, p.mean_b) == (pytest.approx(2.0), pytest.approx(11 / 3))
+    assert p.sd_a == pytest.approx(1.0) and p.sd_b == pytest.approx(math.sqrt(7 / 3))
+    assert p.ci_low == pytest.approx(5 / 3 - 1.434218, abs=1e-5)
+    assert p.ci_high == pytest.approx(5 / 3 + 1.434218, abs=1e-5)
+    assert p.verdict(+1) == stats.AGREES and p.verdict(-1) == stats.DISAGREES
+
+
+def test_an_interval_spanning_zero_is_inconclusive_whichever_side_is_expected():
+    p = stats.paired([0.20, 0.21, 0.22], [0.21, 0.20, 0.24])  # diffs +0.01, -0.01, +0.02
+    assert p.ci_low < 0 < p.ci_high
+    assert p.verdict(+1) == p.verdict(-1) == stats.INCONCLUSIVE
+    assert stats.paired([1.0], [2.0]).verdict(+1) == stats.INCONCLUSIVE  # one seed: no interval
+
+
+def test_t_quantile_agrees_with_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 4, 5, 9, 29):
+        assert stats.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-6)
+    assert stats.t_quantile(0.95, 4) == pytest.approx(scipy_stats.t.ppf(0.95, 4), rel=1e-6)
+
+
+def test_steps_to_threshold_uses_the_smoothed_curve():
+    trace = [0.9, 0.5, 0.1, 0.5, 0.3, 0.2, 0.2]
+    # window 2: means 0.7, 0.3, 0.3, 0.4, 0.25, 0.2 at steps 2..7
+    assert rep.steps_to(trace, 0.3, 2) == 3  # one lucky step (0.1) alone does not count
+    assert rep.steps_to(trace, 0.25, 2) == 6
+    assert rep.steps_to(trace, 0.1, 2) is None
+    # every run's best smoothed error: 0.25 and 0.41 -> the lowest multiple of 5% both reach is 45%
+    assert rep.common_threshold([trace, [0.5, 0.45, 0.41, 0.41]], 2) == pytest.approx(0.45)
+
+
+def test_every_claim_has_its_arms_and_a_preset_fits_the_claims():
+    for claim in rep.CLAIMS.values():
+        assert claim.base in rep.ARMS and claim.change in rep.ARMS
+    plan = rep.make_plan([], "cpu", out="unused")
+    assert set(plan.arms()) == {k for c in rep.CLAIMS.values() for k in c.runs}
+    base, tanh = plan.config("baseline", 1), plan.config("tanh", 1)
+    assert tanh.model.activation == "tanh" and base.model.activation == "relu"
+    base.model.activation, base.out = "tanh", tanh.out
+    assert base == tanh  # one change, everything else equal
+    assert plan.config("lenet5", 0).data.crop == 32 and plan.config("bias-one", 0).optim.epochs == 1
+    # the overfitting claims run both arms on fewer images for more epochs
+    assert rep.CLAIMS["dropout"].runs == ("baseline@small", "no-dropout@small")
+    small = plan.config("no-dropout@small", 0)
+    assert small.data.limit_train < base.data.limit_train and small.optim.epochs > base.optim.epochs
+    assert small.model.dropout == 0 and plan.config("baseline@small", 0).model.dropout == 0.5
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    assert main(["reproduce", "no-such-claim", "--out", str(tmp_path)]) == 2
+    assert "unknown claim(s) no-such-claim" in capsys.readouterr().err
+    assert main(["reproduce", "lrn", "--seeds", "1", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be at least 2" in capsys.readouterr().err
+    assert main(["reproduce", "--report", str(tmp_path)]) == 2
+    assert "plan.json not found" in capsys.readouterr().err
+    assert main(["reproduce", "lrn", "--set", "lr=fast", "--out", str(tmp_path)]) == 2
+    assert "--set lr: 'fast' is not a float" in capsys.readouterr().err
+    assert main(["reproduce", "lrn", "--set", "no_such=1", "--out", str(tmp_path)]) == 2
+    assert "--set wants FLAG=VALUE" in capsys.readouterr().err
+    from alexnet.config import parse_setting
+
+    assert parse_setting("gpu-decode=true") == ("gpu_decode", True)
+    assert parse_setting("--lighting=0") == ("lighting", 0.0)
+    assert main(["reproduce", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in rep.CLAIMS) and "+1.4 points" in listed
+
+
+TINY = dict(limit_train=128, limit_val=96, epochs=1, batch_size=32, mean_samples=64, resize=76, crop=67)
+
+
+def test_two_arms_two_seeds_report_and_resume(tmp_path, fmnist_dir, monkeypatch):
+    monkeypatch.setenv("ALEXNET_FASHION_MNIST", fmnist_dir)
+    out = tmp_path / "repro"
+    plan = rep.make_plan(["lrn", "fig3"], "cpu", seeds=2, out=str(out), device="cpu", overrides=TINY)
+    lines = []
+    rep.reproduce(plan, log=lines.append)
+    assert "4 runs, 0 already finished" in lines[0]
+
+    runs = {(a, s): json.loads((out / "runs" / a / f"seed{s}" / "result.json").read_text())
+            for a in ("baseline", "no-lrn") for s in (0, 1)}
+    configs = {k: json.loads((out / "runs" / k[0] / f"seed{k[1]}" / "config.json").read_text()) for k in runs}
+    assert configs["baseline", 0]["model"]["norm"] == "lrn" and configs["no-lrn", 0]["model"]["norm"] == "none"
+    assert configs["baseline", 0]["seed"] == configs["no-lrn", 0]["seed"] == 0
+
+    results = json.loads((out / "results.json").read_text())
+    top1 = results["claims"]["lrn"]["measures"][0]
+    assert top1["metric"] == "top1_error" and top1["seeds"] == 2
+    assert top1["base_values"] == [runs["baseline", 0]["top1_error"], runs["baseline", 1]["top1_error"]]
+    assert top1["mean_diff"] == pytest.approx(sum(runs["no-lrn", s]["top1_error"] - runs["baseline", s]["top1_error"]
+                                                  for s in (0, 1)) / 2)
+    assert results["claims"]["fig3"]["skipped"].startswith("the data are grayscale")
+    report = (out / "report.md").read_text()
+    assert "| lrn | top-1 error | +1.4 points |" in report and "cannot show" in report
+    assert (out / "fig3.png").stat().st_size > 0 and (out / "claims.png").stat().st_size > 0
+
+    # Run again: nothing is redone. Lose one run's result: that run alone is redone.
+    stamp = {k: (out / "runs" / k[0] / f"seed{k[1]}" / "result.json").stat().st_mtime_ns for k in runs}
+    (out / "runs" / "no-lrn" / "seed1" / "result.json").unlink()
+    lines.clear()
+    rep.reproduce(rep.make_plan(["lrn"], "cpu", seeds=2, out=str(out), device="cpu", overrides=TINY), log=lines.append)
+    assert "4 runs, 3 already finished" in lines[0]
+    assert sum("arm no-lrn" in line for line in lines) == 1
+    for k, t in stamp.items():
+        if k != ("no-lrn", 1):
+            assert (out / "runs" / k[0] / f"seed{k[1]}" / "result.json").stat().st_mtime_ns == t
+
+    # Another setting in the same directory is refused; the report can be rebuilt from the runs.
+    with pytest.raises(AlexNetError, match="holds runs of another setting"):
+        rep.reproduce(rep.make_plan(["lrn"], "cpu", seeds=2, out=str(out), overrides={**TINY, "epochs": 2}))
+    (out / "report.md").unlink()
+    assert main(["reproduce", "--report", str(out)]) == 0
+    assert "| lrn | top-1 error |" in (out / "report.md").read_text()
