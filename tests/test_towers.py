@@ -91,7 +91,7 @@ def test_device_flag_is_checked():
         resolve_devices("auto", local_rank=n)  # one more GPU pair than this machine has
     with pytest.raises(AlexNetError, match="does not have"):
         resolve_devices(f"cuda:0,cuda:{n}")
-    with pytest.raises(AlexNetError, match="'paper' network only"):
+    with pytest.raises(AlexNetError, match="defined for the 'paper' network with ReLU"):
         TwoTowerAlexNet(create_model("torchvision"), CPU2)
 
 
