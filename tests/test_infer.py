@@ -39,12 +39,21 @@ def test_predict_cli_json_and_errors(trained_run, tmp_path, capsys):
 
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"nope")
+    # A named file that cannot be read: the others are still classified, and the status says so
     assert main(["predict", str(trained_run), str(tmp_path / "cat.jpg"), str(tmp_path / "broken.jpg"),
-                 "--json", "--workers", "0"]) == 0
+                 "--json", "--workers", "0"]) == 1
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert len(out) == 1 and out[0]["path"].endswith("cat.jpg") and len(out[0]["top"]) == 5
-    assert "skipped unreadable image" in captured.err and "broken.jpg" in captured.err
+    assert "skipped unreadable image" in captured.err and "could not read 1 of the files named" in captured.err
+    # In a folder it is skipped, named and counted: the run succeeds
+    assert main(["predict", str(trained_run), str(tmp_path), "--json", "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 1 and "skipped 1 unreadable image(s) in the folders" in captured.err
+    assert main(["features", str(trained_run), str(tmp_path / "cat.jpg"), str(tmp_path / "broken.jpg"),
+                 "--out", str(tmp_path / "f.npz"), "--workers", "0"]) == 1
+    assert "could not read 1 of the files named" in capsys.readouterr().err
+    assert load_features(tmp_path / "f.npz")[0].shape == (1, 4096)  # the readable one is saved
     assert main(["predict", str(trained_run), str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg not found" in capsys.readouterr().err
 

@@ -204,3 +204,25 @@ def test_close_stops_the_loader_processes(tree, tmp_path):
     assert not any(w.is_alive() for w in workers)
     assert [b.labels.numel() for b in splits.train] == [4] * (len(splits.train))  # usable again after close
     splits.train.close()
+
+
+def test_names_in_any_byte_encoding_pack_and_print(tree, tmp_path, capsys):
+    """File and class-folder names that are not UTF-8 (Latin-1 bytes from another system) are
+    packed like any other; an unreadable one is named with its odd bytes as \\xNN."""
+    train = os.fsencode(tree / "train")
+    os.rename(os.path.join(train, b"dog", b"0.png"), os.path.join(train, b"dog", b"caf\xe9-\xff.png"))
+    for split in (b"train", b"val"):
+        os.rename(os.path.join(os.fsencode(tree), split, b"fish"), os.path.join(os.fsencode(tree), split, b"poisson-\xe9"))
+    with open(os.path.join(train, b"dog", b"\xe9t\xe9-broken.jpg"), "wb") as f:
+        f.write(b"not an image")
+    from alexnet.cli import main
+
+    assert main(["prepare", str(tree), str(tmp_path / "dst"), "--size", "32", "--encoding", "raw",
+                 "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\\xe9t\\xe9-broken.jpg" in out  # named, printable
+    meta = packed.read_meta(tmp_path / "dst")
+    assert meta["classes"] == ["cat", "dog", "poisson-\\xe9"]
+    assert meta["splits"]["train"]["count"] == 18  # every readable image, the renamed ones too
+    assert sorted(os.path.basename(p) for p in meta["splits"]["train"]["skipped"]) == ["\\xe9t\\xe9-broken.jpg",
+                                                                                      "broken.jpg"]

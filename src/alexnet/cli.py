@@ -64,6 +64,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command", "overwrite")}
+    if args.resume == "auto":  # restarted workers (torchrun --max-restarts), requeued jobs: one command for both
+        if "out" not in overrides:
+            raise AlexNetError("--resume auto continues the run in --out, or starts it there: pass --out")
+        from pathlib import Path
+
+        from .checkpoint import CHECKPOINT_NAME
+
+        args.resume = overrides["out"] if (Path(overrides["out"]) / CHECKPOINT_NAME).is_file() else None
     if args.resume:
         if "out" in overrides and overrides["out"] != args.resume:
             raise AlexNetError("--resume names the run directory; do not also pass --out")
@@ -126,26 +134,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .infer import predict
 
+    skipped: list[str] = []
     results = predict(args.weights, args.inputs, topk=args.topk, ten_crop=args.ten_crop, batch_size=args.batch_size,
-                      device=args.device, workers=args.workers, progress=not args.json, precision=args.precision)
+                      device=args.device, workers=args.workers, progress=not args.json, precision=args.precision,
+                      skipped=skipped)
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        print(r["path"])
-        for t in r["top"]:
-            print(f"  {100 * t['prob']:6.2f}%  {t['class']}")
+    else:
+        for r in results:
+            print(r["path"])
+            for t in r["top"]:
+                print(f"  {100 * t['prob']:6.2f}%  {t['class']}")
+    return _unreadable_status(args.inputs, skipped)
+
+
+def _unreadable_status(inputs: list[str], skipped: list[str]) -> int:
+    """The exit status once the readable images are done: 1 when a file named on the command line
+    could not be read (a script must see that nothing came of it), else 0; unreadable files found
+    in named folders are skipped, named (above) and counted."""
+    from .files import printable
+
+    named = [p for p in skipped if p in {printable(i) for i in inputs}]
+    if len(skipped) > len(named):
+        print(f"alexnet: skipped {len(skipped) - len(named)} unreadable image(s) in the folders given", file=sys.stderr)
+    if named:
+        print(f"alexnet: error: could not read {len(named)} of the files named: {', '.join(named)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .infer import extract_features, save_features
 
+    skipped: list[str] = []
     feats, paths = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size,
-                                    device=args.device, workers=args.workers, precision=args.precision)
+                                    device=args.device, workers=args.workers, precision=args.precision,
+                                    skipped=skipped)
     save_features(args.out, feats, paths, args.layer, args.weights)
     print(f"{len(paths)} images x {feats.shape[1]} {args.layer} activations -> {args.out}")
-    return 0
+    return _unreadable_status(args.inputs, skipped)
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
@@ -265,7 +292,8 @@ def _train(sub) -> None:
     p = sub.add_parser("train", help="train with the paper's recipe (every value a flag)", formatter_class=_Help,
                        description="Train AlexNet. Defaults are the paper's recipe; every value is a flag.")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint; "
-                   "other flags given override its stored config (e.g. --epochs)")
+                   "other flags given override its stored config (e.g. --epochs). 'auto': continue the run in "
+                   "--out if it has a checkpoint, else start it there (for jobs that are restarted)")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)

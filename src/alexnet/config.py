@@ -114,6 +114,8 @@ class TrainConfig:
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
     ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
+    checkpoint_every: str = _f("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
+                                    "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")
     trace_steps: bool = _f(False, "record every step's training loss and error in metrics.jsonl (for curves)")
     log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
 
@@ -224,6 +226,9 @@ def validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise AlexNetError(message)
+    from .preempt import parse_every
+
+    parse_every(cfg.checkpoint_every)
 
 
 def model_options(m: ModelConfig) -> dict[str, Any]:

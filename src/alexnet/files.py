@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one."""
+"""Atomic file writes (a crash leaves the old file or the new one, never half of one), and
+file names made printable."""
 
 from __future__ import annotations
 
@@ -37,3 +38,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
 
     atomic_write(path, write)
+
+
+def printable(path: str | os.PathLike) -> str:
+    """A file name as text that can be printed and stored in JSON: names that are not valid
+    UTF-8 (common in data copied from other systems) keep their odd bytes as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

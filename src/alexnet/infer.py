@@ -106,16 +106,20 @@ class _Paths(torch.utils.data.Dataset):
             return None, i, self.paths[i]
 
 
-def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool):
-    """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a warning."""
+def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool,
+                   skipped: list[str] | None = None):
+    """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a
+    warning, and added to ``skipped`` when given."""
     workers = min(resolve_workers(workers), max(len(paths) // batch_size, 0))  # no more than batches
     loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
                                          collate_fn=data_loader._collate)
     bar = Progress(len(paths), desc, enabled=progress, log_every=10)
-    for images, index, skipped in loader:
-        for path in skipped:
+    for images, index, unreadable in loader:
+        for path in unreadable:
             print(f"alexnet: warning: skipped unreadable image {path}", file=sys.stderr)
-        bar.update(len(index) + len(skipped))
+        if skipped is not None:
+            skipped += unreadable
+        bar.update(len(index) + len(unreadable))
         if images is not None:
             yield images, [paths[i] for i in index.tolist()]
     bar.close()
@@ -161,8 +165,10 @@ class Loaded:
 
 @torch.no_grad()
 def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: bool = False, batch_size: int = 32,
-            device: str = "auto", workers: int = -1, progress: bool = True, precision: str = "fp32") -> list[dict]:
-    """Top-k classes with names and probabilities for every image (files or folders)."""
+            device: str = "auto", workers: int = -1, progress: bool = True, precision: str = "fp32",
+            skipped: list[str] | None = None) -> list[dict]:
+    """Top-k classes with names and probabilities for every readable image (files or folders);
+    the unreadable ones are named on stderr and added to ``skipped``."""
     if topk < 1 or batch_size < 1:
         raise AlexNetError("--topk and --batch-size must be at least 1")
     net = Loaded.from_path(weights, device, precision)
@@ -171,7 +177,7 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
     crops = net.crops(ten_crop)
     results = []
     for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
-                                        "predict", progress):
+                                        "predict", progress, skipped):
         views = crops(images.to(net.device))  # (B, V, 3, crop, crop)
         v = views.shape[1]
         probs = average_views(net(views.flatten(0, 1)), v)
@@ -185,13 +191,14 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
 @torch.no_grad()
 def extract_features(weights: str | Path, inputs: list[str], layer: str = "fc7", batch_size: int = 64,
                      device: str = "auto", workers: int = -1, progress: bool = True,
-                     precision: str = "fp32") -> tuple[np.ndarray, list[str]]:
-    """Activations of ``layer`` (center crop, eval mode) for every image: (N, D) float32 and the paths."""
+                     precision: str = "fp32", skipped: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Activations of ``layer`` (center crop, eval mode) for every readable image: (N, D) float32
+    and the paths; the unreadable ones are named on stderr and added to ``skipped``."""
     net = Loaded.from_path(weights, device, precision)
     crops = net.crops(False)
     feats, kept = [], []
     for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
-                                        f"features {layer}", progress):
+                                        f"features {layer}", progress, skipped):
         x = crops(images.to(net.device))[:, 0]
         feats.append(net(x, layer).cpu().numpy())
         kept += paths

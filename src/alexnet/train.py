@@ -1,20 +1,24 @@
 """Training: the paper's recipe, ``train_one_epoch``, and ``fit(cfg)``.
 
 The run directory receives ``config.json`` (the resolved config), one line of
-``metrics.jsonl`` per epoch, ``checkpoint.pt`` after every epoch (atomically),
+``metrics.jsonl`` per epoch, ``checkpoint.pt`` after every epoch (atomically; also
+inside an epoch with ``--checkpoint-every``, and before stopping on SIGTERM/SIGINT),
 and ``model.safetensors`` at the end. ``fit(cfg, resume=True)`` continues from
 ``checkpoint.pt``; because every random draw of an epoch (order, crops, flips,
-colour noise, dropout) is seeded from (seed, epoch), a resumed CPU run repeats
-the uninterrupted run's later epochs exactly.
+colour noise, dropout) is seeded from (seed, epoch), and a checkpoint taken inside an
+epoch holds the random states and sums of the steps so far (``EpochState``), a
+resumed CPU run repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,7 @@ from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
 from .evaluate import EvalResult, evaluate
 from .models import create_model
+from .preempt import Cadence, StopRequest
 from .progress import Progress
 from .runtime import Runtime, resolve_runtime
 from .towers import TwoTowerAlexNet
@@ -173,49 +178,105 @@ def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int) -> None:
     train_step(model, optimizer, scaler, rt, x, torch.zeros(1, dtype=torch.long, device=rt.device), weight=0.0)
 
 
+@dataclass
+class EpochState:
+    """The loop's state inside an epoch, which a checkpoint taken mid-epoch holds: the next
+    step and the epoch's sums so far (on the device: no host sync per step)."""
+
+    step: int
+    sums: torch.Tensor  # (2,) float64: loss sum, correct
+    trace: torch.Tensor  # (steps, 3) float64: each step's loss sum, correct, images; (0, 3) without --trace-steps
+    images: int = 0
+    skipped: int = 0
+    skipped_files: list = field(default_factory=list)
+    elapsed: float = 0.0  # seconds of this epoch before the current process took it up
+    bad: torch.Tensor | None = None  # the first step whose loss was not finite (-1: none), on the device
+
+    def __post_init__(self) -> None:
+        if self.bad is None:
+            self.bad = torch.full((), -1, dtype=torch.long, device=self.sums.device)
+
+    def check_finite(self, epoch: int) -> None:
+        """Stop on a non-finite loss, naming its step (a host sync: called every 10 steps and
+        before any checkpoint, so that no checkpoint ever holds the diverged weights)."""
+        bad = int(self.bad)
+        if bad >= 0:
+            raise AlexNetError(f"training diverged: the loss was not finite at step {bad + 1} of epoch {epoch + 1}; "
+                               "the last checkpoint is kept as it was; lower --lr or add --warmup-epochs")
+
+    @classmethod
+    def fresh(cls, steps: int, trace: bool, device: torch.device) -> "EpochState":
+        return cls(0, torch.zeros(2, dtype=torch.float64, device=device),
+                   torch.zeros(steps if trace else 0, 3, dtype=torch.float64, device=device))
+
+    def state_dict(self) -> dict:
+        return {**{k: getattr(self, k) for k in ("step", "images", "skipped", "skipped_files", "elapsed")},
+                "sums": self.sums.cpu(), "trace": self.trace.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict, device: torch.device) -> "EpochState":
+        return cls(d["step"], d["sums"].to(device), d["trace"].to(device), d["images"], d["skipped"],
+                   list(d["skipped_files"]), d["elapsed"])
+
+
 def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: TrainAugment,
                     optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
                     generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
-                    log_every: float = 30.0, trace: bool = False) -> dict:
-    """One pass over ``batches``; with ``trace`` the record also holds every step's training
-    loss and error (``trace_loss``, ``trace_error``: the curves of the paper's Fig. 1)."""
+                    log_every: float = 30.0, trace: bool = False, state: EpochState | None = None,
+                    after_step: Callable[[EpochState], None] | None = None) -> dict:
+    """One pass over ``batches``, from ``state``'s step when resuming inside the epoch; with
+    ``trace`` the record also holds every step's training loss and error (``trace_loss``,
+    ``trace_error``: the curves of the paper's Fig. 1). ``after_step(state)`` runs after
+    every step (mid-epoch checkpoints, stopping on a signal)."""
     model.train()
-    batches.set_epoch(epoch)
-    images, skipped, skipped_files = 0, 0, []
-    dev_stats = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss sum, correct: no sync per step
-    steps = torch.zeros(len(batches) if trace else 0, 3, dtype=torch.float64, device=rt.device)  # loss sum, correct, n
+    state = state or EpochState.fresh(len(batches), trace, rt.device)
+    batches.set_epoch(epoch, state.step)
     bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
-    start = time.perf_counter()
-    for step, batch in enumerate(batches):
-        skipped += len(batch.skipped)
-        skipped_files += batch.skipped[: 10 - len(skipped_files)]
-        set_lr(optimizer, schedule.lr(epoch, step))
-        if batch.labels.numel() == 0:
-            if distributed.is_active():
-                _idle_step(model, optimizer, scaler, rt, augment.crop)
-            continue
-        x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
-        loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
-        images += batch.labels.numel()
-        step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
-        dev_stats += step_stats
-        if trace:
-            steps[step, :2] = step_stats
-            steps[step, 2] = batch.labels.numel()
-        if bar.enabled and (step % 10 == 0 or step == len(batches) - 1):  # a host sync every 10 steps
-            loss_sum, correct = dev_stats.tolist()
-            seen = max(images, 1)  # the first batches may all have been unreadable
-            bar.update(step + 1 - bar.count, loss=loss_sum / seen, acc=correct / seen,
-                       img_s=f"{images * rt.env.world / (time.perf_counter() - start):.0f}")
+    bar.count = state.step
+    start = time.perf_counter() - state.elapsed
+    for batch in batches:
+        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state)
+        state.step += 1
+        if state.step % 10 == 0 or state.step == len(batches):
+            state.check_finite(epoch)
+        if bar.enabled and (state.step % 10 == 1 or state.step == len(batches)):  # a host sync every 10 steps
+            loss_sum, correct = state.sums.tolist()
+            seen = max(state.images, 1)  # the first batches may all have been unreadable
+            bar.update(state.step - bar.count, loss=loss_sum / seen, acc=correct / seen,
+                       img_s=f"{state.images * rt.env.world / (time.perf_counter() - start):.0f}")
+        if after_step is not None:
+            state.elapsed = time.perf_counter() - start
+            after_step(state)
     bar.close()
-    return _epoch_stats(dev_stats, images, skipped, skipped_files, start, epoch, rt) | _trace(steps)
+    return (_epoch_stats(state.sums, state.images, state.skipped, state.skipped_files, start, epoch, rt)
+            | _trace(state.trace))
+
+
+def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state: EpochState) -> None:
+    step = state.step
+    state.skipped += len(batch.skipped)
+    state.skipped_files += batch.skipped[: 10 - len(state.skipped_files)]
+    set_lr(optimizer, schedule.lr(epoch, step))
+    if batch.labels.numel() == 0:
+        if distributed.is_active():
+            _idle_step(model, optimizer, scaler, rt, augment.crop)
+        return
+    x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
+    loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
+    state.bad = torch.where((state.bad < 0) & ~torch.isfinite(loss), step, state.bad)  # no host sync
+    state.images += batch.labels.numel()
+    step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
+    state.sums += step_stats
+    if len(state.trace):
+        state.trace[step, :2] = step_stats
+        state.trace[step, 2] = batch.labels.numel()
 
 
 def _trace(steps: torch.Tensor) -> dict:
     """Per-step training loss and error, over all processes (steps with no images left out)."""
     if not len(steps):
         return {}
-    steps = distributed.all_reduce_sum(steps).cpu()
+    steps = distributed.all_reduce_sum(steps.clone()).cpu()
     steps = steps[steps[:, 2] > 0]
     return {"trace_loss": [round(v, 5) for v in (steps[:, 0] / steps[:, 2]).tolist()],
             "trace_error": [round(v, 5) for v in (1 - steps[:, 1] / steps[:, 2]).tolist()]}
@@ -229,8 +290,6 @@ def _epoch_stats(dev_stats: torch.Tensor, images: int, skipped: int, skipped_fil
     stats = distributed.all_reduce_sum(stats).cpu()  # the host waits for the epoch's work here
     elapsed = time.perf_counter() - start
     skipped_files = distributed.gather_lists(skipped_files)[:10]
-    if not math.isfinite(stats[0].item()):
-        raise AlexNetError(f"training diverged in epoch {epoch + 1} (loss is not finite); lower --lr")
     images = max(int(stats[2]), 1)
     return {"train_loss": float(stats[0]) / images, "train_top1": float(stats[1]) / images,
             "train_images": int(stats[2]), "skipped": int(stats[3]), "skipped_files": skipped_files,
@@ -364,6 +423,7 @@ class _Run:
     history: list[dict]
     start_epoch: int
     meta_base: dict
+    position: dict | None = None  # where inside start_epoch a mid-epoch checkpoint left off
 
 
 def _setup(cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> _Run:
@@ -388,7 +448,7 @@ def _setup(cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> _Run:
         history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
     meta_base = dict(variant=cfg.model.variant, classes=splits.classes, crop=crop_size(cfg), resize=cfg.data.resize)
     return _Run(cfg, rt, out, splits, model, _wrap(model, cfg, rt), normalizer, optimizer, schedule, history,
-                start_epoch, meta_base)
+                start_epoch, meta_base, ckpt.get("position") if ckpt else None)
 
 
 def _open_run_dir(run: _Run, resumed: bool) -> None:
@@ -413,16 +473,27 @@ def _announce(run: _Run, resumed: bool) -> None:
              f"parameters, {cfg.model.num_classes} classes, input {crop}x{crop} from {d.resize}x{d.resize}; "
              f"{run.splits.train.num_images:,} training images; {run.splits.describe_val()}; device {where}"
              f"{f' x {rt.env.world} processes' if rt.env.world > 1 else ''}; "
-             f"{'resuming after epoch ' + str(run.start_epoch) if resumed else 'run directory ' + str(run.out)}")
+             f"{_resuming(run) if resumed else 'run directory ' + str(run.out)}")
 
 
-def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scaler) -> tuple[dict, EvalResult]:
-    """Train one epoch and validate: the epoch's record, and its validation result."""
+def _resuming(run: _Run) -> str:
+    if run.position:
+        return f"resuming in epoch {run.start_epoch + 1} after step {run.position['ranks'][0]['state']['step']}"
+    return f"resuming after epoch {run.start_epoch}"
+
+
+def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scaler,
+           cadence: Cadence) -> tuple[dict, EvalResult]:
+    """Train one epoch (from where a mid-epoch checkpoint left it) and validate: the epoch's
+    record, and its validation result."""
     cfg, rt = run.cfg, run.rt
     generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
+    state = _restore(run.position, generator, rt) if run.position else None
+    run.position = None
     lr = run.schedule.lr(epoch, 0)
     stats = train_one_epoch(run.train_model, run.splits.train, augment, run.optimizer, run.schedule, epoch, rt,
-                            generator, scaler, log_every=cfg.log_every, trace=cfg.trace_steps)
+                            generator, scaler, log_every=cfg.log_every, trace=cfg.trace_steps, state=state,
+                            after_step=lambda st: _after_step(run, epoch, generator, st, cadence))
     val = evaluate(run.train_model, run.splits.val, center, split="val", autocast=rt.autocast(),
                    channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
     dropped = run.schedule.end_epoch(val.top1_error)
@@ -444,14 +515,62 @@ def _save_epoch(run: _Run, record: dict) -> None:
     """The checkpoint (atomically), then the epoch's line of metrics.jsonl."""
     run.history.append(record)
     if run.rt.env.is_main:
-        save_checkpoint(run.out / CHECKPOINT_NAME, {
-            "config": to_dict(run.cfg), "epoch": record["epoch"], "model": unwrap(run.model).state_dict(),
-            "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
-            "normalizer": run.normalizer.state_dict(), "history": run.history,
-            "meta": metadata_record(run.model, **run.meta_base)})
+        _write_checkpoint(run, record["epoch"])
         with open(run.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     distributed.barrier()
+
+
+def _write_checkpoint(run: _Run, epochs_done: int, position: dict | None = None) -> None:
+    """Everything a run needs to continue, atomically; ``position``: the place inside the next
+    epoch (a checkpoint taken mid-epoch)."""
+    save_checkpoint(run.out / CHECKPOINT_NAME, {
+        "config": to_dict(run.cfg), "epoch": epochs_done, "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+        "normalizer": run.normalizer.state_dict(), "history": run.history,
+        "meta": metadata_record(run.model, **run.meta_base), "position": position})
+
+
+def _position(run: _Run, epoch: int, generator: torch.Generator, state: EpochState) -> dict:
+    """Every process's place inside ``epoch``: its sums so far and the random states (dropout,
+    augmentation) the rest of the epoch draws from, so that it continues exactly."""
+    rt = run.rt
+    own = {"state": state.state_dict(), "rng": torch.get_rng_state(), "augment": generator.get_state().cpu(),
+           "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+    return {"epoch": epoch, "ranks": distributed.gather_lists([own])}
+
+
+def _restore(position: dict, generator: torch.Generator, rt: Runtime) -> EpochState:
+    ranks = position["ranks"]
+    if len(ranks) != rt.env.world:
+        raise AlexNetError(f"the checkpoint was taken inside an epoch by {len(ranks)} process(es); "
+                           f"resume it with as many (this run has {rt.env.world})")
+    own = ranks[rt.env.rank]
+    torch.set_rng_state(own["rng"])
+    if own["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(own["cuda_rng"], rt.device)
+    generator.set_state(own["augment"].to(generator.device) if generator.device.type != "cpu" else own["augment"])
+    return EpochState.from_state_dict(own["state"], rt.device)
+
+
+def _after_step(run: _Run, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
+    """A checkpoint inside the epoch when ``--checkpoint-every`` says so, and the stop on a signal."""
+    save, stop = cadence.check()
+    if not save or (state.step == len(run.splits.train) and not stop):  # the epoch's own checkpoint follows
+        return
+    state.check_finite(epoch)
+    position = _position(run, epoch, generator, state)
+    if run.rt.env.is_main:
+        _write_checkpoint(run, epoch, position)
+    distributed.barrier()
+    if stop:
+        name = signal.Signals(cadence.stop.signum).name
+        _log(run.rt, f"alexnet: stopped by {name} in epoch {epoch + 1} after step {state.step}/"
+                     f"{len(run.splits.train)}; checkpoint {run.out / CHECKPOINT_NAME}; continue with: "
+                     f"alexnet train --resume {run.out}")
+        run.splits.close()
+        distributed.teardown()
+        raise SystemExit(128 + cadence.stop.signum)
 
 
 def _finish(run: _Run, dev_norm: Normalizer, last_val) -> dict:
@@ -493,10 +612,12 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     scaler = make_scaler(run.rt)
     last_val = None
     try:
-        for epoch in range(run.start_epoch, cfg.optim.epochs):
-            record, last_val = _epoch(run, epoch, augment, center, scaler)
-            _save_epoch(run, record)
-    except KeyboardInterrupt:
+        with StopRequest() as stop:
+            cadence = Cadence(cfg.checkpoint_every, stop, run.rt.env.world, run.rt.device)
+            for epoch in range(run.start_epoch, cfg.optim.epochs):
+                record, last_val = _epoch(run, epoch, augment, center, scaler, cadence)
+                _save_epoch(run, record)
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this epoch
         _log(run.rt, f"\ninterrupted; continue with: alexnet train --resume {run.out}")
         raise SystemExit(130) from None
     return _finish(run, dev_norm, last_val)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AlexNetError
+from ..files import printable
 from . import fashion_mnist
 from .folder import ImageFolder, find_classes, resolve_workers
 from .transforms import to_rgb
@@ -78,9 +79,12 @@ class Batches:
         self.local_batch = batch_size // world
         self.device, self.seed, self.rank, self.world = device, seed, rank, world
         self.epoch = 0
+        self.start = 0  # the epoch's first batch: > 0 when a run resumes inside an epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The next pass yields ``epoch``'s batches, from its ``start``-th on: the same batches
+        an uninterrupted pass would have yielded from there."""
+        self.epoch, self.start = epoch, start
 
     def _order(self) -> torch.Tensor:
         order = epoch_order(self.num_images, self.shuffle, self.seed, self.epoch, self.rank, self.world)
@@ -91,7 +95,7 @@ class Batches:
         chunks = list(order.split(self.local_batch))
         if self.drop_last and chunks and len(chunks[-1]) < self.local_batch:
             chunks.pop()
-        return chunks
+        return chunks[self.start:]
 
     def __len__(self) -> int:
         per_rank = len(self._order())
@@ -125,13 +129,13 @@ class TensorBatches(Batches):
         chunks = order.split(self.local_batch)
         if self.drop_last and chunks and len(chunks[-1]) < self.local_batch:
             chunks = chunks[:-1]
-        for idx in chunks:
+        for idx in chunks[self.start:]:
             yield Batch(resize_batch(self.images[idx], self.size), self.labels[idx])
 
 
 def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
     good = [(img, label) for img, label, _ in items if img is not None]
-    skipped = [path for img, _, path in items if img is None]
+    skipped = [printable(path) for img, _, path in items if img is None]  # shown and logged: any bytes
     if not good:
         return None, torch.empty(0, dtype=torch.long), skipped
     return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped
@@ -146,7 +150,7 @@ class _Sampler(torch.utils.data.Sampler):
             yield chunk.tolist()
 
     def __len__(self) -> int:
-        return len(self.owner)
+        return len(self.owner) - self.owner.start
 
 
 def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.data.DataLoader:
@@ -408,7 +412,7 @@ def _folder_splits(root: str, resize: int, device: torch.device, req: Request) -
         val = batches(ImageFolder(root, "val", resize, classes=classes), False)
     if "test" in req.splits and os.path.isdir(os.path.join(root, "test")):
         test = batches(ImageFolder(root, "test", resize, classes=classes), False)
-    return Splits(classes, train, val, test, holdout)
+    return Splits([printable(c) for c in classes], train, val, test, holdout)  # names as recorded and shown
 
 
 def image_sum(batches: Batches, max_images: int) -> tuple[torch.Tensor, int]:

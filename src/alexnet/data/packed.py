@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, printable
 from ..errors import AlexNetError
 from ..progress import Progress
 from .folder import UNREADABLE, find_classes, list_images, load_image, resolve_workers
@@ -74,7 +74,7 @@ class _ShardJob:
 def _digest(samples: list[tuple[str, int]]) -> str:
     h = hashlib.sha1()
     for path, label in samples:
-        h.update(f"{path}\t{label}\n".encode())
+        h.update(os.fsencode(path) + f"\t{label}\n".encode())  # the name's own bytes, whatever its encoding
     return h.hexdigest()
 
 
@@ -97,7 +97,7 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, list[str], int]:
                 try:
                     data = _encode(load_image(path, job.size), job.encoding, job.quality)
                 except UNREADABLE:
-                    skipped.append(path)
+                    skipped.append(printable(path))
                     continue
                 f.write(data)
                 offsets.append(offsets[-1] + len(data))
@@ -218,7 +218,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "
     if jobs:
         _write_shards(jobs, max(resolve_workers(workers), 1), bar)
     bar.close()
-    meta = {"format": FORMAT, **settings, "classes": classes,
+    meta = {"format": FORMAT, **settings, "classes": [printable(c) for c in classes],
             "splits": {split: _split_meta(dst, split, len(samples), shard_size) for split, samples in splits.items()}}
     atomic_write_text(dst / "meta.json", json.dumps(meta, indent=1))  # last: the dataset exists from here
     meta["seconds"] = time.perf_counter() - start
