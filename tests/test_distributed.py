@@ -112,7 +112,7 @@ class _Fixed:
     def __init__(self, items):
         self.items = items
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, start=0):
         pass
 
     def __len__(self):
