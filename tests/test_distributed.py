@@ -1,6 +1,7 @@
 """Data-parallel training on the gloo backend: two processes equal one with the same global batch."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -38,6 +39,30 @@ def torchrun(tmp_path, fmnist_dir, out, *extra):
     return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir, "--out", str(out), *extra],
                tmp_path)
+
+
+def test_two_torchrun_agents_over_c10d_match_one_process(tmp_path, fmnist_dir, one_process):
+    """Multi-node rendezvous: two torchrun agents (--nnodes 2, one process each) meet through the
+    c10d backend on 127.0.0.1, and train as one process with the same global batch does."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "alexnet-test",
+           "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir, "--out", str(tmp_path / "two")]
+    agents = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True) for _ in range(2)]
+    outputs = [a.communicate(timeout=600)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    assert sum("x 2 processes" in o for o in outputs) == 1  # rank 0 alone prints
+    one, _, _ = read_weights(one_process / "model.safetensors")
+    two, _, _ = read_weights(tmp_path / "two" / "model.safetensors")
+    init = initial_weights()
+    for k in one:
+        assert (two[k] - one[k]).norm() <= 1e-4 * (one[k] - init[k]).norm(), k  # as two processes on one node
 
 
 def initial_weights():
@@ -211,3 +236,55 @@ def test_channels_last_gradients_are_ddp_bucket_views(tmp_path):
         assert all(r["views"].values()), r["views"]
         assert len(r["channels_last"]) == 5 and all(r["channels_last"].values())
         assert not [w for w in r["warnings"] if "stride" in w], r["warnings"]
+
+
+def _torchrun(out, *extra):
+    """Two gloo workers under torchrun, restarted once if one dies, continuing with --resume auto."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "alexnet", "train", "--variant", "lenet5",
+           "--init", "torchvision", "--resize", "36", "--crop", "32", "--limit-train", "2048", "--limit-val", "64",
+           "--batch-size", "32", "--epochs", "2", "--mean-samples", "256", "--workers", "0", "--log-every", "1000",
+           "--out", str(out), "--resume", "auto", "--checkpoint-every", "1", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_as_if_nothing_happened(tmp_path):
+    """torchrun --max-restarts 1: one of two workers is SIGKILLed inside an epoch; torchrun
+    restarts both, they find the mid-epoch checkpoint (--resume auto) and finish with the
+    weights of a run that was never interrupted."""
+    import time
+
+    whole = _torchrun(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()[-3000:]
+    proc = _torchrun(tmp_path / "cut")
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline:  # training is under way
+        time.sleep(0.05)
+    time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-3000:]
+    assert "resuming in epoch" in text or "resuming after epoch" in text
+    a = read_weights(tmp_path / "whole" / "model.safetensors")[0]
+    b = read_weights(tmp_path / "cut" / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc), in start order."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append((int(fields[19]), int(entry)))
+    return [p for _, p in sorted(found)]

@@ -434,3 +434,27 @@ def test_a_non_finite_loss_stops_naming_its_step_and_keeps_the_last_checkpoint(t
     with pytest.raises(AlexNetError, match="not finite at step 3 of epoch 2; the last checkpoint is kept"):
         fit(TrainConfig(out=str(run)), resume=True, overrides={"epochs": 2, "checkpoint_every": "5"})
     assert (run / "checkpoint.pt").read_bytes() == before  # no checkpoint of the diverged weights
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path, fmnist_dir, monkeypatch, capsys):
+    """A full disk while the checkpoint is written: one line, and the last checkpoint intact."""
+    import errno
+
+    from alexnet import checkpoint
+    from alexnet.cli import main
+
+    run = tmp_path / "run"
+    fit(tiny_config(run, epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir))
+    before = (run / "checkpoint.pt").read_bytes()
+
+    def full_disk(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("alexnet: error: could not write the checkpoint") and "No space left" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left behind

@@ -51,8 +51,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write atomically; a failed write (a full disk) is one line, and the previous checkpoint
+    stays as it was."""
     state = {"format": CHECKPOINT_FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise AlexNetError(f"could not write the checkpoint {path} ({reason}); "
+                           "the previous checkpoint is as it was") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -36,8 +36,24 @@ def setup(device: torch.device) -> Env:
     env = from_environment()
     if env.world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
+                                **_restart_store(env))
     return env
+
+
+def _restart_store(env: Env) -> dict:
+    """After torchrun restarts its workers (``--max-restarts``), the store still holds the dead
+    workers' addresses, and the new group connects to them and fails (seen with gloo on torch
+    2.14; pytorch/pytorch issue 167288 reports it with NCCL). Each restart round gets its own
+    key space in the same store."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not restart:
+        return {}
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env.world,
+                          is_master=env.rank == 0 and not agent_store)
+    return {"store": dist.PrefixStore(f"alexnet/restart-{restart}/", store), "rank": env.rank,
+            "world_size": env.world}
 
 
 def teardown() -> None:
