@@ -458,3 +458,29 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path, fmnist_d
     assert err.startswith("alexnet: error: could not write the checkpoint") and "No space left" in err
     assert (run / "checkpoint.pt").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written file left behind
+
+
+def test_skip_nonfinite_skips_the_bad_batch_counts_it_and_has_a_cap(tmp_path, fmnist_dir, monkeypatch, capsys):
+    """--skip-nonfinite: a batch with a NaN is skipped without touching the weights (the run then
+    trains on), counted in the epoch's record and logged; more than the cap stops the run."""
+    real, count = train.forward_backward, {"n": 0}
+
+    def poisoned(model, optimizer, scaler, rt, x, labels, weight=1.0):
+        count["n"] += 1
+        if count["n"] in (2, 5):
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return real(model, optimizer, scaler, rt, x, labels, weight)
+
+    monkeypatch.setattr(train, "forward_backward", poisoned)
+    result = fit(tiny_config(tmp_path / "ok", epochs=1, limit_train=256, skip_nonfinite=2, fashion_mnist_dir=fmnist_dir))
+    record = result["history"][0]
+    assert record["nonfinite_skipped"] == 2 and math.isfinite(record["train_loss"])
+    assert record["train_images"] == 256 - 2 * 32  # the skipped batches are not counted as trained
+    weights = read_weights(tmp_path / "ok" / "model.safetensors")[0]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert "skipped step 2 of epoch 1: its loss was not finite (1 of at most 2 this epoch)" in capsys.readouterr().out
+    count["n"] = 0
+    with pytest.raises(AlexNetError, match="2 batches of epoch 1 had a loss that was not finite, more than"):
+        fit(tiny_config(tmp_path / "capped", epochs=1, limit_train=256, skip_nonfinite=1,
+                        fashion_mnist_dir=fmnist_dir))

@@ -96,6 +96,8 @@ class OptimConfig:
     bias_decay_mult: float = _f(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
                                      "(decay_mult 0); 1 decays them as weights")
     scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
+    skip_nonfinite: int = _f(0, "skip up to this many batches an epoch whose loss is not finite, leaving the "
+                                "weights untouched (costs a host sync per step); 0 = stop at the first")
     fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
 
 
@@ -217,6 +219,7 @@ def validate(cfg: TrainConfig) -> None:
         (o.bias_decay_mult >= 0, f"--bias-decay-mult must be non-negative, got {o.bias_decay_mult}"),
         (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
         (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
+        (o.skip_nonfinite >= 0, f"--skip-nonfinite must be non-negative, got {o.skip_nonfinite}"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),

@@ -160,14 +160,34 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch
     """Forward under the runtime's autocast, backward through the scaler, update. Returns the
     loss and logits, detached, still on the device. ``weight`` 0 makes a step that changes
     nothing by itself, for a process with no images to take part in the others' step."""
+    loss, logits = forward_backward(model, optimizer, scaler, rt, x, labels, weight)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits
+
+
+def forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rt: Runtime,
+                     x: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of a step, not yet applied: ``train_step`` without the update."""
     with rt.autocast():
         logits = model(x)
         loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+    return loss.detach(), logits.detach()
+
+
+def guarded_step(model, optimizer, scaler, rt: Runtime, x, labels) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``train_step`` that leaves the weights alone when the loss is not finite on any process
+    (a host sync per step): (loss, logits, whether the update was applied)."""
+    loss, logits = forward_backward(model, optimizer, scaler, rt, x, labels)
+    bad = distributed.all_reduce_sum((~torch.isfinite(loss)).double().reshape(1))
+    if bad.item() > 0:
+        optimizer.zero_grad(set_to_none=True)
+        return loss, logits, False
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach(), logits.detach()
+    return loss, logits, True
 
 
 def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int) -> None:
@@ -190,6 +210,7 @@ class EpochState:
     skipped: int = 0
     skipped_files: list = field(default_factory=list)
     elapsed: float = 0.0  # seconds of this epoch before the current process took it up
+    nonfinite: int = 0  # batches skipped because their loss was not finite (--skip-nonfinite)
     bad: torch.Tensor | None = None  # the first step whose loss was not finite (-1: none), on the device
 
     def __post_init__(self) -> None:
@@ -210,24 +231,25 @@ class EpochState:
                    torch.zeros(steps if trace else 0, 3, dtype=torch.float64, device=device))
 
     def state_dict(self) -> dict:
-        return {**{k: getattr(self, k) for k in ("step", "images", "skipped", "skipped_files", "elapsed")},
+        return {**{k: getattr(self, k) for k in ("step", "images", "skipped", "skipped_files", "elapsed", "nonfinite")},
                 "sums": self.sums.cpu(), "trace": self.trace.cpu()}
 
     @classmethod
     def from_state_dict(cls, d: dict, device: torch.device) -> "EpochState":
         return cls(d["step"], d["sums"].to(device), d["trace"].to(device), d["images"], d["skipped"],
-                   list(d["skipped_files"]), d["elapsed"])
+                   list(d["skipped_files"]), d["elapsed"], d.get("nonfinite", 0))
 
 
 def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: TrainAugment,
                     optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
                     generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
                     log_every: float = 30.0, trace: bool = False, state: EpochState | None = None,
-                    after_step: Callable[[EpochState], None] | None = None) -> dict:
+                    after_step: Callable[[EpochState], None] | None = None, skip_nonfinite: int = 0) -> dict:
     """One pass over ``batches``, from ``state``'s step when resuming inside the epoch; with
     ``trace`` the record also holds every step's training loss and error (``trace_loss``,
     ``trace_error``: the curves of the paper's Fig. 1). ``after_step(state)`` runs after
-    every step (mid-epoch checkpoints, stopping on a signal)."""
+    every step (mid-epoch checkpoints, stopping on a signal). ``skip_nonfinite`` N > 0: a batch
+    whose loss is not finite is skipped (the weights untouched), up to N an epoch."""
     model.train()
     state = state or EpochState.fresh(len(batches), trace, rt.device)
     batches.set_epoch(epoch, state.step)
@@ -235,7 +257,7 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
     bar.count = state.step
     start = time.perf_counter() - state.elapsed
     for batch in batches:
-        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state)
+        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state, skip_nonfinite)
         state.step += 1
         if state.step % 10 == 0 or state.step == len(batches):
             state.check_finite(epoch)
@@ -249,10 +271,11 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
             after_step(state)
     bar.close()
     return (_epoch_stats(state.sums, state.images, state.skipped, state.skipped_files, start, epoch, rt)
-            | _trace(state.trace))
+            | _trace(state.trace) | ({"nonfinite_skipped": state.nonfinite} if skip_nonfinite else {}))
 
 
-def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state: EpochState) -> None:
+def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state: EpochState,
+              skip_nonfinite: int = 0) -> None:
     step = state.step
     state.skipped += len(batch.skipped)
     state.skipped_files += batch.skipped[: 10 - len(state.skipped_files)]
@@ -262,7 +285,13 @@ def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, 
             _idle_step(model, optimizer, scaler, rt, augment.crop)
         return
     x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
-    loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
+    if skip_nonfinite:
+        loss, logits, applied = guarded_step(model, optimizer, scaler, rt, x, batch.labels)
+        if not applied:
+            _skip_nonfinite(state, epoch, step, skip_nonfinite, rt)
+            return
+    else:
+        loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
     state.bad = torch.where((state.bad < 0) & ~torch.isfinite(loss), step, state.bad)  # no host sync
     state.images += batch.labels.numel()
     step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
@@ -270,6 +299,16 @@ def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, 
     if len(state.trace):
         state.trace[step, :2] = step_stats
         state.trace[step, 2] = batch.labels.numel()
+
+
+def _skip_nonfinite(state: EpochState, epoch: int, step: int, cap: int, rt: Runtime) -> None:
+    state.nonfinite += 1
+    if state.nonfinite > cap:
+        raise AlexNetError(f"training diverged: {state.nonfinite} batches of epoch {epoch + 1} had a loss that was "
+                           f"not finite, more than --skip-nonfinite {cap}; the last checkpoint is kept as it was")
+    if rt.env.is_main:
+        print(f"alexnet: skipped step {step + 1} of epoch {epoch + 1}: its loss was not finite "
+              f"({state.nonfinite} of at most {cap} this epoch)", flush=True)
 
 
 def _trace(steps: torch.Tensor) -> dict:
@@ -493,7 +532,8 @@ def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scal
     lr = run.schedule.lr(epoch, 0)
     stats = train_one_epoch(run.train_model, run.splits.train, augment, run.optimizer, run.schedule, epoch, rt,
                             generator, scaler, log_every=cfg.log_every, trace=cfg.trace_steps, state=state,
-                            after_step=lambda st: _after_step(run, epoch, generator, st, cadence))
+                            after_step=lambda st: _after_step(run, epoch, generator, st, cadence),
+                            skip_nonfinite=cfg.optim.skip_nonfinite)
     val = evaluate(run.train_model, run.splits.val, center, split="val", autocast=rt.autocast(),
                    channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
     dropped = run.schedule.end_epoch(val.top1_error)
