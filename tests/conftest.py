@@ -89,3 +89,89 @@ def write_fmnist_pngs(folder: Path, split: str, count: int, fmnist_dir: str, sta
         Image.fromarray(x[i, 0].numpy()).save(path)
         out.append((path, int(y[i])))
     return out
+
+
+# ---------------------------------------------------------------------------
+# A tree of odd and hostile files (the file policy of data/folder.py).
+
+# What each odd file must become: an RGB colour the loaded image must be close to (checked at
+# the center), or None for files the policy skips. The good photographs come from write_tree.
+ODD_CONVERTED = {
+    "cmyk.jpg": (255, 0, 0),           # CMYK JPEG of pure red
+    "palette.png": (0, 160, 0),        # palette image
+    "transparent.png": (255, 255, 255),  # fully transparent RGBA: laid over white
+    "palette-transparent.gif": (255, 255, 255),  # palette with a transparent index
+    "sixteen.png": (128, 128, 128),    # 16-bit grayscale at 32896/65535
+    "animated.gif": (200, 0, 0),       # frames red then blue: the first frame
+    "UPPER.JPG": (0, 0, 200),          # upper-case extension
+    "thin.png": (90, 90, 90),          # 1 x 3000 pixels: extreme shape
+}
+ODD_SKIPPED = {
+    "empty.jpg": "empty file",
+    "truncated.jpg": "truncated",
+    "text.png": "not an image",
+    "dangling.jpg": "a dangling link",
+    "bomb.png": "larger than",
+    "pipe.jpg": "not a regular file",
+}
+ODD_BYTES_NAME = b"caf\xe9-latin1.png"  # not UTF-8: read like any other (a grey square)
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb: the data are never there)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def exif_rotated_jpeg(path: Path) -> None:
+    """A JPEG stored on its side (left half dark, right half light) with EXIF orientation 6
+    (rotate 90 degrees clockwise to view): seen upright, its top half is dark."""
+    a = np.zeros((48, 64, 3), np.uint8)
+    a[:, 32:] = 240
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(path, exif=exif, quality=95)
+
+
+def write_odd_files(folder: Path) -> None:
+    """Every odd and hostile kind of file of the policy, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    solid = lambda rgb, size=(40, 40): Image.new("RGB", size, rgb)
+    solid((255, 0, 0)).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    solid((0, 160, 0)).quantize(4).save(folder / "palette.png")
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(folder / "transparent.png")
+    p = Image.new("P", (40, 40), 1)
+    p.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    p.save(folder / "palette-transparent.gif", transparency=1)
+    Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(folder / "sixteen.png")
+    frames = [solid((200, 0, 0)), solid((0, 0, 200))]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    solid((0, 0, 200)).save(folder / "UPPER.JPG", quality=95)
+    Image.new("L", (1, 3000), 90).save(folder / "thin.png")
+    exif_rotated_jpeg(folder / "exif-rotated.jpg")
+    Image.new("L", (40, 40), 128).save(os.fsencode(folder) + b"/" + ODD_BYTES_NAME, format="PNG")
+    (folder / "empty.jpg").write_bytes(b"")
+    solid((10, 10, 10)).save(folder / "whole.jpg")
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "text.png").write_text("not an image at all\n")
+    (folder / "dangling.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / "bomb.png").write_bytes(_png_with_size(40_000, 40_000))
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "folder.jpg").mkdir()  # a directory named like an image: searched, holds nothing
+    (folder / "loop").symlink_to(folder)  # a link back up: visited once
+    (folder / "notes.txt").write_text("ignored: not an image extension\n")
+
+
+def write_odd_tree(root: Path) -> Path:
+    """write_tree's photographs (two classes), with every odd file added to train/cat and val/dog."""
+    write_tree(root, per_class=4, classes=("cat", "dog"))
+    write_odd_files(root / "train" / "cat")
+    write_odd_files(root / "val" / "dog")
+    return root

@@ -75,7 +75,8 @@ def test_unreadable_files_are_skipped_and_counted(image_tree):
         seen += batch.labels.numel()
         skipped += batch.skipped
         assert batch.images.shape[1:] == (3, 48, 48)
-    assert seen == 12 and sorted(Path(p).name for p in skipped) == ["corrupt.jpg", "truncated.jpg"]
+    assert seen == 12 and sorted(Path(p).name for p in skipped) == ["corrupt.jpg (truncated or corrupt)",
+                                                                     "truncated.jpg (truncated or corrupt)"]
 
 
 def test_empty_class_folder_and_missing_paths_are_errors(image_tree, tmp_path):

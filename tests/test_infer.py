@@ -45,24 +45,26 @@ def test_predict_cli_json_and_errors(trained_run, tmp_path, capsys):
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert len(out) == 1 and out[0]["path"].endswith("cat.jpg") and len(out[0]["top"]) == 5
-    assert "skipped unreadable image" in captured.err and "could not read 1 of the files named" in captured.err
+    assert f"skipped {tmp_path / 'broken.jpg'} (not an image" in captured.err
+    assert "could not read 1 of the paths named" in captured.err
     # In a folder it is skipped, named and counted: the run succeeds
     assert main(["predict", str(trained_run), str(tmp_path), "--json", "--workers", "0"]) == 0
     captured = capsys.readouterr()
     assert len(json.loads(captured.out)) == 1 and "skipped 1 unreadable image(s) in the folders" in captured.err
     assert main(["features", str(trained_run), str(tmp_path / "cat.jpg"), str(tmp_path / "broken.jpg"),
                  "--out", str(tmp_path / "f.npz"), "--workers", "0"]) == 1
-    assert "could not read 1 of the files named" in capsys.readouterr().err
-    assert load_features(tmp_path / "f.npz")[0].shape == (1, 4096)  # the readable one is saved
-    assert main(["predict", str(trained_run), str(tmp_path / "missing.jpg")]) == 2
-    assert "missing.jpg not found" in capsys.readouterr().err
+    assert "could not read 1 of the paths named" in capsys.readouterr().err
+    assert load_features(tmp_path / "f.npz").features.shape == (1, 4096)  # the readable one is saved
+    assert main(["predict", str(trained_run), str(tmp_path / "missing.jpg")]) == 1  # like cat: named, status 1
+    assert "missing.jpg (not found)" in capsys.readouterr().err
 
 
 def test_features_are_the_fc7_activations(trained_run, tmp_path, fmnist_dir, capsys):
     write_fmnist_pngs(tmp_path / "imgs", "test", 12, fmnist_dir)
     assert main(["features", str(trained_run), str(tmp_path / "imgs"), "--out", str(tmp_path / "f.npz"),
                  "--workers", "0"]) == 0
-    feats, paths = load_features(tmp_path / "f.npz")
+    feats, paths, layer = load_features(tmp_path / "f.npz")
+    assert layer == "fc7"  # the default: the last hidden layer
     assert feats.shape == (12, 4096) and len(paths) == 12 and (feats >= 0).all()
     model, normalizer, _ = load_model(trained_run)
     x = EvalCrops(normalizer, 67)(torch.stack([load_image(p, 76) for p in paths[:3]]))[:, 0]

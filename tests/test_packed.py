@@ -25,7 +25,7 @@ def test_pack_raw_round_trip_counts_and_skips(tree, tmp_path):
     meta = packed.prepare(tree, tmp_path / "dst", size=32, encoding="raw", workers=1, shard_size=5, progress=False)
     train = meta["splits"]["train"]
     assert train["count"] == 18 and len(train["shards"]) == 4  # 19 files, one unreadable, 5 per shard
-    assert [os.path.basename(p) for p in train["skipped"]] == ["broken.jpg"]
+    assert [os.path.basename(p) for p in train["skipped"]] == ["broken.jpg (not an image Pillow can read)"]
     assert train["bytes"] == 18 * 3 * 32 * 32
     split = packed.PackedSplit(tmp_path / "dst", "train")
     assert split.classes == ["cat", "dog", "fish"] and len(split) == 18
@@ -181,15 +181,45 @@ def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
         build(str(tmp_path / "jpeg"), 32, torch.device("cpu"), Request(batch_size=4, workers=0, gpu_decode=True))
 
 
-def test_truncated_shard_is_named(tree, tmp_path):
-    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
-    split = packed.PackedSplit(tmp_path / "dst", "train")
-    last = len(split) - 1
-    shard = tmp_path / "dst" / "train-00000.bin"
-    shard.write_bytes(shard.read_bytes()[:-10])
-    split.batch([0])  # images before the cut still read
-    with pytest.raises(AlexNetError, match="train-00000.bin is shorter than its index"):
-        split.batch([last])
+def test_a_damaged_shard_is_named_in_one_line_and_prepare_repairs_it(tree, tmp_path, capsys):
+    """Damage after prepare: a truncated shard is refused when the split opens; bytes overwritten
+    in place are caught by the image's checksum when read (in a loader worker too, still one
+    line); prepare --verify finds both and, given the source, rewrites exactly the damaged shards."""
+    from alexnet.cli import main
+
+    dst = tmp_path / "dst"
+    packed.prepare(tree, dst, size=32, encoding="jpeg", workers=1, shard_size=6, progress=False)
+    assert main(["prepare", "--verify", str(dst)]) == 0
+    assert "7 of 7 shard(s) intact" in capsys.readouterr().out  # 19 + 18 files in shards of 6
+    shards = {n: (dst / f"{n}.bin").read_bytes() for n in ("train-00001", "val-00000")}
+    split = packed.PackedSplit(dst, "train")
+    (dst / "train-00001.bin").write_bytes(shards["train-00001"][:-10])  # truncated after it was opened
+    with pytest.raises(AlexNetError, match="train-00001.bin is shorter than its index"):
+        split.batch([i for i in range(len(split)) if split._shard[i] == 1])
+    with pytest.raises(AlexNetError, match=r"train-00001.bin is damaged: [\d,]+ bytes where its index says"):
+        packed.PackedSplit(dst, "train")
+    bad = bytearray(shards["val-00000"])
+    bad[len(bad) // 2: len(bad) // 2 + 64] = bytes(64)  # overwritten in place: the same size
+    (dst / "val-00000.bin").write_bytes(bytes(bad))
+    val = packed.PackedSplit(dst, "val")  # the size check passes
+    with pytest.raises(AlexNetError, match=r"val-00000.bin is damaged: image \d+'s bytes do not match"):
+        val.batch(list(range(len(val))))
+    assert main(["prepare", "--verify", str(dst)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "train-00001.bin is damaged" in err[0] and "val-00000.bin is damaged" in err[1]
+    splits = build(str(dst), 32, torch.device("cpu"), Request(splits=("val",), batch_size=9, workers=1))
+    with pytest.raises(AlexNetError) as caught:
+        next(iter(splits.val))  # read in a worker process
+    splits.close()
+    assert "val-00000.bin is damaged" in caught.value.args[0]
+    from alexnet.errors import one_line
+    assert one_line(caught.value).startswith("packed shard ") and "\n" not in one_line(caught.value)
+    before = {n: (dst / f"{n}.bin").stat().st_mtime_ns for n in ("train-00000", "train-00002")}
+    assert main(["prepare", str(tree), str(dst), "--size", "32", "--shard-size", "6", "--verify",
+                 "--workers", "1"]) == 0
+    assert main(["prepare", "--verify", str(dst)]) == 0
+    assert {n: (dst / f"{n}.bin").read_bytes() for n in shards} == shards  # rewritten as they were
+    assert {n: (dst / f"{n}.bin").stat().st_mtime_ns for n in before} == before  # the intact ones untouched
 
 
 def test_close_stops_the_loader_processes(tree, tmp_path):
@@ -224,5 +254,5 @@ def test_names_in_any_byte_encoding_pack_and_print(tree, tmp_path, capsys):
     meta = packed.read_meta(tmp_path / "dst")
     assert meta["classes"] == ["cat", "dog", "poisson-\\xe9"]
     assert meta["splits"]["train"]["count"] == 18  # every readable image, the renamed ones too
-    assert sorted(os.path.basename(p) for p in meta["splits"]["train"]["skipped"]) == ["\\xe9t\\xe9-broken.jpg",
-                                                                                      "broken.jpg"]
+    skipped = meta["splits"]["train"]["skipped"]
+    assert sorted(os.path.basename(p).split(" (")[0] for p in skipped) == ["\\xe9t\\xe9-broken.jpg", "broken.jpg"]

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Sequence
 
-from .errors import AlexNetError
+from .errors import AlexNetError, one_line
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +98,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.packed import prepare
 
+    if args.dst is None:
+        return _verify_packed(args)
     meta = prepare(args.src, args.dst, size=args.size, encoding=args.encoding, quality=args.quality,
-                   workers=args.workers, shard_size=args.shard_size, progress=not args.json)
+                   workers=args.workers, shard_size=args.shard_size, progress=not args.json, verify=args.verify)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
@@ -111,6 +113,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     print(f"{len(meta['classes'])} classes, {meta['size']}x{meta['size']} {meta['encoding']}"
           f"{' q' + str(meta['quality']) if meta['quality'] else ''}; {args.dst} ({meta['seconds']:.1f}s)")
     return 0
+
+
+def _verify_packed(args: argparse.Namespace) -> int:
+    """``alexnet prepare --verify PACKED``: hash every shard; exit 1 naming each damaged one."""
+    from .data.packed import verify
+
+    if not args.verify:
+        raise AlexNetError("prepare needs SRC and DST (or --verify PACKED to check a packed dataset)")
+    report = verify(args.src, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    for line in report["damaged"]:
+        print(f"alexnet: error: {line}", file=sys.stderr)
+    if not args.json:
+        ok = report["shards"] - len(report["damaged"])
+        print(f"{ok} of {report['shards']} shard(s) intact ({report['bytes'] / 2**20:,.1f} MiB checked)")
+    return 1 if report["damaged"] else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -145,20 +164,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(r["path"])
             for t in r["top"]:
                 print(f"  {100 * t['prob']:6.2f}%  {t['class']}")
-    return _unreadable_status(args.inputs, skipped)
+    return _unreadable_status(args.inputs, skipped, len(results))
 
 
-def _unreadable_status(inputs: list[str], skipped: list[str]) -> int:
-    """The exit status once the readable images are done: 1 when a file named on the command line
-    could not be read (a script must see that nothing came of it), else 0; unreadable files found
-    in named folders are skipped, named (above) and counted."""
+def _unreadable_status(inputs: list[str], skipped: list[str], done: int) -> int:
+    """The exit status once the readable images are done (``done`` of them): 1 when a file or
+    folder named on the command line gave no image, or no image at all could be read (a script
+    must see that nothing came of it), else 0; unreadable files found in named folders are
+    skipped, named (above) and counted."""
     from .files import printable
 
     named = [p for p in skipped if p in {printable(i) for i in inputs}]
     if len(skipped) > len(named):
         print(f"alexnet: skipped {len(skipped) - len(named)} unreadable image(s) in the folders given", file=sys.stderr)
     if named:
-        print(f"alexnet: error: could not read {len(named)} of the files named: {', '.join(named)}", file=sys.stderr)
+        print(f"alexnet: error: could not read {len(named)} of the paths named: {', '.join(named)}", file=sys.stderr)
+        return 1
+    if not done:
+        print("alexnet: error: no image could be read", file=sys.stderr)
         return 1
     return 0
 
@@ -167,19 +190,19 @@ def cmd_features(args: argparse.Namespace) -> int:
     from .infer import extract_features, save_features
 
     skipped: list[str] = []
-    feats, paths = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size,
-                                    device=args.device, workers=args.workers, precision=args.precision,
-                                    skipped=skipped)
-    save_features(args.out, feats, paths, args.layer, args.weights)
-    print(f"{len(paths)} images x {feats.shape[1]} {args.layer} activations -> {args.out}")
-    return _unreadable_status(args.inputs, skipped)
+    found = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size, device=args.device,
+                             workers=args.workers, precision=args.precision, skipped=skipped)
+    save_features(args.out, found, args.weights)
+    print(f"{len(found.paths)} images x {found.features.shape[1]} {found.layer} activations -> {args.out}")
+    return _unreadable_status(args.inputs, skipped, len(found.paths))
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from .infer import neighbors
 
+    skipped: list[str] = []
     results = neighbors(args.weights, args.query, args.gallery, k=args.k, layer=args.layer, out=args.out,
-                        device=args.device, progress=not args.json)
+                        device=args.device, progress=not args.json, skipped=skipped)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -188,7 +211,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
             for n in r["neighbors"]:
                 print(f"  {n['distance']:10.3f}  {n['path']}")
         print(f"grid: {args.out}")
-    return 0
+    return _unreadable_status(args.query + args.gallery, skipped, len(results))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -316,9 +339,13 @@ def _prepare(sub) -> None:
                        formatter_class=_Help,
                        description="Decode SRC/train (and SRC/val, SRC/test where present) once, resize (shorter "
                                    "side to --size, center crop) and store them in DST as JPEG or raw uint8 shards. "
-                                   "Interrupted? Run it again.")
+                                   "Interrupted, or a shard damaged? Run it again. `alexnet prepare --verify PACKED` "
+                                   "checks every shard against its checksum.")
     p.add_argument("src", help="folder with a train/ class-per-folder tree, and optionally val/ and test/")
-    p.add_argument("dst", help="output directory (train with --data DST)")
+    p.add_argument("dst", nargs="?", help="output directory (train with --data DST)")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every shard in full: with SRC and DST, rewrite those damaged; with one packed "
+                        "dataset alone, report them (exit 1 if any)")
     p.add_argument("--size", type=int, default=256, help="stored side in pixels (the paper's 256)")
     p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"), help="how images are stored")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
@@ -365,7 +392,8 @@ def _features(sub) -> None:
                        formatter_class=_Help)
     _weights(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
-    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"), help="which activations")
+    p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (the default; LeNet-5: s4, c5 or f6, "
+                                   "the default)")
     p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     _device(p)
@@ -382,7 +410,8 @@ def _neighbors(sub) -> None:
     p.add_argument("--gallery", nargs="+", required=True, metavar="DIR_OR_NPZ",
                    help="images to search, or a features .npz from alexnet features")
     p.add_argument("--k", type=int, default=6, help="neighbours per query")
-    p.add_argument("--layer", default="fc7", choices=("pool5", "fc6", "fc7"), help="the space distances are taken in")
+    p.add_argument("--layer", help="the space distances are taken in: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); "
+                                   "default the gallery file's, else fc7 (f6)")
     p.add_argument("--out", default="neighbors.png", help="the PNG grid")
     _device(p)
     _json(p)
@@ -516,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except AlexNetError as e:
-        print(f"alexnet: error: {e}", file=sys.stderr)
+        print(f"alexnet: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)

@@ -6,16 +6,17 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .files import atomic_write
+from .files import atomic_write, printable
 from .classes import class_names
 from .data import loader as data_loader
-from .data.folder import IMAGE_EXTENSIONS, UNREADABLE, load_image, resolve_workers
+from .data.folder import UnreadableImage, image_files, load_image, resolve_workers
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
@@ -75,20 +76,21 @@ def _check_classes(data: str, found: list[str], expected: list[str]) -> None:
 # Predict, features, neighbours.
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files as given; folders searched recursively for images, sorted."""
+def expand_inputs(inputs: list[str], skipped: list[str] | None = None) -> list[str]:
+    """Files as given; folders searched recursively for images, sorted. A folder with no image
+    in it is named on stderr and added to ``skipped``; a named file that cannot be read is
+    found out when it is loaded, like any other (the file policy, data/folder.py)."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(root, f) for root, _, names in os.walk(item) for f in names
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(image_files(item))
             if not found:
-                raise AlexNetError(f"{item} holds no images")
+                print(f"alexnet: warning: skipped {printable(item)} (a folder with no images)", file=sys.stderr)
+                if skipped is not None:
+                    skipped.append(printable(item))
             paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
         else:
-            raise AlexNetError(f"{item} not found")
+            paths.append(item)
     return paths
 
 
@@ -102,23 +104,23 @@ class _Paths(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return load_image(self.paths[i], self.size), i, self.paths[i]
-        except UNREADABLE:
-            return None, i, self.paths[i]
+        except UnreadableImage as e:
+            return str(e), i, self.paths[i]
 
 
 def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool,
                    skipped: list[str] | None = None):
-    """(uint8 images (B, 3, S, S), their paths) in batches; unreadable files are skipped with a
-    warning, and added to ``skipped`` when given."""
+    """(uint8 images (B, 3, S, S), their paths) in batches; the files the policy skips are named
+    on stderr with the reason, and added (printable) to ``skipped`` when given."""
     workers = min(resolve_workers(workers), max(len(paths) // batch_size, 0))  # no more than batches
     loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
                                          collate_fn=data_loader._collate)
     bar = Progress(len(paths), desc, enabled=progress, log_every=10)
     for images, index, unreadable in loader:
-        for path in unreadable:
-            print(f"alexnet: warning: skipped unreadable image {path}", file=sys.stderr)
+        for path, why in unreadable:
+            print(f"alexnet: warning: skipped {path} ({why})", file=sys.stderr)
         if skipped is not None:
-            skipped += unreadable
+            skipped += [path for path, _ in unreadable]
         bar.update(len(index) + len(unreadable))
         if images is not None:
             yield images, [paths[i] for i in index.tolist()]
@@ -176,48 +178,63 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
     k = min(topk, len(names))
     crops = net.crops(ten_crop)
     results = []
-    for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
+    for images, paths in iterate_images(expand_inputs(inputs, skipped), net.meta["resize"], batch_size, workers,
                                         "predict", progress, skipped):
         views = crops(images.to(net.device))  # (B, V, 3, crop, crop)
         v = views.shape[1]
         probs = average_views(net(views.flatten(0, 1)), v)
         top = probs.topk(k, dim=1)
         for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
-            results.append({"path": path, "protocol": "ten-crop" if ten_crop else "center",
+            results.append({"path": printable(path), "protocol": "ten-crop" if ten_crop else "center",
                             "top": [{"index": i, "class": names[i], "prob": q} for i, q in zip(idx, p)]})
     return results
 
 
+class Features(NamedTuple):
+    """A hidden layer's activations for a list of images."""
+
+    features: np.ndarray  # (N, D) float32
+    paths: list[str]
+    layer: str
+
+
 @torch.no_grad()
-def extract_features(weights: str | Path, inputs: list[str], layer: str = "fc7", batch_size: int = 64,
+def extract_features(weights: str | Path, inputs: list[str], layer: str | None = None, batch_size: int = 64,
                      device: str = "auto", workers: int = -1, progress: bool = True,
-                     precision: str = "fp32", skipped: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Activations of ``layer`` (center crop, eval mode) for every readable image: (N, D) float32
-    and the paths; the unreadable ones are named on stderr and added to ``skipped``."""
+                     precision: str = "fp32", skipped: list[str] | None = None) -> Features:
+    """Activations of ``layer`` (center crop, eval mode; default the network's last hidden layer:
+    fc7, or LeNet-5's f6) for every readable image; the unreadable ones are named on stderr and
+    added to ``skipped``."""
     net = Loaded.from_path(weights, device, precision)
+    layers = net.model.feature_layers
+    layer = layer or layers[-1]
+    if layer not in layers:
+        raise AlexNetError(f"{net.meta['variant']} has no layer {layer!r}; choose one of {', '.join(layers)}")
     crops = net.crops(False)
     feats, kept = [], []
-    for images, paths in iterate_images(expand_inputs(inputs), net.meta["resize"], batch_size, workers,
+    for images, paths in iterate_images(expand_inputs(inputs, skipped), net.meta["resize"], batch_size, workers,
                                         f"features {layer}", progress, skipped):
         x = crops(images.to(net.device))[:, 0]
         feats.append(net(x, layer).cpu().numpy())
         kept += paths
-    return np.concatenate(feats), kept
+    if not feats:
+        raise AlexNetError(f"none of the {len(inputs)} input(s) held a readable image")
+    return Features(np.concatenate(feats), kept, layer)
 
 
-def save_features(path: str | Path, features: np.ndarray, paths: list[str], layer: str, weights: str) -> None:
+def save_features(path: str | Path, features: Features, weights: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, features=features, paths=np.asarray(paths, dtype=str), layer=np.asarray(layer),
-                     weights=np.asarray(str(weights)))
+            np.savez(f, features=features.features, paths=np.asarray(features.paths, dtype=str),
+                     layer=np.asarray(features.layer), weights=np.asarray(str(weights)))
 
     atomic_write(path, write)
 
 
-def load_features(path: str | Path) -> tuple[np.ndarray, list[str]]:
+def load_features(path: str | Path) -> Features:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return z["features"], [str(p) for p in z["paths"]]
+            return Features(z["features"], [str(p) for p in z["paths"]], str(z["layer"]))
     except (OSError, ValueError, KeyError) as e:
         raise AlexNetError(f"{path} is not a features file written by alexnet features ({e})") from None
 
@@ -231,6 +248,17 @@ def nearest(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarra
     return idx.numpy(), dist.numpy()
 
 
+def _thumbnail(path: str, size: int):
+    """The image as a tile; a light grey one when it can no longer be read (a gallery saved
+    with ``alexnet features`` may name files since moved)."""
+    from PIL import Image
+
+    try:
+        return Image.fromarray(load_image(path, size).permute(1, 2, 0).numpy())
+    except UnreadableImage:
+        return Image.new("RGB", (size, size), (200, 200, 200))
+
+
 def neighbor_grid(query_paths: list[str], neighbor_paths: list[list[str]], out: str | Path, thumb: int = 96) -> None:
     """A PNG: one row per query, the query first, then its neighbours left to right."""
     from PIL import Image, ImageDraw
@@ -241,7 +269,7 @@ def neighbor_grid(query_paths: list[str], neighbor_paths: list[list[str]], out: 
     draw = ImageDraw.Draw(grid)
     for r, (q, ns) in enumerate(zip(query_paths, neighbor_paths)):
         for c, path in enumerate([q, *ns]):
-            tile = Image.fromarray(load_image(path, thumb).permute(1, 2, 0).numpy())
+            tile = _thumbnail(path, thumb)
             x, y = pad + c * (thumb + pad), pad + r * (thumb + pad)
             grid.paste(tile, (x, y))
             if c == 0:
@@ -249,14 +277,23 @@ def neighbor_grid(query_paths: list[str], neighbor_paths: list[list[str]], out: 
     atomic_write(out, lambda tmp: grid.save(tmp, format="PNG"))
 
 
-def neighbors(weights: str | Path, queries: list[str], gallery: list[str], k: int = 6, layer: str = "fc7",
-              out: str | Path = "neighbors.png", device: str = "auto", progress: bool = True) -> list[dict]:
-    """For each query image, the k gallery images nearest in ``layer`` space (the paper's Fig. 4)."""
+def neighbors(weights: str | Path, queries: list[str], gallery: list[str], k: int = 6, layer: str | None = None,
+              out: str | Path = "neighbors.png", device: str = "auto", progress: bool = True,
+              skipped: list[str] | None = None) -> list[dict]:
+    """For each query image, the k gallery images nearest in ``layer`` space (the paper's Fig. 4;
+    default: the gallery file's layer, else the last hidden layer). Unreadable queries and
+    gallery images are skipped, named on stderr and added to ``skipped``."""
     if len(gallery) == 1 and str(gallery[0]).endswith(".npz"):
-        g_feats, g_paths = load_features(gallery[0])
+        g_feats, g_paths, g_layer = load_features(gallery[0])
+        if layer not in (None, g_layer):
+            raise AlexNetError(f"{gallery[0]} holds {g_layer} features; the queries must be compared in the same "
+                               f"layer (drop --layer {layer})")
+        layer = g_layer
     else:
-        g_feats, g_paths = extract_features(weights, gallery, layer, device=device, progress=progress)
-    q_feats, q_paths = extract_features(weights, queries, layer, device=device, progress=progress)
+        g_feats, g_paths, layer = extract_features(weights, gallery, layer, device=device, progress=progress,
+                                                   skipped=skipped)
+    q_feats, q_paths, _ = extract_features(weights, queries, layer, device=device, progress=progress,
+                                           skipped=skipped)
     idx, dist = nearest(q_feats, g_feats, k + 1)
     results = []
     for qi, qp in enumerate(q_paths):
@@ -264,4 +301,5 @@ def neighbors(weights: str | Path, queries: list[str], gallery: list[str], k: in
                  if os.path.abspath(g_paths[j]) != os.path.abspath(qp)][:k]  # a query is not its own neighbour
         results.append({"query": qp, "neighbors": [{"path": p, "distance": d} for p, d in pairs]})
     neighbor_grid([r["query"] for r in results], [[n["path"] for n in r["neighbors"]] for r in results], out)
-    return results
+    return [{"query": printable(r["query"]),
+             "neighbors": [{**n, "path": printable(n["path"])} for n in r["neighbors"]]} for r in results]

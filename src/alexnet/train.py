@@ -546,8 +546,8 @@ def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scal
              f"{record['images_per_sec']:.0f} img/s"
              + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
              + (" | lr divided by 10" if dropped else ""))
-    for path in record["skipped_files"]:
-        _log(rt, f"  skipped unreadable file: {path}")
+    for path in record["skipped_files"]:  # "PATH (why)", the first ten
+        _log(rt, f"  skipped {path}")
     return record, val
 
 

@@ -33,7 +33,7 @@ from .packed import PackedSplit, is_packed, read_meta
 class Batch:
     images: torch.Tensor  # uint8 (B, C, S, S) on the device
     labels: torch.Tensor  # int64 (B,)
-    skipped: list[str] = field(default_factory=list)  # unreadable files dropped from this batch
+    skipped: list[str] = field(default_factory=list)  # "PATH (why)" of each file dropped from this batch
 
 
 # Batches each loader worker keeps ready. A benchmark of the loader must warm up past
@@ -133,9 +133,11 @@ class TensorBatches(Batches):
             yield Batch(resize_batch(self.images[idx], self.size), self.labels[idx])
 
 
-def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
-    good = [(img, label) for img, label, _ in items if img is not None]
-    skipped = [printable(path) for img, _, path in items if img is None]  # shown and logged: any bytes
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
+    """Stack the (image, label, path) items that hold an image; the others hold the reason their
+    file was skipped (a str), returned as (printable path, reason) pairs."""
+    good = [(img, label) for img, label, _ in items if not isinstance(img, str)]
+    skipped = [(printable(path), img) for img, _, path in items if isinstance(img, str)]  # any bytes
     if not good:
         return None, torch.empty(0, dtype=torch.long), skipped
     return torch.stack([g[0] for g in good]), torch.tensor([g[1] for g in good]), skipped
@@ -179,6 +181,7 @@ class FolderBatches(Batches):
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels, skipped in self.loader:
+            skipped = [f"{path} ({why})" for path, why in skipped]
             if images is None:  # every file of this batch was unreadable
                 yield Batch(torch.empty(0, 3, self.dataset.resize, self.dataset.resize, dtype=torch.uint8,
                                         device=self.device), labels.to(self.device), skipped)
