@@ -1,4 +1,4 @@
-"""Training: the paper's recipe, ``train_one_epoch``, and ``fit(cfg)``.
+"""Training: the paper's recipe, ``train_one_epoch``, the ``Run`` it belongs to, and ``fit(cfg)``.
 
 The run directory receives ``config.json`` (the resolved config), one line of
 ``metrics.jsonl`` per epoch, ``checkpoint.pt`` after every epoch (atomically; also
@@ -446,191 +446,191 @@ def _wrap(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
     return torch.compile(model) if cfg.compile else model
 
 
-@dataclass
-class _Run:
-    """Everything one training run holds, set up by ``_setup``."""
+class Run:
+    """One training run: built once from the config (and a checkpoint when resuming), then
+    trained an epoch at a time, checkpointed (at epoch ends, inside epochs, on a signal) and
+    finished. Everything the loop needs lives here, so each of those is a method of a few lines.
 
-    cfg: TrainConfig
-    rt: Runtime
-    out: Path
-    splits: data_loader.Splits
-    model: nn.Module  # the plain network (what is saved)
-    train_model: nn.Module  # what the loop calls (DDP, compiled)
-    normalizer: Normalizer
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    history: list[dict]
-    start_epoch: int
-    meta_base: dict
-    position: dict | None = None  # where inside start_epoch a mid-epoch checkpoint left off
+    ``model`` is the plain network (what is saved); ``train_model`` what the loop calls (under
+    DDP and torch.compile); ``position`` where a mid-epoch checkpoint left ``start_epoch``."""
 
+    def __init__(self, cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> None:
+        pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
+        validate(cfg)
+        self.cfg, self.rt, self.out, self.resumed = cfg, resolve_runtime(cfg), Path(cfg.out), ckpt is not None
+        _check_out(self.out, self.resumed, overwrite)
+        self.splits = _splits(cfg, self.rt)
+        model, self.normalizer = _model(cfg, self.splits, ckpt, pretrained)
+        self.model = _place(model, self.rt)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
+        self.history, self.start_epoch, self.position = [], 0, None
+        if ckpt is not None:
+            self._load_state(ckpt)
+        self.train_model = _wrap(self.model, cfg, self.rt)
+        self.meta_base = dict(variant=cfg.model.variant, classes=self.splits.classes, crop=crop_size(cfg),
+                              resize=cfg.data.resize)
+        dev_norm = self.normalizer.to(self.rt.device)
+        d = cfg.data
+        self.augment = TrainAugment(dev_norm, crop_size(cfg), d.random_crop, d.flip, d.lighting)
+        self.center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
+        self.final_crops = EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop)
+        self.scaler = make_scaler(self.rt)
 
-def _setup(cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> _Run:
-    pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
-    validate(cfg)
-    rt = resolve_runtime(cfg)
-    out = Path(cfg.out)
-    _check_out(out, ckpt is not None, overwrite)
-    splits = _splits(cfg, rt)
-    model, normalizer = _model(cfg, splits, ckpt, pretrained)
-    model = _place(model, rt)
-    optimizer = build_optimizer(model, cfg.optim)
-    schedule = LRSchedule(cfg.optim, len(splits.train))
-    history, start_epoch = [], 0
-    if ckpt is not None:
+    def _load_state(self, ckpt: dict) -> None:
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError:  # the parameters are laid out differently (one device or two, groups)
-            raise AlexNetError(f"{out / CHECKPOINT_NAME}: the optimizer state does not fit these parameter groups; "
-                               "resume with the run's own --model-parallel, --freeze and multiplier settings") from None
-        schedule.load_state_dict(ckpt["schedule"])
-        history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-    meta_base = dict(variant=cfg.model.variant, classes=splits.classes, crop=crop_size(cfg), resize=cfg.data.resize)
-    return _Run(cfg, rt, out, splits, model, _wrap(model, cfg, rt), normalizer, optimizer, schedule, history,
-                start_epoch, meta_base, ckpt.get("position") if ckpt else None)
+            raise AlexNetError(f"{self.out / CHECKPOINT_NAME}: the optimizer state does not fit these parameter "
+                               "groups; resume with the run's own --model-parallel, --freeze and multiplier "
+                               "settings") from None
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.history, self.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+        self.position = ckpt.get("position")
 
+    # -- the run directory --------------------------------------------------------------
 
-def _open_run_dir(run: _Run, resumed: bool) -> None:
-    """config.json and metrics.jsonl (exactly the epochs the checkpoint has: a kill between
-    the two writes loses nothing); a fresh run (--overwrite) removes the earlier run's files,
-    so a directory never mixes two runs."""
-    if not run.rt.env.is_main:
-        return
-    run.out.mkdir(parents=True, exist_ok=True)
-    if not resumed:
-        for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
-            (run.out / name).unlink(missing_ok=True)
-    atomic_write_text(run.out / "config.json", json.dumps(to_dict(run.cfg), indent=2) + "\n")
-    atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
+    def open(self) -> None:
+        """config.json and metrics.jsonl (exactly the epochs the checkpoint has: a kill between
+        the two writes loses nothing); a fresh run (--overwrite) removes the earlier run's files,
+        so a directory never mixes two runs. Then the run's first line."""
+        if self.rt.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not self.resumed:
+                for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
+                    (self.out / name).unlink(missing_ok=True)
+            atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.cfg), indent=2) + "\n")
+            atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        self._announce()
 
+    def _announce(self) -> None:
+        cfg, rt, d = self.cfg, self.rt, self.cfg.data
+        crop = crop_size(cfg)
+        where = ", ".join(map(str, rt.towers)) + " (two towers)" if rt.towers else str(rt.device)
+        if self.position:
+            state = f"resuming in epoch {self.start_epoch + 1} after step {self.position['ranks'][0]['state']['step']}"
+        else:
+            state = f"resuming after epoch {self.start_epoch}" if self.resumed else f"run directory {self.out}"
+        _log(rt, f"alexnet: {cfg.model.variant} network, {sum(p.numel() for p in self.model.parameters()):,} "
+                 f"parameters, {cfg.model.num_classes} classes, input {crop}x{crop} from {d.resize}x{d.resize}; "
+                 f"{self.splits.train.num_images:,} training images; {self.splits.describe_val()}; device {where}"
+                 f"{f' x {rt.env.world} processes' if rt.env.world > 1 else ''}; {state}")
 
-def _announce(run: _Run, resumed: bool) -> None:
-    cfg, rt, d = run.cfg, run.rt, run.cfg.data
-    crop = crop_size(cfg)
-    where = ", ".join(map(str, rt.towers)) + " (two towers)" if rt.towers else str(rt.device)
-    _log(rt, f"alexnet: {cfg.model.variant} network, {sum(p.numel() for p in run.model.parameters()):,} "
-             f"parameters, {cfg.model.num_classes} classes, input {crop}x{crop} from {d.resize}x{d.resize}; "
-             f"{run.splits.train.num_images:,} training images; {run.splits.describe_val()}; device {where}"
-             f"{f' x {rt.env.world} processes' if rt.env.world > 1 else ''}; "
-             f"{_resuming(run) if resumed else 'run directory ' + str(run.out)}")
+    # -- an epoch -------------------------------------------------------------------------
 
+    def epoch(self, epoch: int, cadence: Cadence) -> tuple[dict, EvalResult]:
+        """Train one epoch (from where a mid-epoch checkpoint left it) and validate: the epoch's
+        record, and its validation result."""
+        cfg, rt = self.cfg, self.rt
+        generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
+        state = self._restore(generator) if self.position else None
+        self.position = None
+        lr = self.schedule.lr(epoch, 0)
+        stats = train_one_epoch(self.train_model, self.splits.train, self.augment, self.optimizer, self.schedule,
+                                epoch, rt, generator, self.scaler, log_every=cfg.log_every, trace=cfg.trace_steps,
+                                state=state, after_step=lambda st: self._after_step(epoch, generator, st, cadence),
+                                skip_nonfinite=cfg.optim.skip_nonfinite)
+        val = self.validate(self.center)
+        dropped = self.schedule.end_epoch(val.top1_error)
+        record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val.loss, "val_top1": val.top1,
+                  "val_top5": val.top5, "val_top1_error": val.top1_error, "val_top5_error": val.top5_error,
+                  "val_skipped": val.skipped}
+        self._log_epoch(record, val, dropped)
+        return record, val
 
-def _resuming(run: _Run) -> str:
-    if run.position:
-        return f"resuming in epoch {run.start_epoch + 1} after step {run.position['ranks'][0]['state']['step']}"
-    return f"resuming after epoch {run.start_epoch}"
+    def validate(self, crops: EvalCrops) -> EvalResult:
+        rt = self.rt
+        return evaluate(self.train_model, self.splits.val, crops, split="val", autocast=rt.autocast(),
+                        channels_last=rt.channels_last, progress=rt.env.is_main, log_every=self.cfg.log_every)
 
+    def _log_epoch(self, record: dict, val: EvalResult, dropped: bool) -> None:
+        _log(self.rt, f"epoch {record['epoch']}/{self.cfg.optim.epochs}: train loss {record['train_loss']:.4f} "
+                      f"top-1 {100 * record['train_top1']:.2f}% | val top-1 {100 * val.top1:.2f}% "
+                      f"top-5 {100 * val.top5:.2f}% | lr {record['lr']:.3g} | {record['epoch_time']:.0f}s "
+                      f"{record['images_per_sec']:.0f} img/s"
+                      + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
+                      + (" | lr divided by 10" if dropped else ""))
+        for path in record["skipped_files"]:  # "PATH (why)", the first ten
+            _log(self.rt, f"  skipped {path}")
 
-def _epoch(run: _Run, epoch: int, augment: TrainAugment, center: EvalCrops, scaler,
-           cadence: Cadence) -> tuple[dict, EvalResult]:
-    """Train one epoch (from where a mid-epoch checkpoint left it) and validate: the epoch's
-    record, and its validation result."""
-    cfg, rt = run.cfg, run.rt
-    generator = seed_epoch(cfg.seed, epoch, rt.env.rank, rt.device)
-    state = _restore(run.position, generator, rt) if run.position else None
-    run.position = None
-    lr = run.schedule.lr(epoch, 0)
-    stats = train_one_epoch(run.train_model, run.splits.train, augment, run.optimizer, run.schedule, epoch, rt,
-                            generator, scaler, log_every=cfg.log_every, trace=cfg.trace_steps, state=state,
-                            after_step=lambda st: _after_step(run, epoch, generator, st, cadence),
-                            skip_nonfinite=cfg.optim.skip_nonfinite)
-    val = evaluate(run.train_model, run.splits.val, center, split="val", autocast=rt.autocast(),
-                   channels_last=rt.channels_last, progress=rt.env.is_main, log_every=cfg.log_every)
-    dropped = run.schedule.end_epoch(val.top1_error)
-    record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val.loss, "val_top1": val.top1,
-              "val_top5": val.top5, "val_top1_error": val.top1_error, "val_top5_error": val.top5_error,
-              "val_skipped": val.skipped}
-    _log(rt, f"epoch {epoch + 1}/{cfg.optim.epochs}: train loss {record['train_loss']:.4f} "
-             f"top-1 {100 * record['train_top1']:.2f}% | val top-1 {100 * val.top1:.2f}% "
-             f"top-5 {100 * val.top5:.2f}% | lr {lr:.3g} | {record['epoch_time']:.0f}s "
-             f"{record['images_per_sec']:.0f} img/s"
-             + (f" | skipped {record['skipped']} unreadable" if record["skipped"] else "")
-             + (" | lr divided by 10" if dropped else ""))
-    for path in record["skipped_files"]:  # "PATH (why)", the first ten
-        _log(rt, f"  skipped {path}")
-    return record, val
+    # -- checkpoints ----------------------------------------------------------------------
 
+    def save_epoch(self, record: dict) -> None:
+        """The checkpoint (atomically), then the epoch's line of metrics.jsonl."""
+        self.history.append(record)
+        if self.rt.env.is_main:
+            self.checkpoint(record["epoch"])
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        distributed.barrier()
 
-def _save_epoch(run: _Run, record: dict) -> None:
-    """The checkpoint (atomically), then the epoch's line of metrics.jsonl."""
-    run.history.append(record)
-    if run.rt.env.is_main:
-        _write_checkpoint(run, record["epoch"])
-        with open(run.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-    distributed.barrier()
+    def checkpoint(self, epochs_done: int, position: dict | None = None) -> None:
+        """Everything the run needs to continue, atomically; ``position``: the place inside the
+        next epoch (a checkpoint taken mid-epoch)."""
+        save_checkpoint(self.out / CHECKPOINT_NAME, {
+            "config": to_dict(self.cfg), "epoch": epochs_done, "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+            "normalizer": self.normalizer.state_dict(), "history": self.history,
+            "meta": metadata_record(self.model, **self.meta_base), "position": position})
 
+    def _position(self, epoch: int, generator: torch.Generator, state: EpochState) -> dict:
+        """Every process's place inside ``epoch``: its sums so far and the random states (dropout,
+        augmentation) the rest of the epoch draws from, so that it continues exactly."""
+        rt = self.rt
+        own = {"state": state.state_dict(), "rng": torch.get_rng_state(), "augment": generator.get_state().cpu(),
+               "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+        return {"epoch": epoch, "ranks": distributed.gather_lists([own])}
 
-def _write_checkpoint(run: _Run, epochs_done: int, position: dict | None = None) -> None:
-    """Everything a run needs to continue, atomically; ``position``: the place inside the next
-    epoch (a checkpoint taken mid-epoch)."""
-    save_checkpoint(run.out / CHECKPOINT_NAME, {
-        "config": to_dict(run.cfg), "epoch": epochs_done, "model": unwrap(run.model).state_dict(),
-        "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
-        "normalizer": run.normalizer.state_dict(), "history": run.history,
-        "meta": metadata_record(run.model, **run.meta_base), "position": position})
+    def _restore(self, generator: torch.Generator) -> EpochState:
+        """This process's random states and sums from a mid-epoch checkpoint."""
+        ranks, rt = self.position["ranks"], self.rt
+        if len(ranks) != rt.env.world:
+            raise AlexNetError(f"the checkpoint was taken inside an epoch by {len(ranks)} process(es); "
+                               f"resume it with as many (this run has {rt.env.world})")
+        own = ranks[rt.env.rank]
+        torch.set_rng_state(own["rng"])
+        if own["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(own["cuda_rng"], rt.device)
+        generator.set_state(own["augment"].to(generator.device) if generator.device.type != "cpu" else own["augment"])
+        return EpochState.from_state_dict(own["state"], rt.device)
 
+    def _after_step(self, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
+        """A checkpoint inside the epoch when ``--checkpoint-every`` says so, and the stop on a signal."""
+        save, stop = cadence.check()
+        if not save or (state.step == len(self.splits.train) and not stop):  # the epoch's own checkpoint follows
+            return
+        state.check_finite(epoch)
+        position = self._position(epoch, generator, state)
+        if self.rt.env.is_main:
+            self.checkpoint(epoch, position)
+        distributed.barrier()
+        if stop:
+            self._stop(cadence.stop.signum, epoch, state.step)
 
-def _position(run: _Run, epoch: int, generator: torch.Generator, state: EpochState) -> dict:
-    """Every process's place inside ``epoch``: its sums so far and the random states (dropout,
-    augmentation) the rest of the epoch draws from, so that it continues exactly."""
-    rt = run.rt
-    own = {"state": state.state_dict(), "rng": torch.get_rng_state(), "augment": generator.get_state().cpu(),
-           "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
-    return {"epoch": epoch, "ranks": distributed.gather_lists([own])}
-
-
-def _restore(position: dict, generator: torch.Generator, rt: Runtime) -> EpochState:
-    ranks = position["ranks"]
-    if len(ranks) != rt.env.world:
-        raise AlexNetError(f"the checkpoint was taken inside an epoch by {len(ranks)} process(es); "
-                           f"resume it with as many (this run has {rt.env.world})")
-    own = ranks[rt.env.rank]
-    torch.set_rng_state(own["rng"])
-    if own["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(own["cuda_rng"], rt.device)
-    generator.set_state(own["augment"].to(generator.device) if generator.device.type != "cpu" else own["augment"])
-    return EpochState.from_state_dict(own["state"], rt.device)
-
-
-def _after_step(run: _Run, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
-    """A checkpoint inside the epoch when ``--checkpoint-every`` says so, and the stop on a signal."""
-    save, stop = cadence.check()
-    if not save or (state.step == len(run.splits.train) and not stop):  # the epoch's own checkpoint follows
-        return
-    state.check_finite(epoch)
-    position = _position(run, epoch, generator, state)
-    if run.rt.env.is_main:
-        _write_checkpoint(run, epoch, position)
-    distributed.barrier()
-    if stop:
-        name = signal.Signals(cadence.stop.signum).name
-        _log(run.rt, f"alexnet: stopped by {name} in epoch {epoch + 1} after step {state.step}/"
-                     f"{len(run.splits.train)}; checkpoint {run.out / CHECKPOINT_NAME}; continue with: "
-                     f"alexnet train --resume {run.out}")
-        run.splits.close()
+    def _stop(self, signum: int, epoch: int, step: int) -> None:
+        _log(self.rt, f"alexnet: stopped by {signal.Signals(signum).name} in epoch {epoch + 1} after step {step}/"
+                      f"{len(self.splits.train)}; checkpoint {self.out / CHECKPOINT_NAME}; continue with: "
+                      f"alexnet train --resume {self.out}")
+        self.splits.close()
         distributed.teardown()
-        raise SystemExit(128 + cadence.stop.signum)
+        raise SystemExit(128 + signum)
 
+    # -- the end --------------------------------------------------------------------------
 
-def _finish(run: _Run, dev_norm: Normalizer, last_val) -> dict:
-    """The final validation figure (10-crop with --ten-crop) and the weights file."""
-    cfg, rt = run.cfg, run.rt
-    if cfg.ten_crop or last_val is None:
-        final = evaluate(run.train_model, run.splits.val, EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop),
-                         split="val", autocast=rt.autocast(), channels_last=rt.channels_last,
-                         progress=rt.env.is_main, log_every=cfg.log_every)
-    else:
-        final = last_val  # the last epoch's center-crop validation is the final center-crop result
-    _log(rt, f"final: {final.summary()}")
-    if rt.env.is_main:
-        meta = metadata_record(run.model, **run.meta_base, accuracy=final.as_dict(), epochs=len(run.history),
-                               holdout=run.splits.holdout, config=to_dict(cfg))
-        save_weights(run.out / WEIGHTS_NAME, run.model, run.normalizer, meta)
-        _log(rt, f"weights: {run.out / WEIGHTS_NAME}")
-    run.splits.close()
-    distributed.teardown()
-    return {"final": final.as_dict(), "history": run.history, "out": str(run.out)}
+    def finish(self, last_val: EvalResult | None) -> dict:
+        """The final validation figure (10-crop with --ten-crop) and the weights file."""
+        cfg, rt = self.cfg, self.rt
+        # the last epoch's center-crop validation is the final center-crop result
+        final = self.validate(self.final_crops) if cfg.ten_crop or last_val is None else last_val
+        _log(rt, f"final: {final.summary()}")
+        if rt.env.is_main:
+            meta = metadata_record(self.model, **self.meta_base, accuracy=final.as_dict(), epochs=len(self.history),
+                                   holdout=self.splits.holdout, config=to_dict(cfg))
+            save_weights(self.out / WEIGHTS_NAME, self.model, self.normalizer, meta)
+            _log(rt, f"weights: {self.out / WEIGHTS_NAME}")
+        self.splits.close()
+        distributed.teardown()
+        return {"final": final.as_dict(), "history": self.history, "out": str(self.out)}
 
 
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
@@ -643,21 +643,16 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     """
     cfg, ckpt = _prepare_run(cfg, resume, overrides)
-    run = _setup(cfg, ckpt, overwrite)
-    _open_run_dir(run, ckpt is not None)
-    _announce(run, ckpt is not None)
-    dev_norm = run.normalizer.to(run.rt.device)
-    augment = TrainAugment(dev_norm, crop_size(cfg), cfg.data.random_crop, cfg.data.flip, cfg.data.lighting)
-    center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
-    scaler = make_scaler(run.rt)
+    run = Run(cfg, ckpt, overwrite)
+    run.open()
     last_val = None
     try:
         with StopRequest() as stop:
             cadence = Cadence(cfg.checkpoint_every, stop, run.rt.env.world, run.rt.device)
             for epoch in range(run.start_epoch, cfg.optim.epochs):
-                record, last_val = _epoch(run, epoch, augment, center, scaler, cadence)
-                _save_epoch(run, record)
+                record, last_val = run.epoch(epoch, cadence)
+                run.save_epoch(record)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this epoch
         _log(run.rt, f"\ninterrupted; continue with: alexnet train --resume {run.out}")
         raise SystemExit(130) from None
-    return _finish(run, dev_norm, last_val)
+    return run.finish(last_val)
