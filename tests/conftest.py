@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from PIL import Image
 
 from alexnet.data import fashion_mnist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # serve_load's client and server
 
 
 def pytest_collection_modifyitems(config, items):
@@ -175,3 +178,30 @@ def write_odd_tree(root: Path) -> Path:
     write_odd_files(root / "train" / "cat")
     write_odd_files(root / "val" / "dog")
     return root
+
+
+# ---------------------------------------------------------------------------
+# alexnet serve: a small trained network and a photograph.
+
+@pytest.fixture(scope="module")
+def serve_run(tmp_path_factory) -> Path:
+    """LeNet-5 trained briefly on photographs of three classes (cat, dog, fish)."""
+    from alexnet.cli import main  # the command line, as a user trains it
+
+    root = tmp_path_factory.mktemp("serve")
+    data = write_tree(root / "data", per_class=8, size=48)
+    run = root / "run"
+    assert main(["train", "--data", str(data), "--variant", "lenet5", "--resize", "36", "--crop", "32", "--epochs",
+                 "2", "--batch-size", "8", "--workers", "0", "--init", "torchvision", "--out", str(run),
+                 "--log-every", "1000"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photo") / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(path, quality=90)
+    return path

@@ -501,6 +501,40 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    serve(ServeConfig(weights=args.weights, host=args.host, port=args.port, max_batch=args.max_batch,
+                      max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
+                      read_timeout=args.read_timeout, token=args.token, ten_crop=args.ten_crop, topk=args.topk,
+                      device=args.device, precision=args.precision))
+    return 0
+
+
+def _serve(sub) -> None:
+    p = sub.add_parser("serve", help="an HTTP service with a web page: top-k classes and features of uploaded images",
+                       formatter_class=_Help,
+                       description="Serve a trained network: POST /predict and /features (an image as multipart "
+                                   "field 'file' or the raw body), GET /model, /health, /openapi.json, and a web page "
+                                   "at /. Concurrent requests are batched into one forward pass. SIGTERM finishes "
+                                   "the requests in flight, then exits.")
+    _weights(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback wants --token")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--max-batch", type=int, default=32, help="images in one forward pass (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
+    p.add_argument("--max-queue", type=int, default=256, help="queued images beyond this are refused with 503")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused with 413")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds a client has to send its upload (else 408)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set ALEXNET_TOKEN)")
+    p.add_argument("--topk", type=int, default=5, help="classes returned when a request does not say (?topk=)")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
+    _device(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
+    p.set_defaults(func=cmd_serve)
+
+
 def _reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the paper's claims as controlled experiments, with intervals",
                        formatter_class=_Help,
@@ -534,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_summary, _train, _prepare, _predict, _features, _neighbors, _finetune, _export, _import,
-                _visualize, _bench, _evaluate, _reproduce):
+                _visualize, _bench, _evaluate, _reproduce, _serve):
         add(sub)
     return parser
 

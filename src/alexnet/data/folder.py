@@ -25,11 +25,13 @@ The file policy (every command that reads images follows it; README, "Odd and ho
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -97,8 +99,19 @@ def load_image(path: str, size: int) -> torch.Tensor:
 
     Raises ``UnreadableImage`` (with the reason) for any file the policy skips."""
     _check_regular_file(path)
+    return _decoded(lambda: _open(path), size)
+
+
+def decode_image(data: bytes, size: int) -> torch.Tensor:
+    """``load_image`` for an image held in memory (an upload to ``alexnet serve``)."""
+    if not data:
+        raise UnreadableImage("empty file")
+    return _decoded(lambda: _open(io.BytesIO(data)), size)
+
+
+def _decoded(opener: Callable[[], Image.Image], size: int) -> torch.Tensor:
     try:
-        with _open(path) as im:
+        with opener() as im:
             _check_pixels(im)
             im = _upright_rgb(_draft(im, size))
             data = _center_square(im, size).tobytes()
@@ -126,7 +139,7 @@ def _check_regular_file(path: str) -> None:
         raise UnreadableImage("empty file")
 
 
-def _open(path: str) -> Image.Image:
+def _open(path) -> Image.Image:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is unreadable, not half-grey
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
