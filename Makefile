@@ -3,6 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/alexnet
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromedriver
 RUN    ?= runs/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -28,7 +29,7 @@ main: $(VENV)/.installed $(FMNIST)
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-setup: $(VENV)/.installed-test $(FMNIST)
+setup: $(VENV)/.installed-test $(FMNIST) $(CHROMIUM)
 
 # The main job needs the package; the tests also need their extras (ONNX Runtime, scikit-image, ...).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -43,6 +44,11 @@ $(VENV)/.installed-test: $(VENV)/.installed
 $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Debian's Chromium and its driver, for the test of alexnet serve's web page in a real browser.
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
 clean:
 	rm -rf $(VENV) runs

@@ -119,6 +119,8 @@ class TrainConfig:
     checkpoint_every: str = _f("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
                                     "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")
     trace_steps: bool = _f(False, "record every step's training loss and error in metrics.jsonl (for curves)")
+    tensorboard: bool = _f(False, "write TensorBoard event files in RUN/tensorboard (rank 0): losses, accuracies, "
+                                  "learning rate, images/s, conv1 kernels, hyperparameters")
     log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .board import Board
 from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_model, load_state, metadata_record,
                          save_checkpoint, save_weights, unwrap)
 from .files import atomic_write_text
@@ -476,6 +478,7 @@ class Run:
         self.center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
         self.final_crops = EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop)
         self.scaler = make_scaler(self.rt)
+        self.board: Board | None = None  # TensorBoard (--tensorboard), opened with the run directory
 
     def _load_state(self, ckpt: dict) -> None:
         try:
@@ -499,8 +502,12 @@ class Run:
             if not self.resumed:
                 for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
                     (self.out / name).unlink(missing_ok=True)
+                shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
             atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.cfg), indent=2) + "\n")
             atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+        steps = len(self.splits.train)
+        done = self.start_epoch * steps + (self.position["ranks"][0]["state"]["step"] if self.position else 0)
+        self.board = Board(self.out, self.cfg.tensorboard and self.rt.env.is_main, steps, resume_step=done)
         self._announce()
 
     def _announce(self) -> None:
@@ -558,6 +565,7 @@ class Run:
     def save_epoch(self, record: dict) -> None:
         """The checkpoint (atomically), then the epoch's line of metrics.jsonl."""
         self.history.append(record)
+        self.board.epoch(record, self.model)
         if self.rt.env.is_main:
             self.checkpoint(record["epoch"])
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -595,7 +603,9 @@ class Run:
         return EpochState.from_state_dict(own["state"], rt.device)
 
     def _after_step(self, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
-        """A checkpoint inside the epoch when ``--checkpoint-every`` says so, and the stop on a signal."""
+        """TensorBoard's training points; a checkpoint inside the epoch when ``--checkpoint-every``
+        says so, and the stop on a signal."""
+        self.board.step(epoch, state)
         save, stop = cadence.check()
         if not save or (state.step == len(self.splits.train) and not stop):  # the epoch's own checkpoint follows
             return
@@ -611,6 +621,7 @@ class Run:
         _log(self.rt, f"alexnet: stopped by {signal.Signals(signum).name} in epoch {epoch + 1} after step {step}/"
                       f"{len(self.splits.train)}; checkpoint {self.out / CHECKPOINT_NAME}; continue with: "
                       f"alexnet train --resume {self.out}")
+        self.board.close()
         self.splits.close()
         distributed.teardown()
         raise SystemExit(128 + signum)
@@ -628,6 +639,7 @@ class Run:
                                    holdout=self.splits.holdout, config=to_dict(cfg))
             save_weights(self.out / WEIGHTS_NAME, self.model, self.normalizer, meta)
             _log(rt, f"weights: {self.out / WEIGHTS_NAME}")
+        self.board.finish(to_dict(cfg), final.as_dict())
         self.splits.close()
         distributed.teardown()
         return {"final": final.as_dict(), "history": self.history, "out": str(self.out)}
