@@ -120,8 +120,11 @@ def _sha256(path: Path) -> str:
 class Batcher:
     """Gathers queued images into batches for ``run`` (one batch at a time, on ``executor``).
 
-    ``submit`` returns the image's own result and the size of the batch it ran in; a full
-    queue raises ``Rejected(503)``."""
+    A batch starts when the network is free and takes what is queued, then waits for more, up to
+    ``max_wait`` after its first image, unless the server looks idle: the last batch held one
+    image and no other request is being read or decoded (``arriving``). So a lone request
+    never waits for company that is not coming, and under load batches fill up. ``submit`` returns the image's own result and the size of the batch it ran in; a
+    full queue raises ``Rejected(503)``."""
 
     def __init__(self, run: Callable[[list], list], executor: ThreadPoolExecutor, max_batch: int,
                  max_wait: float, max_queue: int) -> None:
@@ -129,6 +132,8 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait
         self.queue: asyncio.Queue = asyncio.Queue(max_queue)
         self.task: asyncio.Task | None = None
+        self.arriving = 0  # requests being read or decoded for this batcher
+        self.last = 1  # the size of the last batch
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -153,6 +158,8 @@ class Batcher:
             if not self.queue.empty():
                 batch.append(self.queue.get_nowait())
                 continue
+            if not self.arriving and self.last <= 1:  # idle: nobody else is coming
+                break
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
@@ -166,6 +173,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
+            self.last = len(batch)
             try:
                 results = await loop.run_in_executor(self.executor, self.run, [item for item, _ in batch])
             except Exception as e:  # noqa: BLE001 -- one bad batch answers its requests, the server goes on
@@ -241,8 +249,7 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
         if k < 1:
             raise Rejected(422, "topk must be at least 1")
         k = min(k, len(model.names))
-        image = await _image(request, model.info["resize"])
-        probs, batch = await predictor.submit(image)
+        probs, batch = await predictor.submit(await _arriving(predictor, request, model.info["resize"]))
         top = probs.topk(k)
         return {"top": [{"index": i, "class": model.names[i], "prob": p}
                         for p, i in zip(top.values.tolist(), top.indices.tolist())],
@@ -251,8 +258,7 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
     @app.post("/features", dependencies=[Depends(authorised)], openapi_extra=upload,
               summary="the image's activations in the last hidden layer (fc7; LeNet-5: f6)")
     async def features(request: Request) -> dict:
-        image = await _image(request, model.info["resize"])
-        vector, batch = await extractor.submit(image)
+        vector, batch = await extractor.submit(await _arriving(extractor, request, model.info["resize"]))
         return {"layer": model.layer, "features": vector.tolist(), "model": model.identity, "batch": batch}
 
     @app.get("/model", dependencies=[Depends(authorised)], summary="the network's metadata")
@@ -269,6 +275,15 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
     return BodyGuard(app, int(cfg.max_upload_mb * 2**20), cfg.read_timeout)
+
+
+async def _arriving(batcher: Batcher, request, size: int) -> torch.Tensor:
+    """The request's image, counted as arriving for ``batcher`` while it is read and decoded."""
+    batcher.arriving += 1
+    try:
+        return await _image(request, size)
+    finally:
+        batcher.arriving -= 1
 
 
 async def _image(request, size: int) -> torch.Tensor:
