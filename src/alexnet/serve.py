@@ -371,6 +371,19 @@ def is_local(host: str) -> bool:
         return host == "localhost"
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line and before loading anything, an address that cannot be listened on."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise AlexNetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(cfg: ServeConfig) -> None:
     """Run the service until SIGTERM or Ctrl-C (in-flight requests finish first)."""
     try:
@@ -381,6 +394,7 @@ def serve(cfg: ServeConfig) -> None:
     if not is_local(cfg.host) and cfg.token is None:
         print(f"alexnet: warning: serving on {cfg.host} without a token: anyone who can reach it can use it "
               f"(--token or {TOKEN_ENV})", file=sys.stderr)
+    _check_port(cfg.host, cfg.port)
     start = time.perf_counter()
     app = create_app(cfg)
     model = app.state.model
