@@ -520,7 +520,7 @@ def _serve(sub) -> None:
                                    "the requests in flight, then exits.")
     _weights(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback wants --token")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--max-batch", type=int, default=32, help="images in one forward pass (1: no batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
     p.add_argument("--max-queue", type=int, default=256, help="queued images beyond this are refused with 503")
