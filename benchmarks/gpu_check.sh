@@ -61,8 +61,8 @@ GPU_FLAGS="$(sed -n 's/^GPU_FLAGS ?= //p' Makefile)"
 if [ $SMOKE = 1 ]; then
     DEVICE=(--device cpu); IMG_ARGS=(--classes 2 --per-class 8 --val-per-class 2)
     BENCH_ARGS=(--batch-size 4 --steps 1 --warmup 1 --workers 1)
-    MAIN_FLAGS="--variant paper --resize 76 --crop 67 --epochs 1 --limit-train 256 --limit-val 128 --batch-size 32 --workers 0"
-    PYTEST_GPU=(-m gpu); PYTEST_REST=(--collect-only); EVAL_ARGS=(--limit 128)
+    MAIN_FLAGS="--variant paper --resize 76 --crop 67 --epochs 1 --limit-train 64 --limit-val 32 --batch-size 32 --workers 0"
+    PYTEST_GPU=(-m gpu); PYTEST_REST=(--collect-only); EVAL_ARGS=(--limit 32)
 else
     DEVICE=(); IMG_ARGS=(--classes 10 --per-class ${GPU_CHECK_PER_CLASS:-300} --val-per-class 10)
     BENCH_ARGS=()

@@ -52,12 +52,15 @@ def test_two_torchrun_agents_over_c10d_match_one_process(tmp_path, fmnist_dir, o
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "alexnet-test",
-           "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir, "--out", str(tmp_path / "two")]
+           "-m", "alexnet", "train", *ARGS, "--fashion-mnist-dir", fmnist_dir, "--out", str(tmp_path / "two"),
+           "--tensorboard"]
     agents = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True) for _ in range(2)]
     outputs = [a.communicate(timeout=600)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     assert sum("x 2 processes" in o for o in outputs) == 1  # rank 0 alone prints
+    events = list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[-2] for e in events}) == 1  # and writes TensorBoard: one pid
     one, _, _ = read_weights(one_process / "model.safetensors")
     two, _, _ = read_weights(tmp_path / "two" / "model.safetensors")
     init = initial_weights()

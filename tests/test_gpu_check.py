@@ -55,9 +55,9 @@ def test_bench_stage_measures_every_row(smoke):
 def test_main_stage_trains_and_evaluates_with_ten_crops(smoke):
     out, _ = smoke
     results = json.loads((out / "main.json").read_text())["results"]
-    assert len(results["metrics"]) == 1 and results["metrics"][0]["train_images"] == 256
+    assert len(results["metrics"]) == 1 and results["metrics"][0]["train_images"] == 64
     ten = results["evaluate-ten-crop"]
-    assert ten["protocol"] == "ten-crop" and ten["images"] == 128
+    assert ten["protocol"] == "ten-crop" and ten["images"] == 32
     assert results["evaluate-center"]["protocol"] == "center"
 
 

@@ -1,6 +1,7 @@
 """``alexnet serve``: the API, dynamic batching, hostile input, shutdown (the web page: test_serve_page.py)."""
 
 import asyncio
+import json
 import signal
 import socket
 import threading
@@ -132,8 +133,11 @@ def test_a_slow_client_cannot_hold_the_server(server):
         with urllib.request.urlopen(f"{server}/health", timeout=5) as r:  # answered meanwhile
             assert r.status == 200
         slow.settimeout(30)
-        reply = slow.recv(4096).decode()
-    assert reply.startswith("HTTP/1.1 408") and "was not sent within 1 s" in reply
+        reply = b""
+        while chunk := slow.recv(4096):  # until the server closes the connection
+            reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408") and json.loads(body) == {"error": "the request body was not sent within 1 s"}
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits(serve_run, photo):
@@ -154,3 +158,24 @@ def test_sigterm_finishes_requests_in_flight_then_exits(serve_run, photo):
     assert "without a token" in err and "Traceback" not in err
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/health", timeout=2)
+
+
+def test_a_failing_forward_pass_is_a_json_500_and_the_server_goes_on(serve_run, photo):
+    from fastapi.testclient import TestClient
+
+    from alexnet.serve import Model
+
+    cfg = ServeConfig(weights=str(serve_run))
+    model = Model(cfg)
+    calls = []
+
+    def flaky(images):  # the first batch fails (as an out-of-memory error would), the next ones work
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\nwith a second line")
+        return Model.probabilities(model, images)
+
+    model.probabilities = flaky
+    with TestClient(create_app(cfg, model), raise_server_exceptions=False) as client:
+        _error(client.post("/predict", content=photo.read_bytes()), 500, "internal error (RuntimeError): out of memory")
+        assert client.post("/predict", content=photo.read_bytes()).status_code == 200

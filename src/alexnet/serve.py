@@ -227,6 +227,8 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
     app.add_exception_handler(HTTPException, lambda request, e: error(e.status_code, str(e.detail), e.headers))
     app.add_exception_handler(RequestValidationError, lambda request, e: error(
         422, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())))
+    app.add_exception_handler(Exception, lambda request, e: error(500, f"internal error ({type(e).__name__}): {e}"
+                                                                   .splitlines()[0][:200]))
 
     async def authorised(request: Request) -> None:
         if cfg.token is None:

@@ -44,6 +44,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 # Pillow's own decompression-bomb threshold (about 89.5 megapixels, a 9,459 x 9,459 image); an
 # image above it is skipped rather than decoded (Pillow alone would only warn up to twice that).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+ORIENTATION = 0x0112  # the EXIF tag
 _TOO_LARGE = f"larger than {MAX_PIXELS:,} pixels: a decompression bomb?"
 
 
@@ -167,7 +168,8 @@ def _draft(im: Image.Image, size: int) -> Image.Image:
 
 def _upright_rgb(im: Image.Image) -> Image.Image:
     """First frame, EXIF orientation applied, 8-bit RGB, transparency over white."""
-    im = ImageOps.exif_transpose(im)
+    if im.getexif().get(ORIENTATION, 1) != 1:  # most files have none: no copy for them
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         a = np.asarray(im, dtype=np.int64)
         im = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), mode="L")
