@@ -44,10 +44,11 @@ def test_bench_stage_measures_every_row(smoke):
     out, _ = smoke
     results = json.loads((out / "bench.json").read_text())["results"]
     rows = {(f["what"], f["variant"]) for f in results["bench-jpeg"]["figures"]}
-    assert rows == {("model", "paper"), ("model", "torchvision"), ("decode", "-"), ("loader", "-"),
-                    ("end-to-end", "paper"), ("end-to-end", "torchvision"),
-                    ("baseline", "torchvision (eager fp32, ImageFolder+PIL)")}
-    assert "decode" not in {f["what"] for f in results["bench-raw"]["figures"]}  # raw packing: nothing to decode
+    assert rows == {("model", "paper"), ("decode", "-"), ("loader", "-"), ("end-to-end", "paper"),
+                    ("baseline", "torchvision (eager fp32, ImageFolder+PIL)")}  # the smoke run: one network a step
+    raw = {(f["what"], f["variant"]) for f in results["bench-raw"]["figures"]}
+    assert {("model", "torchvision"), ("end-to-end", "torchvision")} <= raw
+    assert "decode" not in {what for what, _ in raw}  # raw packing: nothing to decode
     split = results["bench-split"]
     assert split["settings"]["model_parallel"] == ["cpu", "cpu"]
 

@@ -392,8 +392,8 @@ def _features(sub) -> None:
                        formatter_class=_Help)
     _weights(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
-    p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (the default; LeNet-5: s4, c5 or f6, "
-                                   "the default)")
+    p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); default the last "
+                                   "hidden layer, fc7 (f6)")
     p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     _device(p)
