@@ -37,9 +37,11 @@ class Board:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise AlexNetError("--tensorboard needs the tensorboard package: pip install 'alexnet[tensorboard]'") from None
+            raise AlexNetError("--tensorboard needs the tensorboard package: "
+                               "pip install 'alexnet[tensorboard]'") from None
         # events after the checkpoint (steps > resume_step) were written by a process that then died
-        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        purge = resume_step + 1 if resume_step else None
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=purge)
 
     def step(self, epoch: int, state) -> None:
         """After a training step: a point every ``EVERY`` steps (``state`` is the loop's EpochState)."""

@@ -123,8 +123,9 @@ class Batcher:
     A batch starts when the network is free and takes what is queued, then waits for more, up to
     ``max_wait`` after its first image, unless the server looks idle: the last batch held one
     image and no other request is being read or decoded (``arriving``). So a lone request
-    never waits for company that is not coming, and under load batches fill up. ``submit`` returns the image's own result and the size of the batch it ran in; a
-    full queue raises ``Rejected(503)``."""
+    never waits for company that is not coming, and under load batches fill up. ``submit``
+    returns the image's own result and the size of the batch it ran in; a full queue raises
+    ``Rejected(503)``."""
 
     def __init__(self, run: Callable[[list], list], executor: ThreadPoolExecutor, max_batch: int,
                  max_wait: float, max_queue: int) -> None:

@@ -13,8 +13,8 @@ uses positioned reads, which keep its resident memory bounded):
 A packed dataset knows when it has been damaged since: opening a split compares each
 shard's size with its index (a truncated or replaced shard is refused at once), and every
 image read is checked against its CRC-32 (measured at 0.5% of reading and decoding it:
-benchmarks/packed_checksum.py), so bytes overwritten in place stop the run with a one-line error naming the
-shard. ``verify(DST)`` (``alexnet prepare --verify``) hashes every shard in full.
+benchmarks/packed_checksum.py), so bytes overwritten in place stop the run with a one-line
+error naming the shard. ``verify(DST)`` (``alexnet prepare --verify``) hashes every shard.
 
 Preparing is resumable: a shard counts as done once its ``.npz`` exists (it is
 written, atomically, after its ``.bin``), so re-running ``prepare`` finishes the
