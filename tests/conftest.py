@@ -76,7 +76,7 @@ def trained_run(tmp_path_factory, fmnist_dir) -> Path:
     from alexnet.train import fit
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    fit(apply_overrides(TrainConfig(), dict(resize=76, crop=67, epochs=3, batch_size=32, limit_train=1024,
+    fit(apply_overrides(TrainConfig(), dict(resize=76, crop=67, epochs=3, batch_size=32, limit_train=512,
                                             limit_val=128, mean_samples=256, init="kaiming", schedule="cosine",
                                             out=str(out), fashion_mnist_dir=fmnist_dir, log_every=1e9)))
     return out
