@@ -174,7 +174,8 @@ def _unreadable_status(inputs: list[str], skipped: list[str], done: int) -> int:
     skipped, named (above) and counted."""
     from .files import printable
 
-    named = [p for p in skipped if p in {printable(i) for i in inputs}]
+    given = {printable(i) for i in inputs}
+    named = [p for p in skipped if p in given]
     if len(skipped) > len(named):
         print(f"alexnet: skipped {len(skipped) - len(named)} unreadable image(s) in the folders given", file=sys.stderr)
     if named:

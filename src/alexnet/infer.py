@@ -16,7 +16,7 @@ from .checkpoint import load_model
 from .files import atomic_write, printable
 from .classes import class_names
 from .data import loader as data_loader
-from .data.folder import UnreadableImage, image_files, load_image, resolve_workers
+from .data.folder import UnreadableImage, image_files, load_image, load_or_reason, resolve_workers
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
@@ -102,10 +102,7 @@ class _Paths(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return load_image(self.paths[i], self.size), i, self.paths[i]
-        except UnreadableImage as e:
-            return str(e), i, self.paths[i]
+        return load_or_reason(self.paths[i], self.size), i, self.paths[i]
 
 
 def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, desc: str, progress: bool,

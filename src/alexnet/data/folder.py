@@ -103,6 +103,14 @@ def load_image(path: str, size: int) -> torch.Tensor:
     return _decoded(lambda: _open(path), size)
 
 
+def load_or_reason(path: str, size: int) -> torch.Tensor | str:
+    """``load_image``, or the reason the policy skips the file (a str): what the loaders carry."""
+    try:
+        return load_image(path, size)
+    except UnreadableImage as e:
+        return str(e)
+
+
 def decode_image(data: bytes, size: int) -> torch.Tensor:
     """``load_image`` for an image held in memory (an upload to ``alexnet serve``)."""
     if not data:
@@ -221,7 +229,4 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | str, int, str]:
         path, label = self.samples[index]
-        try:
-            return load_image(path, self.resize), label, path
-        except UnreadableImage as e:
-            return str(e), label, path
+        return load_or_reason(path, self.resize), label, path
