@@ -5,7 +5,8 @@
 #   benchmarks/gpu_check.sh OUTDIR [setup] [tests] [suite] [bench] [main]   # no stage named: all
 #
 # setup: packages, GPU, data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
-# the test suite on this machine (CUDA wherever a test's device is "auto"); bench: alexnet bench
+# the test suite on this machine in 8 processes (CUDA wherever a test's device is "auto"; not the
+# web page's browser test: no Chromium there); bench: alexnet bench
 # for both networks (model eager and compiled, decode, loader, end to end from packed JPEGs with
 # CPU and GPU decode and from raw packing, the plain baseline, the two-tower split on one
 # device); main: the main job's GPU preset (Makefile's GPU_FLAGS) and its evaluation.
@@ -67,7 +68,10 @@ else
     DEVICE=(); IMG_ARGS=(--classes 10 --per-class ${GPU_CHECK_PER_CLASS:-300} --val-per-class 10)
     BENCH_ARGS=()
     MAIN_FLAGS="$GPU_FLAGS"
-    PYTEST_GPU=(-m gpu); PYTEST_REST=(-m "not gpu"); EVAL_ARGS=()
+    # the GPU machine has no Chromium: the web page's browser test is left to CI
+    PYTEST_GPU=(-m gpu)
+    PYTEST_REST=(-m "not gpu" -n 8 --dist loadfile --deselect tests/test_serve_page.py::test_the_page_classifies_a_photograph)
+    EVAL_ARGS=()
 fi
 
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }

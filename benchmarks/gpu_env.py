@@ -24,7 +24,10 @@ NEEDED = {
 }
 FOR_TESTS = {
     "pytest": "pytest", "skimage": "scikit-image", "sklearn": "scikit-learn", "onnx": "onnx",
-    "onnxruntime": "onnxruntime", "google.protobuf": "protobuf",
+    "onnxruntime": "onnxruntime", "google.protobuf": "protobuf", "httpx": "httpx", "tensorboard": "tensorboard",
+    # alexnet serve: FastAPI needs OpenTelemetry's API since 0.16x (named first, so the hint names it)
+    "opentelemetry": "opentelemetry-api", "fastapi": "fastapi", "uvicorn": "uvicorn",
+    "python_multipart": "python-multipart",
 }
 
 CARRY = ("missing {dist}: on the development machine, in the repository root, run\n"

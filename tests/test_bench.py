@@ -5,14 +5,20 @@ import pytest
 from alexnet.bench import bench_inference, run, train_flops_per_image
 
 
-def test_bench_reports_every_figure(image_tree):
-    result = run(["torchvision"], device="cpu", batch_size=4, steps=1, warmup=1, images=str(image_tree),
-                 workers=0, log=lambda _: None)
+def test_bench_reports_every_figure(image_tree, monkeypatch):
+    from alexnet import bench
+
+    reducers, real = [], bench.time_steps
+    monkeypatch.setattr(bench, "time_steps", lambda *a, **kw: reducers.append(kw.get("reduce")) or real(*a, **kw))
+    result = run(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
+                 images=str(image_tree), workers=0, log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
     assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "baseline"}
     assert figures[("model", "torchvision")]["settings"]["precision"] == "float32"
     assert set(result["ratios"]) == {"torchvision: end-to-end / model", "torchvision: end-to-end / baseline"}
     assert set(result["projection"]) == {"torchvision: 90 ImageNet epochs (hours)"}
+    # images over time for the three rows that loader processes feed (loader, end to end, baseline)
+    assert reducers.count(bench.throughput) == 3
 
 
 def test_training_flops_are_three_forward_passes():
@@ -42,3 +48,21 @@ def test_bad_bench_input_fails_before_measuring(tmp_path):
             run(["torchvision"], device="cpu", log=lambda _: None, **kwargs)
     with pytest.raises(AlexNetError, match="--warmup must not be negative"):
         bench_inference(warmup=-1, log=lambda _: None)
+
+
+def test_loader_fed_rows_count_the_waits_between_bursts(monkeypatch):
+    """Loader processes hand batches over in bursts: three at once, then a long wait. The rate of
+    such rows is images over time, which a median of steps would hide (it would read the bursts)."""
+    import torch
+
+    from alexnet import bench
+
+    clock, waits = [0.0], iter([0.001, 0.001, 0.001, 0.097] * 2)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def step():
+        clock[0] += next(waits)
+        return 100
+
+    rate = bench.time_steps(step, torch.device("cpu"), steps=8, warmup=0, reduce=bench.throughput)
+    assert rate == pytest.approx(800 / 0.2)  # 4,000 img/s; the median step reads 100,000

@@ -16,7 +16,7 @@ from alexnet.checkpoint import load_checkpoint, read_weights
 # distance moved by the last step; at 0.002 it stays at ~5e-6 (measured).
 ARGS = ["--variant", "paper", "--resize", "76", "--crop", "67", "--epochs", "2", "--batch-size", "16",
         "--limit-train", "32", "--limit-val", "40", "--mean-samples", "32", "--init", "kaiming", "--lr", "0.002",
-        "--no-random-crop", "--no-flip", "--lighting", "0", "--dropout", "0", "--device", "cpu"]
+        "--no-random-crop", "--no-flip", "--lighting", "0", "--dropout", "0", "--device", "cpu", "--precision", "fp32"]
 
 
 def run(cmd, tmp_path):
@@ -248,7 +248,8 @@ def _torchrun(out, *extra):
            "--max-restarts", "1", "--monitor-interval", "0.5", "-m", "alexnet", "train", "--variant", "lenet5",
            "--init", "torchvision", "--resize", "36", "--crop", "32", "--limit-train", "2048", "--limit-val", "64",
            "--batch-size", "32", "--epochs", "2", "--mean-samples", "256", "--workers", "0", "--log-every", "1000",
-           "--out", str(out), "--resume", "auto", "--checkpoint-every", "1", *extra]
+           "--out", str(out), "--resume", "auto", "--checkpoint-every", "1", "--device", "cpu", "--precision", "fp32",
+           *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 

@@ -44,34 +44,50 @@ def test_bf16_channels_last_forward_agrees_with_fp32(variant):
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
 def test_bf16_training_step_moves_the_weights_as_fp32_does(variant):
     """One real step (forward, backward, SGD update) with bf16 autocast and channels-last,
-    against plain fp32: every layer's update points the same way and has the same size."""
+    against plain fp32: every layer's update points the same way and has the same size.
+
+    How close is close is set by a control computed alongside: the fp32 step on the input and
+    weights rounded once to bf16. At initialisation on random data the early layers' gradients
+    are sums that mostly cancel, so that single rounding alone turns conv1's update by
+    1 - cos = 0.015 (CPU, 2026-11-26); autocast rounds at every layer, and may drift up to four
+    times as far (never less than cos 0.99 is demanded). Weights kept in bf16, a lost loss
+    scale or a gradient routed to the wrong layer land far outside that."""
     torch.manual_seed(0)
     base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()
     start = {n: p.detach().clone() for n, p in base.named_parameters()}
     size = base.info.input_size
     x, y = torch.randn(32, 3, size, size, device="cuda") * 60, torch.randint(0, 10, (32,), device="cuda")
 
-    def update(dtype, channels_last):
+    def update(dtype, channels_last, inputs=x, round_weights=False):
         model = copy.deepcopy(base)
+        if round_weights:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(p.bfloat16().float())
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         rt = Runtime(CUDA, dtype, channels_last, distributed.Env())
         opt = build_optimizer(model, OptimConfig(lr=0.01))
         set_lr(opt, 0.01)
-        train_step(model, opt, make_scaler(rt), rt, rt.prepare(x), y)
-        return {n: (p.detach() - start[n]).float().flatten() for n, p in model.named_parameters()}
+        train_step(model, opt, make_scaler(rt), rt, rt.prepare(inputs), y)
+        return {n: (p.detach() - before[n]).double().flatten() for n, p in model.named_parameters()}
 
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         ref = update(None, False)
+        control = update(None, False, x.bfloat16().float(), round_weights=True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     fast = update(torch.bfloat16, True)
     for name, r in ref.items():
-        assert r.norm() > 0, name
-        assert F.cosine_similarity(r, fast[name], dim=0) > 0.98, name
-        assert (fast[name].norm() / r.norm() - 1).abs() < 0.05, name
+        assert r.norm() > 0 and r.isfinite().all(), name
+        cos, cos_control = (F.cosine_similarity(r, u[name], dim=0).item() for u in (fast, control))
+        ratio = (fast[name].norm() / r.norm()).item()
+        print(f"{variant} {name}: 1-cos bf16 {1 - cos:.2e}, control {1 - cos_control:.2e}; norm ratio {ratio:.4f}")
+        assert 1 - cos <= max(4 * (1 - cos_control), 0.01), (name, cos, cos_control)
+        assert abs(ratio - 1) < 0.05, (name, ratio)
 
 
 def test_training_steps_do_not_wait_for_the_host():
@@ -168,3 +184,13 @@ def test_two_tower_split_on_cuda_matches_one_device(two_devices):
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert F.cosine_similarity(reference, fast).min() > 0.99
+
+
+def test_a_run_stopped_inside_an_epoch_continues_on_cuda(tmp_path, fmnist_dir, monkeypatch):
+    """The mid-epoch checkpoint restores a CUDA generator's state (a host ByteTensor: moving it to
+    the device once made every resume on a GPU fail). The body is the CPU suite's, which checks the
+    continued run against the uninterrupted one; here the device is cuda:0. Both runs are in this
+    process, so cuDNN's autotuner keeps its kernels and the weights come out equal (H100, 2026-11-26)."""
+    from test_resilience import test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run_bit_for_bit as body
+
+    body(tmp_path, fmnist_dir, monkeypatch)

@@ -14,7 +14,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 
 def run_check(out: Path, *stages: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_WORK=str(out / "work")) | (env_extra or {})
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}  # the caller's own check
+    env = dict(inherited, PYTHON=sys.executable, GPU_CHECK_WORK=str(out / "work")) | (env_extra or {})
     return subprocess.run(["bash", str(SCRIPT), "--smoke", str(out), *stages], env=env, capture_output=True,
                           text=True, timeout=900)
 

@@ -78,11 +78,13 @@ def test_checkpoint_every_is_checked():
 
 def _train_cli(out, *extra):
     """`alexnet train` in its own process: LeNet-5 on 2,048 Fashion-MNIST images, 64 steps an epoch,
-    one thread (so that every process computes the same numbers)."""
+    on one CPU thread in fp32, so that every process computes the same numbers. (On an H100 the
+    processes did not, 2026-11-26: cuDNN's autotuner may choose other kernels in each process.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "alexnet", "train", "--variant", "lenet5", "--init", "torchvision", "--resize",
            "36", "--crop", "32", "--limit-train", "2048", "--limit-val", "64", "--batch-size", "32", "--epochs", "3",
-           "--mean-samples", "256", "--workers", "0", "--out", str(out), *extra]
+           "--mean-samples", "256", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+           "--out", str(out), *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -96,12 +98,10 @@ def test_killed_at_any_moment_and_restarted_it_ends_as_if_never_stopped(tmp_path
     out, rng, kills = tmp_path / "cut", random.Random(0), 0
     args = ("--resume", "auto", "--checkpoint-every", "1")
     while kills < 3:
-        before = _mtime(out / "checkpoint.pt")
         proc = _train_cli(out, *args)
-        while _mtime(out / "checkpoint.pt") == before and proc.poll() is None:  # training has started
-            time.sleep(0.05)
-        time.sleep(1.5 * rng.random())  # then a checkpoint every step: kills land in steps and in writes
-        if proc.poll() is not None:
+        # a checkpoint every step: counted in steps, not seconds, so that a fast machine cannot finish
+        # first (the whole run takes 2 s on some); kills land in start-up, in steps and in writes
+        if not _wait_for_writes(proc, out / "checkpoint.pt", rng.randint(0, 4), rng) or proc.poll() is not None:
             break
         proc.kill()
         proc.wait()
@@ -124,6 +124,21 @@ def test_killed_at_any_moment_and_restarted_it_ends_as_if_never_stopped(tmp_path
 
 def _mtime(path) -> int:
     return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def _wait_for_writes(proc, path, writes: int, rng) -> bool:
+    """Wait until ``path`` has been written ``writes`` times more (0: not at all), then a random part
+    of the time one write took to follow the last; False if the process ended first."""
+    times = [time.monotonic()]
+    for _ in range(writes):
+        before = _mtime(path)
+        while _mtime(path) == before:
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.002)
+        times.append(time.monotonic())
+    time.sleep(rng.random() * (times[-1] - times[-2] if writes > 1 else 0.5))
+    return True
 
 
 def test_a_non_finite_loss_stops_naming_its_step_and_keeps_the_last_checkpoint(tmp_path, fmnist_dir, monkeypatch):

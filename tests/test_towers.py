@@ -102,6 +102,7 @@ def test_split_training_run_equals_the_single_device_run(tmp_path, fmnist_dir):
 
     common = dict(variant="paper", resize=76, crop=67, epochs=1, batch_size=16, limit_train=48, limit_val=32,
                   mean_samples=32, init="kaiming", random_crop=False, flip=False, lighting=0.0, dropout=0.0,
+                  device="cpu", precision="fp32",
                   fashion_mnist_dir=fmnist_dir, log_every=1e9)
     one = fit(apply_overrides(TrainConfig(), {**common, "out": str(tmp_path / "one")}))
     two = fit(apply_overrides(TrainConfig(), {**common, "out": str(tmp_path / "two"), "model_parallel": "cpu,cpu"}))

@@ -1,7 +1,9 @@
 """Throughput that tells the truth: model alone, loader alone, end to end, and the plain baseline.
 
-Every figure is a median over timed steps after warm-up, with the device
-synchronised around each step. ``model``: forward, backward and SGD step on
+Every figure is measured over timed steps after warm-up, with the device
+synchronised around each step: the median step for the model alone, and all
+images over all the time for rows fed by loader processes (their batches come
+in bursts). ``model``: forward, backward and SGD step on
 synthetic data already on the device. ``loader``: batches from a packed dataset
 through the batched augmentation, no model. ``end-to-end``: training steps fed
 from the packed dataset. ``baseline``: what a user would otherwise write:
@@ -108,6 +110,14 @@ def time_steps(step: Callable[[], int], device: torch.device, steps: int, warmup
     return reduce(rates)
 
 
+def throughput(rates: list[float]) -> float:
+    """Images over seconds across all timed steps of equal size: the harmonic mean of their rates.
+    For rows fed by loader processes: the workers hand batches over in bursts (several ready at
+    once, then a wait), so the median step would report the bursts (it once read 114k img/s for
+    16 cores that decode 34k)."""
+    return statistics.harmonic_mean(rates)
+
+
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     """Measured dense matmul rate (TFLOP/s): the ceiling the model figure is compared with."""
     n = 8192 if device.type == "cuda" else 4096
@@ -200,7 +210,8 @@ def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: i
                  gpu_decode: bool, crop: int = 224) -> Figure:
     with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop) as next_batch:
         _reset_peak(rt.device)
-        rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, _warmup_past_prefetch(warmup, workers))
+        rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, _warmup_past_prefetch(warmup, workers),
+                          reduce=throughput)
     return Figure("loader", "-", device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode})
 
@@ -236,7 +247,8 @@ def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, ste
         model, optimizer = _model_and_optimizer(variant, rt, compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
-        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(warmup, workers))
+        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(warmup, workers),
+                          reduce=throughput)
     return Figure("end-to-end", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode, "data": "packed"})
 
@@ -272,7 +284,8 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
 
     _reset_peak(device)
     try:
-        rate = time_steps(step, device, steps, warmup + 2 * workers)  # past DataLoader's default prefetch of 2
+        # past DataLoader's default prefetch of 2 batches a worker
+        rate = time_steps(step, device, steps, warmup + 2 * workers, reduce=throughput)
     finally:
         it.close()
         data_loader.close_loader(loader)

@@ -38,7 +38,8 @@ def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.devi
         raise AlexNetError(f"--device {name} under torchrun would put every process on the same device; "
                            "use --device cuda (process r takes cuda:LOCAL_RANK) or auto")
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        return _existing(torch.device(f"cuda:{local_rank}"), local_rank, world) if torch.cuda.is_available() \
+            else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -47,7 +48,19 @@ def resolve_device(name: str, local_rank: int = 0, world: int = 1) -> torch.devi
         raise AlexNetError("--device cuda was asked for, but no CUDA device is available")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
-    return device
+    return _existing(device, local_rank, world)
+
+
+def _existing(device: torch.device, local_rank: int, world: int) -> torch.device:
+    """The device itself, or one line saying that this machine has no such GPU."""
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type != "cuda" or device.index < count:
+        return device
+    if world > 1:
+        raise AlexNetError(f"process {local_rank} of this node would take cuda:{device.index}, but the node has "
+                           f"{count} CUDA device(s): start at most {count} process(es) per node "
+                           "(torchrun --nproc-per-node) or train on --device cpu")
+    raise AlexNetError(f"there is no cuda:{device.index}: this machine has {count} CUDA device(s)")
 
 
 def cpu_has_bf16() -> bool:

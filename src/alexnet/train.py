@@ -599,7 +599,7 @@ class Run:
         torch.set_rng_state(own["rng"])
         if own["cuda_rng"] is not None:
             torch.cuda.set_rng_state(own["cuda_rng"], rt.device)
-        generator.set_state(own["augment"].to(generator.device) if generator.device.type != "cpu" else own["augment"])
+        generator.set_state(own["augment"])  # a ByteTensor on the host, for a CUDA generator too
         return EpochState.from_state_dict(own["state"], rt.device)
 
     def _after_step(self, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
