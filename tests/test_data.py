@@ -150,3 +150,20 @@ def test_folder_without_val_holds_out_and_reads_test(image_tree):
     assert s.holdout == 3 and (s.train.num_images, s.val.num_images, s.test.num_images) == (27, 3, 12)
     assert not set(s.train.indices.tolist()) & set(s.val.indices.tolist())
     assert all(Path(p).parts[-3] == "test" for p, _ in s.test.dataset.samples)
+
+
+def test_a_limited_split_of_a_folder_samples_every_class(tmp_path):
+    """Files are listed class by class: --limit-val N must not be the first N files (it once was,
+    and 1,000 CIFAR-10 validation images were airplanes and cars only, 75% 'accuracy')."""
+    from conftest import write_tree
+
+    tree = write_tree(tmp_path / "d", per_class=12, size=40, classes=("a", "b", "c", "d"))
+    (tree / "val").rename(tree / "test")
+    s = build(str(tree), 40, torch.device("cpu"),
+              Request(splits=("val", "test"), batch_size=8, workers=0, holdout=24, limit_val=8))
+    for split in (s.val, s.test):
+        labels = torch.cat([b.labels for b in split])
+        assert len(labels) == 8 and len(set(labels.tolist())) >= 3, labels.tolist()
+    again = build(str(tree), 40, torch.device("cpu"),
+                  Request(splits=("val", "test"), batch_size=8, workers=0, holdout=24, limit_val=8, seed=5))
+    assert torch.equal(again.test.indices, s.test.indices) and torch.equal(again.val.indices, s.val.indices)

@@ -13,7 +13,8 @@ def _count(model) -> int:
 
 
 @pytest.mark.parametrize("variant,count", [("paper", 60_965_224), ("torchvision", 61_100_840),
-                                           ("paper-half", 59_798_312), ("lenet5", 146_156)])
+                                           ("paper-half", 59_798_312), ("lenet5", 146_156),
+                                           ("cifar-18pct", 1_104_328), ("cifar-11pct", 3_254_440)])
 def test_exact_parameter_count(variant, count):
     assert _count(create_model(variant)) == count
     assert variant_info(variant).num_params_1000 == count
@@ -90,7 +91,8 @@ def test_half_network_is_one_tower_of_half_the_kernels():
 
 
 OPTIONS = [(v, {}) for v in VARIANTS] + [("paper", {"activation": "tanh"}), ("paper", {"overlap_pool": False}),
-                                         ("paper", {"norm": "batch"}), ("paper", {"init": "zero-bias"})]
+                                         ("paper", {"norm": "batch"}), ("paper", {"init": "zero-bias"}),
+                                         ("cifar-18pct", {"activation": "tanh"}), ("cifar-11pct", {"norm": "none"})]
 
 
 @pytest.mark.parametrize("variant,options", OPTIONS, ids=lambda o: str(o) if o else "")

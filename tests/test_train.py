@@ -78,6 +78,27 @@ def test_other_schedules_and_warmup():
     assert cos.lr(0, 0) == pytest.approx(0.1 * 0.01 * (1 + math.cos(0)) / 2)
     assert cos.lr(0, 99) > cos.lr(0, 50) > cos.lr(0, 0)  # warming up
     assert cos.lr(5, 0) == pytest.approx(0.05) and cos.lr(9, 99) < 1e-3
+    multi = LRSchedule(OptimConfig(lr=0.001, schedule="multistep", milestones="16,18", epochs=20), 100)
+    assert [round(multi.lr(e, s), 9) for e, s in ((0, 0), (15, 99), (16, 0), (17, 99), (18, 0), (19, 99))] == \
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    constant = LRSchedule(OptimConfig(lr=0.004, schedule="multistep", epochs=40), 100)
+    assert constant.lr(0, 0) == constant.lr(39, 99) == 0.004
+    for bad in ("16,x", "18,16", "0,3", "4,4"):
+        with pytest.raises(AlexNetError, match="--milestones"):
+            train.validate(apply_overrides(TrainConfig(), {"schedule": "multistep", "milestones": bad}))
+
+
+def test_training_stops_once_the_training_error_reaches_the_mark(tmp_path, fmnist_dir):
+    """--stop-at-train-error: the run ends after the epoch in which the smoothed training error
+    first reaches the mark; a resumed run that already got there trains no further."""
+    with pytest.raises(AlexNetError, match="add --trace-steps"):
+        train.validate(apply_overrides(TrainConfig(), {"stop_at_train_error": 0.5}))
+    cfg = tiny_config(tmp_path / "run", variant="lenet5", resize=36, crop=32, epochs=4, limit_train=256,
+                      trace_steps=True, stop_at_train_error=0.95, fashion_mnist_dir=fmnist_dir)
+    result = fit(cfg)
+    assert len(result["history"]) == 1  # 95% error: reached in the first epoch's first tenth
+    again = fit(TrainConfig(out=str(tmp_path / "run")), resume=True)
+    assert len(again["history"]) == 1
 
 
 def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_dir, monkeypatch):

@@ -492,13 +492,33 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         rep.build_report(plan, plan.command())
         print(f"report: {plan.out / 'report.md'}")
         return 0
+    if args.preset == "cifar":
+        return _reproduce_cifar(args)
     from .config import parse_setting
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
                                    ("batch_size", args.batch_size)) if v is not None}
     overrides.update(parse_setting(text) for text in args.set)
-    plan = rep.make_plan(args.claims, args.preset, args.seeds, args.data, args.out, args.device, overrides)
+    plan = rep.make_plan(args.claims, args.preset, args.seeds, args.data, args.out or "runs/reproduce", args.device,
+                         overrides)
     rep.reproduce(plan)
+    return 0
+
+
+def _reproduce_cifar(args: argparse.Namespace) -> int:
+    from .reproduce_cifar import run_study
+
+    if args.data == "fashion-mnist":
+        raise AlexNetError("--preset cifar trains on CIFAR-10: name it with --data (its binary release, or a "
+                           "folder of train/ and test/ class folders)")
+    changed = [f for f in ("epochs", "limit_train", "batch_size") if getattr(args, f) is not None] + \
+        (["set"] if args.set else [])
+    if changed:
+        flag = changed[0].replace("_", "-")
+        raise AlexNetError(f"--preset cifar fixes its settings in advance; it takes no --{flag}")
+    out = args.out or "runs/reproduce-cifar"
+    command = f"alexnet reproduce {' '.join(args.claims)} --preset cifar --data {args.data} --out {out}"
+    run_study(args.claims, args.data, out, args.device, args.seeds, command.replace("  ", " "))
     return 0
 
 
@@ -545,13 +565,17 @@ def _reproduce(sub) -> None:
     p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to measure (default: all; see --list)")
     p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
     p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
-    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu"),
+    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu", "cifar"),
                    help="cpu: Fashion-MNIST at 67 px, 6,000 images, 2 epochs (under an hour on 2 cores); "
-                        "gpu: the full-size network at 227 px; auto: gpu when CUDA is present")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3)")
+                        "gpu: the full-size network at 227 px; auto: gpu when CUDA is present; cifar: the paper's "
+                        "own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's networks, every setting fixed "
+                        "in advance (run it again to continue it or to rebuild its report)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; cifar: Fig. 1's "
+                                                        "reported seeds, lrn's come from a power calculation)")
     p.add_argument("--data", default="fashion-mnist",
                    help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
-    p.add_argument("--out", default="runs/reproduce", help="directory of the runs and the report")
+    p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "
+                                 "runs/reproduce-cifar)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--limit-train", type=int, help="override the preset's number of training images (0: all)")
     p.add_argument("--batch-size", type=int, help="override the preset's batch (128, the paper's)")

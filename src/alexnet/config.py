@@ -27,13 +27,16 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
 @dataclass
 class ModelConfig:
     variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN), 'torchvision' (single tower), "
-                               "'paper-half' (one tower, half of conv1-4: section 3.2), 'lenet5' (1998, 32 px)",
-                      ("paper", "torchvision", "paper-half", "lenet5"))
+                               "'paper-half' (one tower, half of conv1-4: section 3.2), 'lenet5' (1998, 32 px), "
+                               "'cifar-18pct' and 'cifar-11pct' (cuda-convnet's CIFAR-10 nets, 32 and 24 px: "
+                               "the paper's Fig. 1 and section 3.3)",
+                      ("paper", "torchvision", "paper-half", "lenet5", "cifar-18pct", "cifar-11pct"))
     num_classes: int = _f(0, "number of classes; 0 takes it from the data")
     dropout: float = _f(0.5, "dropout probability in fc6/fc7 (paper: 0.5)")
     norm: str = _f("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
-                          "after every convolution (AlexNet-BN), or none", ("lrn", "batch", "none"))
-    activation: str = _f("relu", "paper networks: the nonlinearity (section 3.1 compares relu with tanh)",
+                          "after every convolution (AlexNet-BN), or none; cifar networks: their layer file's "
+                          "normalisation (lrn) or none", ("lrn", "batch", "none"))
+    activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
                          ("relu", "tanh"))
     overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
     lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
@@ -43,10 +46,12 @@ class ModelConfig:
     # He's init, not the paper's: with the paper's N(0, 0.01) weights and biases of 1 the network
     # stayed at chance through its first epoch in every seed (alexnet reproduce init,
     # docs/reproduction.md), the stall Caffe's bvlc_alexnet also met. --init paper is the paper's.
-    init: str = _f("kaiming", "initialisation: kaiming (He, fan-out; linear layers N(0,0.01); biases 0), paper "
-                              "(N(0,0.01), biases 1 in conv2/4/5, fc6/7), zero-bias (the same, biases 0), caffe "
-                              "(biases 0.1, fc6/7 std 0.005), torchvision (PyTorch's layer defaults)",
-                   ("kaiming", "paper", "zero-bias", "caffe", "torchvision"))
+    init: str = _f("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks "
+                           "and LeNet-5, the layer file's for the cifar networks), kaiming (He, fan-out; linear "
+                           "layers N(0,0.01); biases 0), paper (N(0,0.01), biases 1 in conv2/4/5, fc6/7; the cifar "
+                           "networks: their layer file's), zero-bias (the same, biases 0), caffe (biases 0.1, fc6/7 "
+                           "std 0.005), torchvision (PyTorch's layer defaults)",
+                   ("auto", "kaiming", "paper", "zero-bias", "caffe", "torchvision"))
     weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "
                           "count differs, and the weights' variant, input size and normaliser are used")
     freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
@@ -84,11 +89,14 @@ class OptimConfig:
     momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
     weight_decay: float = _f(5e-4, "weight decay (paper: 5e-4)")
     schedule: str = _f("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
-                                  "step: every --step-epochs; cosine: per-step cosine decay to zero",
-                       ("plateau", "step", "cosine"))
+                                  "step: every --step-epochs; multistep: at each of --milestones (none: constant); "
+                                  "cosine: per-step cosine decay to zero",
+                       ("plateau", "step", "multistep", "cosine"))
     patience: int = _f(5, "plateau: epochs without improvement before the lr is divided")
     max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
     step_epochs: int = _f(30, "step: epochs between divisions")
+    milestones: str = _f("", "multistep: the epochs after which the lr is divided by 10, e.g. '16,18' (as "
+                             "cuda-convnet's CIFAR-10 recipes lower it twice near the end)")
     warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
     head_lr_mult: float = _f(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
     bias_lr_mult: float = _f(2.0, "learning-rate multiplier for biases: 2 as in the code the paper ran "
@@ -96,6 +104,9 @@ class OptimConfig:
     bias_decay_mult: float = _f(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
                                      "(decay_mult 0); 1 decays them as weights")
     scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
+    stop_at_train_error: float = _f(0.0, "end training after the epoch in which the training error, averaged "
+                                         "over a tenth of an epoch's steps, first reaches this (e.g. 0.25, "
+                                         "Fig. 1's mark); 0 = train every epoch")
     skip_nonfinite: int = _f(0, "skip up to this many batches an epoch whose loss is not finite, leaving the "
                                 "weights untouched (costs a host sync per step); 0 = stop at the first")
     fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
@@ -216,6 +227,9 @@ def validate(cfg: TrainConfig) -> None:
         (d.resize >= crop, f"--resize {d.resize} must be at least the crop size {crop}"),
         (o.patience >= 0 and o.max_drops >= 0 and o.step_epochs >= 1, "schedule settings must be positive"),
         (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
+        (0 <= o.stop_at_train_error < 1, f"--stop-at-train-error must be in [0, 1), got {o.stop_at_train_error}"),
+        (not o.stop_at_train_error or cfg.trace_steps, "--stop-at-train-error reads every step's error: add "
+                                                       "--trace-steps"),
         (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
         (o.bias_lr_mult >= 0, f"--bias-lr-mult must be non-negative, got {o.bias_lr_mult}"),
         (o.bias_decay_mult >= 0, f"--bias-decay-mult must be non-negative, got {o.bias_decay_mult}"),
@@ -223,6 +237,12 @@ def validate(cfg: TrainConfig) -> None:
         (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
         (o.skip_nonfinite >= 0, f"--skip-nonfinite must be non-negative, got {o.skip_nonfinite}"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
+        (not m.variant.startswith("cifar") or m.norm != "batch",
+         f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
+        (not m.variant.startswith("cifar") or m.overlap_pool,
+         f"--no-overlap-pool is for the paper networks; the {m.variant} network pools as its layer file does"),
+        (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
+         f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
         (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"),
@@ -234,13 +254,31 @@ def validate(cfg: TrainConfig) -> None:
     from .preempt import parse_every
 
     parse_every(cfg.checkpoint_every)
+    milestones(o)
+
+
+def milestones(o: OptimConfig) -> list[int]:
+    """``--milestones`` as increasing whole epochs."""
+    try:
+        out = [int(m) for m in o.milestones.replace(" ", "").split(",") if m]
+    except ValueError:
+        raise AlexNetError(f"--milestones takes epochs separated by commas, e.g. '16,18'; got {o.milestones!r}") \
+            from None
+    if any(m < 1 for m in out) or out != sorted(set(out)):
+        raise AlexNetError(f"--milestones must be increasing positive epochs, got {o.milestones!r}")
+    return out
 
 
 def model_options(m: ModelConfig) -> dict[str, Any]:
     """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
+    from .models import default_init
+
+    init = default_init(m.variant) if m.init == "auto" else m.init
     if m.variant == "lenet5":
-        return {"init": m.init}
-    options = {"dropout": m.dropout, "init": m.init}
+        return {"init": init}
+    if m.variant.startswith("cifar"):
+        return {"init": init, "activation": m.activation, "norm": m.norm}
+    options = {"dropout": m.dropout, "init": init}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
                        overlap_pool=m.overlap_pool)

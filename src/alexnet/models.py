@@ -69,6 +69,10 @@ class AlexNet(nn.Module):
 
     _taps: dict[str, int]
     info: VariantInfo
+    # What --init auto gives: He's init (see ModelConfig.init for why not the paper's).
+    DEFAULT_INIT = "kaiming"
+    # Weight-decay multipliers by layer (module path), for layer files that set each layer's own.
+    DECAY_MULT: dict[str, float] = {}
 
     features: nn.Sequential
     classifier: nn.Sequential
@@ -416,6 +420,14 @@ VARIANTS: dict[str, Callable[..., AlexNet]] = {
     "paper-half": HalfAlexNet,
     "lenet5": LeNet5,
 }
+from .convnet import ConvNet11, ConvNet18  # noqa: E402  (they build on AlexNet, above)
+
+VARIANTS.update({"cifar-18pct": ConvNet18, "cifar-11pct": ConvNet11})
+
+
+def default_init(variant: str) -> str:
+    """The initialisation ``--init auto`` gives a network (its class's ``DEFAULT_INIT``)."""
+    return _lookup(variant).DEFAULT_INIT
 
 
 def variant_info(name: str) -> VariantInfo:
@@ -440,6 +452,8 @@ def create_model(variant: str = "paper", num_classes: int = 1000, **kwargs) -> A
     if num_classes < 1:
         raise AlexNetError(f"num_classes must be at least 1, got {num_classes}")
     cls = _lookup(variant)
+    if kwargs.get("init") == "auto":
+        kwargs["init"] = cls.DEFAULT_INIT
     try:
         return cls(num_classes=num_classes, **kwargs)
     except TypeError as e:

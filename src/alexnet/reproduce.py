@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import stats
+from .curves import smooth_window, smoothed, steps_to  # noqa: F401  (steps_to: part of this module's API)
 from .config import TrainConfig, apply_overrides
 from .errors import AlexNetError
 from .files import atomic_write_text
@@ -339,24 +340,6 @@ def _duration(seconds: float) -> str:
 
 # ---------------------------------------------------------------------------
 # From finished runs to results.
-
-
-def smoothed(trace: list[float], window: int) -> list[float]:
-    """Mean of each ``window`` consecutive steps; entry i ends at step i + window (1-based)."""
-    return [sum(trace[i - window:i]) / window for i in range(window, len(trace) + 1)]
-
-
-def steps_to(trace: list[float], threshold: float, window: int) -> int | None:
-    """The first step (1-based) at which the mean training error of the last ``window`` steps
-    is at or below ``threshold``; None if the run never gets there."""
-    for i, e in enumerate(smoothed(trace, window)):
-        if e <= threshold + 1e-12:
-            return i + window
-    return None
-
-
-def smooth_window(steps_per_epoch: int) -> int:
-    return max(5, steps_per_epoch // 10)
 
 
 def common_threshold(traces: list[list[float]], window: int) -> float | None:

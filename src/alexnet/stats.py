@@ -97,3 +97,91 @@ def paired(a: list[float], b: list[float], confidence: float = 0.95) -> Paired:
         half = t_quantile(0.5 + confidence / 2, n - 1) * sd_d / math.sqrt(n)
         low, high = mean_d - half, mean_d + half
     return Paired(n, mean_a, sd_a, mean_b, sd_b, diffs, mean_d, sd_d, low, high)
+
+
+# ---------------------------------------------------------------------------
+# Verdicts on size, multiplicity and the number of seeds.
+
+SMALLER, LARGER, OPPOSITE, NO_EFFECT = "smaller than the paper", "larger than the paper", "opposite to the paper", \
+    "no effect"
+
+
+def interval(p: Paired, confidence: float) -> tuple[float, float]:
+    """The ``confidence`` Student-t interval of the mean paired difference (nan with one seed)."""
+    if p.n < 2:
+        return math.nan, math.nan
+    half = t_quantile(0.5 + confidence / 2, p.n - 1) * p.sd_diff / math.sqrt(p.n)
+    return p.mean_diff - half, p.mean_diff + half
+
+
+def p_value(p: Paired) -> float:
+    """Two-sided p-value of the paired t-test of 'no difference' (nan with one seed)."""
+    if p.n < 2:
+        return math.nan
+    if p.sd_diff == 0:
+        return 1.0 if p.mean_diff == 0 else 0.0
+    t = p.mean_diff / (p.sd_diff / math.sqrt(p.n))
+    return max(0.0, min(1.0, 2 * (1 - t_cdf(abs(t), p.n - 1))))
+
+
+def size_verdict(low: float, high: float, expect: int, paper: float | None = None,
+                 margin: float | None = None) -> str:
+    """What an interval [low, high] of (change - base) says of a claim that predicts a
+    difference of sign ``expect`` and, where the paper gives one, of size ``paper``:
+    ``agrees`` (the interval holds the paper's number; without one, it excludes zero on the
+    predicted side), ``smaller``/``larger than the paper`` (it excludes zero on the predicted
+    side and lies below/above the paper's number), ``no effect`` (it lies inside +-``margin``,
+    fixed in advance), ``opposite to the paper`` (it excludes zero on the other side), else
+    ``inconclusive``."""
+    if math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    if paper is not None and low <= paper <= high:
+        return AGREES
+    if margin is not None and -margin <= low and high <= margin:
+        return NO_EFFECT
+    predicted = low > 0 if expect > 0 else high < 0
+    if predicted:
+        if paper is None:
+            return AGREES
+        return SMALLER if abs(high if expect > 0 else low) < abs(paper) else LARGER
+    if (high < 0) if expect > 0 else (low > 0):
+        return OPPOSITE
+    return INCONCLUSIVE
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the i-th smallest of m p-values times (m - i + 1), made
+    monotone and capped at 1; a hypothesis is rejected at level a when its adjusted p <= a."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_levels(p_values: list[float], alpha: float = 0.05) -> list[float]:
+    """Each hypothesis's confidence level under Holm's procedure: 1 - alpha / (m - rank), rank
+    0 for the smallest p-value; intervals at these levels carry the family's error rate."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    levels = [0.0] * m
+    for rank, i in enumerate(order):
+        levels[i] = 1 - alpha / (m - rank)
+    return levels
+
+
+def seeds_for_power(sd_diff: float, delta: float, alpha: float = 0.05, power: float = 0.8,
+                    max_seeds: int = 50) -> int:
+    """Seeds a paired comparison needs to detect a true difference ``delta`` with ``power``
+    in a two-sided test at level ``alpha``, given the sd of paired differences from a pilot:
+    the smallest n >= 2 with n >= ((t(1 - alpha/2, n-1) + t(power, n-1)) * sd / delta)^2
+    (the t approximation of the power of a t-test); ``max_seeds`` when none up to it does."""
+    if delta <= 0:
+        raise ValueError(f"delta must be positive, got {delta}")
+    for n in range(2, max_seeds + 1):
+        need = ((t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd_diff / delta) ** 2
+        if n >= need:
+            return n
+    return max_seeds

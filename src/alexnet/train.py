@@ -31,11 +31,12 @@ from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_mo
                          save_checkpoint, save_weights, unwrap)
 from .files import atomic_write_text
 from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overrides, crop_size, from_dict,
-                     model_options, to_dict, validate)
+                     milestones, model_options, to_dict, validate)
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
 from .evaluate import EvalResult, evaluate
+from .curves import smooth_window, steps_to
 from .models import create_model
 from .preempt import Cadence, StopRequest
 from .progress import Progress
@@ -51,13 +52,15 @@ class LRSchedule:
 
     ``plateau`` (paper): divide by 10 when validation error has not improved for
     ``patience`` epochs, at most ``max_drops`` times. ``step``: divide by 10 every
-    ``step_epochs``, at most ``max_drops`` times. ``cosine``: per-step cosine
-    decay to zero over the run, for short budgets.
+    ``step_epochs``, at most ``max_drops`` times. ``multistep``: divide by 10 after each
+    of the ``milestones`` epochs. ``cosine``: per-step cosine decay to zero over the
+    run, for short budgets.
     """
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int) -> None:
         self.cfg, self.steps_per_epoch = cfg, max(steps_per_epoch, 1)
         self.drops, self.best, self.bad_epochs = 0, math.inf, 0
+        self.milestones = milestones(cfg)
 
     def lr(self, epoch: int, step: int) -> float:
         c, base = self.cfg, base_lr(self.cfg)
@@ -66,6 +69,8 @@ class LRSchedule:
             lr = 0.5 * base * (1 + math.cos(math.pi * min(t / c.epochs, 1.0)))
         elif c.schedule == "step":
             lr = base * 0.1 ** min(int(t // c.step_epochs), c.max_drops)
+        elif c.schedule == "multistep":
+            lr = base * 0.1 ** sum(t >= m for m in self.milestones)
         else:
             lr = base * 0.1 ** self.drops
         if c.warmup_epochs > 0 and t < c.warmup_epochs:
@@ -110,16 +115,18 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     Biases learn at ``bias_lr_mult`` (2) times the rate and decay at ``bias_decay_mult`` (0)
     times the weight decay, as in cuda-convnet's layer files (epsB = 2 epsW, no decay on
     biases) and Caffe's bvlc_alexnet (lr_mult 2, decay_mult 0); the paper's text does not
-    say. The last layer (fc8) carries ``head_lr_mult`` on top. Each group's ``lr_mult`` is
-    applied by the schedule at every step."""
+    say. The last layer (fc8) carries ``head_lr_mult`` on top, and a network whose layer file
+    gives each layer its own decay (cuda-convnet's CIFAR nets) its ``DECAY_MULT``. Each group's
+    ``lr_mult`` is applied by the schedule at every step."""
     head = {id(p) for p in model.head_parameters()}
+    layer_decay = getattr(model, "DECAY_MULT", {})
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         bias = name.endswith(".bias")
         lr_mult = (cfg.head_lr_mult if id(p) in head else 1.0) * (cfg.bias_lr_mult if bias else 1.0)
-        decay = cfg.weight_decay * (cfg.bias_decay_mult if bias else 1.0)
+        decay = cfg.weight_decay * (cfg.bias_decay_mult if bias else layer_decay.get(name.rpartition(".")[0], 1.0))
         groups.setdefault((lr_mult, decay), []).append(p)
     return [{"params": params, "lr_mult": lr_mult, "weight_decay": decay}
             for (lr_mult, decay), params in groups.items()]
@@ -645,6 +652,15 @@ class Run:
         return {"final": final.as_dict(), "history": self.history, "out": str(self.out)}
 
 
+def reached_train_error(cfg: TrainConfig, history: list[dict]) -> bool:
+    """Whether ``--stop-at-train-error`` is set and the smoothed training error has reached it."""
+    target = cfg.optim.stop_at_train_error
+    if not target:
+        return False
+    trace = [e for h in history for e in h.get("trace_error", [])]
+    return steps_to(trace, target, smooth_window(len(history[0].get("trace_error", [])))) is not None
+
+
 def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
     """Train as ``cfg`` says, validating every epoch; returns the final metrics.
 
@@ -662,6 +678,10 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
         with StopRequest() as stop:
             cadence = Cadence(cfg.checkpoint_every, stop, run.rt.env.world, run.rt.device)
             for epoch in range(run.start_epoch, cfg.optim.epochs):
+                if run.history and reached_train_error(cfg, run.history):  # checked here too for a resumed run
+                    _log(run.rt, f"training error reached {cfg.optim.stop_at_train_error:.0%} "
+                                 f"(--stop-at-train-error): stopped after epoch {epoch}")
+                    break
                 record, last_val = run.epoch(epoch, cadence)
                 run.save_epoch(record)
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this epoch

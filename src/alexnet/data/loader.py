@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import AlexNetError
 from ..files import printable
-from . import fashion_mnist
+from . import cifar10, fashion_mnist
 from .folder import ImageFolder, find_classes, resolve_workers
 from .transforms import to_rgb
 from .packed import PackedSplit, is_packed, read_meta
@@ -320,17 +320,21 @@ def build(data: str, resize: int, device: torch.device, req: Request) -> Splits:
     if bad:
         raise AlexNetError(f"unknown split {bad[0]!r}; choose from {', '.join(EVAL_SPLITS)}")
     root = os.path.expanduser(data)
-    packed_data = data != "fashion-mnist" and is_packed(root)
+    packed_data = data not in ("fashion-mnist", cifar10.NAME) and is_packed(root)
     if req.gpu_decode and not (packed_data and read_meta(root)["encoding"] == "jpeg"):
         raise AlexNetError(f"--gpu-decode reads packed JPEG datasets (alexnet prepare); {data!r} is not one")
     if req.gpu_decode and device.type != "cuda":
         raise AlexNetError("--gpu-decode needs a CUDA device")
     if data == "fashion-mnist":
-        return _fashion_mnist_splits(resize, device, req)
+        return _tensor_splits(lambda split: fashion_mnist.load(split, req.fashion_mnist_dir),
+                              fashion_mnist.CLASSES, resize, device, req)
+    if cifar10.is_cifar10(data):
+        return _tensor_splits(lambda split: cifar10.load(split, data), cifar10.CLASSES, resize, device, req)
     if packed_data:
         return _packed_splits(root, resize, device, req)
     if not os.path.isdir(root):
-        raise AlexNetError(f"data folder {data!r} not found (expected 'fashion-mnist' or a folder with train/)")
+        raise AlexNetError(f"data folder {data!r} not found (expected 'fashion-mnist', CIFAR-10's binary release "
+                           "or a folder with train/)")
     return _folder_splits(root, resize, device, req)
 
 
@@ -341,30 +345,35 @@ def _batching(req: Request, device: torch.device, train: bool) -> dict:
 
 
 def _train_val_indices(n: int, has_val: bool, req: Request, limit_seed: int | None) -> tuple:
-    """(training indices, held-out validation indices or None, holdout count) with the limits applied."""
+    """(training indices, held-out validation indices or None, holdout count) with the limits applied.
+    ``limit_seed`` (data in class order, i.e. folders): the training limit is a random choice by
+    that seed, and the validation limit a fixed random choice (the first N would be a few classes)."""
     if has_val:
         return _limit(torch.arange(n), req.limit_train, limit_seed), None, 0
     train_idx, val_idx = split_indices(n, req.holdout)
-    return _limit(train_idx, req.limit_train, limit_seed), _limit(val_idx, req.limit_val), len(val_idx)
+    val_seed = None if limit_seed is None else HOLDOUT_SEED
+    return _limit(train_idx, req.limit_train, limit_seed), _limit(val_idx, req.limit_val, val_seed), len(val_idx)
 
 
-def _fashion_mnist_splits(resize: int, device: torch.device, req: Request) -> Splits:
-    """Fashion-MNIST: 60,000 training images, of which the validation images are held
-    out, and the 10,000-image test set."""
+def _tensor_splits(load: Callable[[str], tuple[torch.Tensor, torch.Tensor]], classes: tuple[str, ...],
+                   resize: int, device: torch.device, req: Request) -> Splits:
+    """A dataset held in memory as a training and a test split (Fashion-MNIST: 60,000 and
+    10,000 images; CIFAR-10: 50,000 and 10,000): the validation images are held out of the
+    training split. ``load(split)`` gives uint8 images (N, C, h, w) and labels."""
     train = val = test = None
     holdout = 0
     if {"train", "val"} & set(req.splits):
-        x, y = fashion_mnist.load("train", req.fashion_mnist_dir)
+        x, y = load("train")
         train_idx, val_idx, holdout = _train_val_indices(len(x), False, req, None)
         if "train" in req.splits:
             train = TensorBatches(x[train_idx], y[train_idx], resize, **_batching(req, device, True))
         if "val" in req.splits:
             val = TensorBatches(x[val_idx], y[val_idx], resize, **_batching(req, device, False))
     if "test" in req.splits:
-        x, y = fashion_mnist.load("test", req.fashion_mnist_dir)
+        x, y = load("test")
         keep = _limit(torch.arange(len(x)), req.limit_val)
         test = TensorBatches(x[keep], y[keep], resize, **_batching(req, device, False))
-    return Splits(list(fashion_mnist.CLASSES), train, val, test, holdout)
+    return Splits(list(classes), train, val, test, holdout)
 
 
 def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -> Splits:
@@ -399,7 +408,8 @@ def _folder_splits(root: str, resize: int, device: torch.device, req: Request) -
     has_val = os.path.isdir(os.path.join(root, "val"))
 
     def batches(dataset: ImageFolder, train: bool, keep: torch.Tensor | None = None) -> FolderBatches:
-        keep = _limit(torch.arange(len(dataset)), req.limit_val) if keep is None else keep
+        # files are in class order: a limited val/test split is a fixed random choice, not the first classes
+        keep = _limit(torch.arange(len(dataset)), req.limit_val, HOLDOUT_SEED) if keep is None else keep
         return FolderBatches(dataset, req.workers, indices=keep, **_batching(req, device, train))
 
     train = val = test = None

@@ -1,0 +1,100 @@
+"""`alexnet reproduce --preset cifar` at toy size: tuning, caps, censoring, the power calculation,
+verdicts and a report, on a tiny CIFAR-10 binary release whose classes are colours."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from alexnet import AlexNetError, stats, train
+from alexnet import reproduce_cifar as rc
+from alexnet.cli import main
+from alexnet.data import cifar10
+
+
+def _colour_release(folder, per_class_train=40, per_class_test=10):
+    """CIFAR-10's binary format; class k is a colour of its own plus noise, learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(30, 226, (10, 3))
+
+    def records(per_class):
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        images = colours[labels][:, :, None, None] + rng.normal(0, 25, (len(labels), 3, 32, 32))
+        images = images.clip(0, 255).astype(np.uint8)
+        return b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels))
+
+    folder.mkdir(parents=True)
+    train_raw = records(per_class_train)
+    size = len(train_raw) // 5
+    for i, name in enumerate(cifar10.FILES["train"]):
+        (folder / name).write_bytes(train_raw[i * size:(i + 1) * size])
+    (folder / "test_batch.bin").write_bytes(records(per_class_test))
+    return folder
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    small = dict(batch_size=16, mean_samples=64, log_every=1e9)
+    monkeypatch.setattr(rc, "THRESHOLD", 0.5)
+    monkeypatch.setattr(rc, "LR_GRID", (0.02, 0.002))
+    monkeypatch.setattr(rc, "RELU_CAP_EPOCHS", 3)
+    monkeypatch.setattr(rc, "FIG1", {**rc.FIG1, **small, "stop_at_train_error": 0.5})
+    monkeypatch.setattr(rc, "SEC33", {**rc.SEC33, **small, "epochs": 1, "milestones": ""})
+    monkeypatch.setattr(rc, "LRN_MAX_SEEDS", 3)
+
+
+def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypatch):
+    data = _colour_release(tmp_path / "cifar-10-batches-bin")
+    out = tmp_path / "out"
+    results = rc.run_study([], str(data), out, device="cpu", seeds=2, command="test", log=lambda _: None)
+    rt = results["relu-tanh"]
+    for arm in ("relu", "tanh"):  # the chosen rate is the grid's fastest to the mark on the tuning seed
+        grid = rt["tuning"][arm]["grid"]
+        assert set(grid) == {"0.02", "0.002"}
+        reached = {lr: s for lr, s in grid.items() if isinstance(s, int)}
+        assert rt["tuning"][arm]["steps"] == min(reached.values())
+        assert f"{rt['tuning'][arm]['lr']:g}" == min(reached, key=reached.get)
+    relu_most = max([rt["tuning"]["relu"]["steps"]] + [r["steps"] for r in rt["runs"]["relu"]])
+    assert rt["cap_steps"] >= rc.CAP_FACTOR * relu_most
+    for row, a, b in zip(rt["per_seed"], rt["runs"]["relu"], rt["runs"]["tanh"]):
+        assert row["ratio"] == pytest.approx((b["steps"] or rt["cap_steps"]) / a["steps"])
+    lrn = results["lrn"]
+    assert 3 <= lrn["pilot"]["seeds_needed"] == len(lrn["runs"]["lrn"]) == len(lrn["runs"]["none"]) <= 3
+    assert all(0 <= r["test_error_10view"] <= 1 and r["test_images"] == 100 for r in lrn["runs"]["none"])
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["verdicts"]) == {"relu-tanh", "lrn"}
+    assert saved["verdicts"]["lrn"]["level"] in (pytest.approx(0.975), pytest.approx(0.95))
+    text = (out / "report.md").read_text()
+    assert "| relu-tanh | tanh's steps / ReLU's to 50% training error | 6x |" in text and "| lrn |" in text
+    assert (out / "fig1.png").stat().st_size > 0
+
+    def no_training(*a, **kw):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(train, "fit", no_training)
+    again = rc.run_study([], str(data), out, device="cpu", seeds=2, command="test", log=lambda _: None)
+    assert again["lrn"]["paired"] == lrn["paired"]  # every run came from its result.json
+
+
+def test_a_capped_tanh_run_is_a_lower_bound():
+    relu = [{"seed": 0, "steps": 100}, {"seed": 1, "steps": 50}, {"seed": 2, "steps": None}]
+    tanh = [{"seed": 0, "steps": 300, "epochs": 10, "steps_per_epoch": 80},
+            {"seed": 1, "steps": None, "epochs": 10, "steps_per_epoch": 80},  # capped at 800 steps
+            {"seed": 2, "steps": 200, "epochs": 3, "steps_per_epoch": 80}]
+    m = rc.ratio_measure(relu, tanh)
+    assert [r["ratio"] for r in m["per_seed"]] == [3.0, 16.0, None]
+    assert m["per_seed"][1]["censored"] and m["censored"]
+    assert m["geomean"] == pytest.approx(math.sqrt(3.0 * 16.0))
+    v = rc.verdicts({"relu-tanh": m})["relu-tanh"]
+    assert v["verdict"].startswith(stats.INCONCLUSIVE) and "censored" in v["verdict"]
+
+
+def test_the_cifar_preset_takes_no_other_settings(tmp_path, capsys):
+    assert main(["reproduce", "--preset", "cifar"]) == 2
+    assert "--preset cifar trains on CIFAR-10: name it with --data" in capsys.readouterr().err
+    assert main(["reproduce", "--preset", "cifar", "--data", str(tmp_path), "--epochs", "3"]) == 2
+    assert "fixes its settings in advance; it takes no --epochs" in capsys.readouterr().err
+    with pytest.raises(AlexNetError, match="measures relu-tanh, lrn; not dropout"):
+        rc.run_study(["dropout"], str(tmp_path), tmp_path / "o")
