@@ -102,3 +102,24 @@ def test_each_layer_decays_as_its_params_file_says():
     assert by_name["features.local3.weight"] == by_name["features.local4.weight"] == pytest.approx(0.004)
     assert by_name["classifier.fc10.weight"] == pytest.approx(0.01)
     assert all(v == 0 for n, v in by_name.items() if n.endswith("bias"))
+
+
+def test_summary_counts_the_locally_connected_layers_work():
+    """local3: 36 positions x 64 filters x (3*3*64) inputs = 1,327,104 multiply-accumulates an image."""
+    from alexnet.summary import summarize
+
+    rows = {r.name: r for r in summarize(create_model("cifar-11pct", num_classes=10), 24)}
+    assert rows["features.local3"].macs == 36 * 64 * 576 and rows["features.local4"].macs == 36 * 32 * 576
+
+
+def test_a_trained_cifar_network_exports_to_onnx(tmp_path):
+    """The locally connected layers are built from slices and matrix products that ONNX has."""
+    from alexnet.config import TrainConfig, apply_overrides
+    from alexnet.export import export
+    from alexnet.train import fit
+    from test_reproduce_cifar import _colour_release
+
+    data = _colour_release(tmp_path / "cifar-10-batches-bin", per_class_train=8, per_class_test=2)
+    fit(apply_overrides(TrainConfig(), dict(data=str(data), variant="cifar-11pct", resize=32, epochs=1,
+                                            batch_size=16, mean_samples=32, out=str(tmp_path / "run"))))
+    assert export(tmp_path / "run", "onnx", tmp_path / "m.onnx")["max_abs_diff"] < 1e-4

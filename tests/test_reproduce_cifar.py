@@ -43,16 +43,18 @@ def toy(monkeypatch):
     monkeypatch.setattr(rc, "FIG1", {**rc.FIG1, **small, "stop_at_train_error": 0.5})
     monkeypatch.setattr(rc, "SEC33", {**rc.SEC33, **small, "epochs": 1, "milestones": ""})
     monkeypatch.setattr(rc, "LRN_MAX_SEEDS", 3)
+    monkeypatch.setattr(rc, "FIG1_SEEDS", 2)
+    monkeypatch.setattr(rc, "MAX_EXTENSIONS", 1)
 
 
 def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypatch):
     data = _colour_release(tmp_path / "cifar-10-batches-bin")
     out = tmp_path / "out"
-    results = rc.run_study([], str(data), out, device="cpu", seeds=2, command="test", log=lambda _: None)
+    results = rc.run_study([], str(data), out, device="cpu", command="test", log=lambda _: None)
     rt = results["relu-tanh"]
     for arm in ("relu", "tanh"):  # the chosen rate is the grid's fastest to the mark on the tuning seed
-        grid = rt["tuning"][arm]["grid"]
-        assert set(grid) == {"0.02", "0.002"}
+        grid = rt["tuning"][arm]["grid"]  # the grid, and a rate beyond it when an end of it won
+        assert {"0.02", "0.002"} <= set(grid) and len(grid) <= 2 + rc.MAX_EXTENSIONS
         reached = {lr: s for lr, s in grid.items() if isinstance(s, int)}
         assert rt["tuning"][arm]["steps"] == min(reached.values())
         assert f"{rt['tuning'][arm]['lr']:g}" == min(reached, key=reached.get)
@@ -61,7 +63,9 @@ def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypa
     for row, a, b in zip(rt["per_seed"], rt["runs"]["relu"], rt["runs"]["tanh"]):
         assert row["ratio"] == pytest.approx((b["steps"] or rt["cap_steps"]) / a["steps"])
     lrn = results["lrn"]
-    assert 3 <= lrn["pilot"]["seeds_needed"] == len(lrn["runs"]["lrn"]) == len(lrn["runs"]["none"]) <= 3
+    p = lrn["pilot"]  # the seeds the power calculation asks for, at least 3, at most LRN_MAX_SEEDS (3 here)
+    assert len(lrn["runs"]["lrn"]) == len(lrn["runs"]["none"]) == p["seeds"] == min(max(3, p["seeds_needed"]), 3)
+    assert p["capped"] == (p["seeds_needed"] > 3)
     assert all(0 <= r["test_error_10view"] <= 1 and r["test_images"] == 100 for r in lrn["runs"]["none"])
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["verdicts"]) == {"relu-tanh", "lrn"}
@@ -74,21 +78,37 @@ def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypa
         raise AssertionError("a finished run trained again")
 
     monkeypatch.setattr(train, "fit", no_training)
-    again = rc.run_study([], str(data), out, device="cpu", seeds=2, command="test", log=lambda _: None)
+    again = rc.run_study([], str(data), out, device="cpu", command="test", log=lambda _: None)
     assert again["lrn"]["paired"] == lrn["paired"]  # every run came from its result.json
 
 
-def test_a_capped_tanh_run_is_a_lower_bound():
-    relu = [{"seed": 0, "steps": 100}, {"seed": 1, "steps": 50}, {"seed": 2, "steps": None}]
-    tanh = [{"seed": 0, "steps": 300, "epochs": 10, "steps_per_epoch": 80},
-            {"seed": 1, "steps": None, "epochs": 10, "steps_per_epoch": 80},  # capped at 800 steps
-            {"seed": 2, "steps": 200, "epochs": 3, "steps_per_epoch": 80}]
-    m = rc.ratio_measure(relu, tanh)
-    assert [r["ratio"] for r in m["per_seed"]] == [3.0, 16.0, None]
-    assert m["per_seed"][1]["censored"] and m["censored"]
-    assert m["geomean"] == pytest.approx(math.sqrt(3.0 * 16.0))
+def test_a_capped_or_diverged_tanh_run_is_a_lower_bound_and_a_failed_relu_run_decides_nothing():
+    relu = [{"seed": 0, "steps": 100}, {"seed": 1, "steps": 50}, {"seed": 2, "steps": 80}]
+    tanh = [{"seed": 0, "steps": 300, "diverged": None},
+            {"seed": 1, "steps": None, "diverged": None},        # not there by the cap of 800 steps
+            {"seed": 2, "steps": None, "diverged": "training diverged"}]
+    m = rc.ratio_measure(relu, tanh, cap_steps=800)
+    assert [r["ratio"] for r in m["per_seed"]] == [3.0, 16.0, 10.0]
+    assert [r["censored"] for r in m["per_seed"]] == [False, True, True] and m["censored"]
+    assert m["geomean"] == pytest.approx((3.0 * 16.0 * 10.0) ** (1 / 3))
     v = rc.verdicts({"relu-tanh": m})["relu-tanh"]
-    assert v["verdict"].startswith(stats.INCONCLUSIVE) and "censored" in v["verdict"]
+    assert v["verdict"].startswith(stats.INCONCLUSIVE) and "censored" in v["verdict"] and v["n"] == 3
+    failed = rc.ratio_measure([{"seed": 0, "steps": None}, *relu[1:]], tanh, cap_steps=800)
+    assert failed["per_seed"][0]["ratio"] is None and failed["relu_failed"]
+    assert "did not reach" in rc.verdicts({"relu-tanh": failed})["relu-tanh"]["verdict"]
+
+
+def test_an_uncensored_ratio_is_judged_on_a_bonferroni_interval_of_log_ratios():
+    """Ratios 4, 5 and 6.25: log ratios with mean log 5 and sd 0.2231; the 97.5% interval
+    (t(0.9875, 2) = 0.975 / sqrt(2 * 0.9875 * 0.0125)) is exp(log 5 +- 6.2053 * 0.2231 / sqrt 3)."""
+    relu = [{"seed": s, "steps": 100} for s in range(3)]
+    tanh = [{"seed": s, "steps": n, "diverged": None} for s, n in enumerate((400, 500, 625))]
+    v = rc.verdicts({"relu-tanh": rc.ratio_measure(relu, tanh, cap_steps=10_000)})["relu-tanh"]
+    sd = math.log(1.25)
+    half = 0.975 / math.sqrt(2 * 0.9875 * 0.0125) * sd / math.sqrt(3)
+    assert v["estimate"] == pytest.approx(5.0)
+    assert (v["low"], v["high"]) == (pytest.approx(5 * math.exp(-half)), pytest.approx(5 * math.exp(half)))
+    assert v["verdict"] == stats.AGREES  # [2.2, 11.3] excludes 1 and holds 6
 
 
 def test_the_cifar_preset_takes_no_other_settings(tmp_path, capsys):

@@ -38,7 +38,8 @@ def test_seeds_for_power_by_hand():
 
 
 @pytest.mark.parametrize("low,high,expect,paper,margin,verdict", [
-    (0.5, 3.0, +1, 2.0, None, stats.AGREES),          # holds the paper's number
+    (0.5, 3.0, +1, 2.0, None, stats.AGREES),          # an effect, and it holds the paper's number
+    (-1.3, 2.3, +1, 2.0, 0.5, stats.INCONCLUSIVE),    # holds the paper's number and zero: decides nothing
     (0.5, 1.5, +1, 2.0, None, stats.SMALLER),         # real, but below it
     (2.5, 4.0, +1, 2.0, None, stats.LARGER),
     (-0.3, 0.4, +1, 2.0, 0.5, stats.NO_EFFECT),       # inside the margin fixed in advance
@@ -52,3 +53,11 @@ def test_seeds_for_power_by_hand():
 ])
 def test_verdicts_judge_size_as_well_as_direction(low, high, expect, paper, margin, verdict):
     assert stats.size_verdict(low, high, expect, paper, margin) == verdict
+
+
+def test_the_t_distribution_far_into_its_tails():
+    """With 2 df, P(T > t) = 1/2 - t / (2 sqrt(t^2 + 2)): about 5.6e-8 at t = 3000."""
+    for t in (0.7, 5.0, 40.0, 3000.0):
+        assert 1 - stats.t_cdf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)), rel=1e-6)
+        assert stats.t_cdf(-t, 2) == pytest.approx(1 - stats.t_cdf(t, 2), rel=1e-9)
+    assert stats.t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi

@@ -512,13 +512,14 @@ def _reproduce_cifar(args: argparse.Namespace) -> int:
         raise AlexNetError("--preset cifar trains on CIFAR-10: name it with --data (its binary release, or a "
                            "folder of train/ and test/ class folders)")
     changed = [f for f in ("epochs", "limit_train", "batch_size") if getattr(args, f) is not None] + \
-        (["set"] if args.set else [])
+        (["seeds"] if args.seeds else []) + (["set"] if args.set else [])
     if changed:
         flag = changed[0].replace("_", "-")
         raise AlexNetError(f"--preset cifar fixes its settings in advance; it takes no --{flag}")
     out = args.out or "runs/reproduce-cifar"
-    command = f"alexnet reproduce {' '.join(args.claims)} --preset cifar --data {args.data} --out {out}"
-    run_study(args.claims, args.data, out, args.device, args.seeds, command.replace("  ", " "))
+    device = "" if args.device == "auto" else f" --device {args.device}"
+    command = f"alexnet reproduce {' '.join(args.claims)} --preset cifar --data {args.data} --out {out}{device}"
+    run_study(args.claims, args.data, out, args.device, command.replace("  ", " "))
     return 0
 
 
@@ -570,8 +571,8 @@ def _reproduce(sub) -> None:
                         "gpu: the full-size network at 227 px; auto: gpu when CUDA is present; cifar: the paper's "
                         "own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's networks, every setting fixed "
                         "in advance (run it again to continue it or to rebuild its report)")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; cifar: Fig. 1's "
-                                                        "reported seeds, lrn's come from a power calculation)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; the cifar preset "
+                                                        "fixes its own: 3 for Fig. 1, a power calculation for lrn)")
     p.add_argument("--data", default="fashion-mnist",
                    help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
     p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "

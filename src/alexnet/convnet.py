@@ -75,11 +75,13 @@ class LocallyConnected2d(nn.Module):
         nn.init.normal_(self.weight, 0.0, 1 / math.sqrt(in_channels * kernel_size ** 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Patches as a strided view of the padded input (F.unfold, PyTorch's im2col, took 8 ms an
-        # image on the CPU here: 100 times this), then one matrix product per position.
+        # Patches from k*k shifted slices of the padded input (F.unfold, PyTorch's im2col, took 8 ms
+        # an image on the CPU here, 100 times this; Tensor.unfold does not export to ONNX), then
+        # one matrix product per position.
         b, k, side = x.shape[0], self.kernel_size, self.out_size
-        patches = F.pad(x, (self.padding,) * 4).unfold(2, k, 1).unfold(3, k, 1)  # (B, in, side, side, k, k)
-        cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, side * side, -1)   # (B, positions, in*k*k)
+        padded = F.pad(x, (self.padding,) * 4)
+        patches = torch.stack([padded[:, :, i:i + side, j:j + side] for i in range(k) for j in range(k)], 2)
+        cols = patches.permute(0, 3, 4, 1, 2).reshape(b, side * side, -1)  # (B, positions, in*k*k)
         out = torch.einsum("bpk,pok->bpo", cols, self.weight) + self.bias       # (B, positions, out)
         return out.permute(0, 2, 1).reshape(b, self.out_channels, side, side)
 

@@ -20,7 +20,12 @@ class LayerRow:
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """Multiply-accumulates of one image through ``module`` (convolutions and linear layers)."""
+    """Multiply-accumulates of one image through ``module`` (convolutions, locally connected and
+    linear layers)."""
+    from .convnet import LocallyConnected2d
+
+    if isinstance(module, LocallyConnected2d):
+        return module.weight.numel()  # one multiply-accumulate per weight at its own position
     if isinstance(module, nn.Conv2d):
         per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         return output[0].numel() * per_output
