@@ -46,9 +46,9 @@ class ModelConfig:
     # He's init, not the paper's: with the paper's N(0, 0.01) weights and biases of 1 the network
     # stayed at chance through its first epoch in every seed (alexnet reproduce init,
     # docs/reproduction.md), the stall Caffe's bvlc_alexnet also met. --init paper is the paper's.
-    init: str = _f("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks "
-                           "and LeNet-5, the layer file's for the cifar networks), kaiming (He, fan-out; linear "
-                           "layers N(0,0.01); biases 0), paper (N(0,0.01), biases 1 in conv2/4/5, fc6/7; the cifar "
+    init: str = _f("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks, "
+                           "torchvision for LeNet-5, the layer file's for the cifar networks), kaiming (He, fan-out; "
+                           "linear layers N(0,0.01); biases 0), paper (N(0,0.01), biases 1 in conv2/4/5, fc6/7; the cifar "
                            "networks: their layer file's), zero-bias (the same, biases 0), caffe (biases 0.1, fc6/7 "
                            "std 0.005), torchvision (PyTorch's layer defaults)",
                    ("auto", "kaiming", "paper", "zero-bias", "caffe", "torchvision"))
@@ -70,8 +70,11 @@ class DataConfig:
     random_crop: bool = _f(True, "random crops in training (off: center crop)")
     flip: bool = _f(True, "random horizontal flips in training")
     lighting: float = _f(0.1, "std of the PCA colour noise alpha (paper: 0.1; 0 disables)")
-    normalize: str = _f("mean-image", "mean-image: subtract the training set's mean image, 0-255 scale (paper); "
-                                      "channel: torchvision's per-channel mean/std", ("mean-image", "channel"))
+    normalize: str = _f("auto", "mean-image: subtract the training set's mean image, 0-255 scale (the paper's and "
+                                "cuda-convnet's, which LRN's constants and the paper's init were made for); channel: "
+                                "torchvision's per-channel mean/std (unit scale, which He's and PyTorch's inits "
+                                "assume); auto: the network's own (mean-image for paper, paper-half and the cifar "
+                                "networks, channel for torchvision and lenet5)", ("auto", "mean-image", "channel"))
     mean_samples: int = _f(10000, "training images used to estimate the mean image")
     workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
     gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
@@ -85,9 +88,11 @@ class DataConfig:
 class OptimConfig:
     epochs: int = _f(90, "epochs to train (paper: about 90)")
     batch_size: int = _f(128, "images per step, across all processes (paper: 128)")
-    lr: float = _f(0.01, "initial learning rate (paper: 0.01)")
+    lr: float = _f(0.0, "initial learning rate; 0 = the network's own: 0.01 (the paper) for the ImageNet networks "
+                        "and LeNet-5, 0.001 for the cifar networks (cuda-convnet's epsW)")
     momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
-    weight_decay: float = _f(5e-4, "weight decay (paper: 5e-4)")
+    weight_decay: float = _f(-1.0, "weight decay; -1 = the network's own: 5e-4 (the paper); 0.004 for the cifar "
+                                   "networks (cuda-convnet's wc, each layer its own multiple of it)")
     schedule: str = _f("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
                                   "step: every --step-epochs; multistep: at each of --milestones (none: constant); "
                                   "cosine: per-step cosine decay to zero",
@@ -206,10 +211,28 @@ def parse_setting(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with the settings left to the network (``--init auto``, ``--normalize
+    auto``, ``--lr 0``, ``--weight-decay -1``) set to the network's own; the run records these."""
+    from .models import VARIANTS
+
+    out = from_dict(to_dict(cfg))
+    net = VARIANTS.get(out.model.variant)
+    if net is None:
+        return out  # validate names the unknown variant
+    m, d, o = out.model, out.data, out.optim
+    m.init = net.DEFAULT_INIT if m.init == "auto" else m.init
+    d.normalize = net.DEFAULT_NORMALIZE if d.normalize == "auto" else d.normalize
+    o.lr = net.DEFAULT_LR if o.lr == 0 else o.lr
+    o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
+    return out
+
+
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible combinations with a message naming the flag."""
     from .models import variant_info
 
+    cfg = resolve_defaults(cfg)
     d, o, m = cfg.data, cfg.optim, cfg.model
     info = variant_info(m.variant)
     crop = d.crop or info.input_size

@@ -95,6 +95,9 @@ class ConvNet(AlexNet):
 
     INIT_STD: dict[str, float]  # cuda-convnet's initW, by layer
     DEFAULT_INIT = "paper"  # the layer file's: these shallow networks train from it
+    # The params files' epsW and wc (the convolutions' wc; DECAY_MULT scales the other layers'):
+    # at the paper's 0.01 both networks diverged from their layer files' init on 0-255 inputs.
+    DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 0.001, 0.004
     ONE_BIAS: tuple[str, ...] = ()
     HIDDEN_FC: tuple[str, ...] = ()
     _taps: dict[str, int] = {}

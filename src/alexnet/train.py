@@ -12,6 +12,7 @@ resumed CPU run repeats the uninterrupted run exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -31,7 +32,7 @@ from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_mo
                          save_checkpoint, save_weights, unwrap)
 from .files import atomic_write_text
 from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overrides, crop_size, from_dict,
-                     milestones, model_options, to_dict, validate)
+                     milestones, model_options, resolve_defaults, to_dict, validate)
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
@@ -58,6 +59,9 @@ class LRSchedule:
     """
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int) -> None:
+        if cfg.lr <= 0:
+            raise AlexNetError("the schedule needs a learning rate: resolve --lr 0 (the network's own) with "
+                               "config.resolve_defaults first")
         self.cfg, self.steps_per_epoch = cfg, max(steps_per_epoch, 1)
         self.drops, self.best, self.bad_epochs = 0, math.inf, 0
         self.milestones = milestones(cfg)
@@ -103,8 +107,10 @@ def base_lr(cfg: OptimConfig) -> float:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay (paper, section 5), in the parameter groups of
-    ``param_groups``."""
+    ``param_groups``; a rate or decay left to the network (0, -1) is the network's own."""
     impl = {"fused": True} if cfg.fused else {"foreach": True}
+    lr, decay = getattr(unwrap(model), "DEFAULT_LR", 0.01), getattr(unwrap(model), "DEFAULT_WEIGHT_DECAY", 5e-4)
+    cfg = dataclasses.replace(cfg, lr=cfg.lr or lr, weight_decay=decay if cfg.weight_decay == -1 else cfg.weight_decay)
     return torch.optim.SGD(param_groups(model, cfg), lr=base_lr(cfg), momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay, **impl)
 
@@ -416,6 +422,13 @@ def mean_image(batches: data_loader.Batches, samples: int) -> torch.Tensor:
     return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()
 
 
+def resolve_normalize(cfg: TrainConfig) -> str:
+    """``--normalize``, with ``auto`` resolved to the network's own."""
+    from .models import default_normalize
+
+    return default_normalize(cfg.model.variant) if cfg.data.normalize == "auto" else cfg.data.normalize
+
+
 def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
            pretrained: tuple | None) -> tuple[nn.Module, Normalizer]:
     """The network (fresh, resumed or to fine-tune) and its normaliser."""
@@ -429,7 +442,7 @@ def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
         if ckpt is not None:
             load_state(model, ckpt["model"], str(Path(cfg.out) / CHECKPOINT_NAME))
             normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
-        elif cfg.data.normalize == "channel":
+        elif resolve_normalize(cfg) == "channel":
             normalizer = Normalizer.channel()
         else:
             normalizer = Normalizer.mean_image(mean_image(splits.train, cfg.data.mean_samples))
@@ -465,6 +478,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> None:
         pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
+        cfg = resolve_defaults(cfg)
         validate(cfg)
         self.cfg, self.rt, self.out, self.resumed = cfg, resolve_runtime(cfg), Path(cfg.out), ckpt is not None
         _check_out(self.out, self.resumed, overwrite)

@@ -1,0 +1,50 @@
+"""Every network trains from its defaults: only the data, the sizes and a small budget are given
+(a default chosen for one network once made another diverge)."""
+
+import math
+
+import pytest
+
+from alexnet import VARIANTS
+from alexnet.config import TrainConfig, apply_overrides
+from alexnet.train import fit
+
+SIZES = {"paper": (76, 67), "paper-half": (76, 67), "torchvision": (67, 63), "lenet5": (36, 32),
+         "cifar-18pct": (32, 32), "cifar-11pct": (32, 24)}
+
+
+def _first_and_last(tmp_path, data: dict, variant: str) -> tuple[list[float], float, float]:
+    resize, crop = SIZES[variant]
+    result = fit(apply_overrides(TrainConfig(), {
+        **data, "variant": variant, "resize": resize, "crop": crop, "epochs": 2, "limit_train": 1536,
+        "limit_val": 128, "mean_samples": 512, "workers": 0, "trace_steps": True, "log_every": 1e9,
+        "out": str(tmp_path / variant)}))
+    losses = [x for h in result["history"] for x in h["trace_loss"]]
+    quarter = len(losses) // 4
+    return losses, sum(losses[:quarter]) / quarter, sum(losses[-quarter:]) / quarter
+
+
+def test_the_variants_cover_every_network():
+    assert set(SIZES) == set(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", sorted(SIZES))
+def test_every_network_trains_from_its_defaults_on_fashion_mnist(tmp_path, fmnist_dir, variant):
+    losses, first, last = _first_and_last(tmp_path, {"fashion_mnist_dir": fmnist_dir}, variant)
+    assert all(math.isfinite(x) for x in losses)
+    assert last < first - 0.05, (first, last)
+
+
+KNOWN = {"paper": "at 67 px pool5 is 1x1 and the 6x6 pool copies it 36 times: fc6's 36 copies of each weight "
+                  "learn as one, 36 times too fast (issue 16, point 4); the loss rose from 2.0 to 2.5"}
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xfail(reason=KNOWN[v], strict=True))
+                                     if v in KNOWN else v for v in sorted(SIZES)])
+def test_every_network_trains_from_its_defaults_on_cifar10(tmp_path, variant):
+    from test_reproduce_cifar import _colour_release
+
+    data = _colour_release(tmp_path / "cifar-10-batches-bin", per_class_train=160, per_class_test=4)
+    losses, first, last = _first_and_last(tmp_path, {"data": str(data)}, variant)
+    assert all(math.isfinite(x) for x in losses)
+    assert last < first - 0.05, (first, last)
