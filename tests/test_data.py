@@ -102,12 +102,12 @@ def test_epoch_order_is_seeded_and_sharded():
 def test_mean_image_is_the_exact_mean_of_its_sample(fmnist_dir):
     """The mean image is the mean of exactly ``samples`` training images, taken in the fixed
     order the estimate uses (epoch -1 of the training order)."""
-    req = Request(batch_size=256, limit_train=2048, fashion_mnist_dir=fmnist_dir)
+    req = Request(batch_size=256, fashion_mnist_dir=fmnist_dir)
     splits = build("fashion-mnist", 32, torch.device("cpu"), req)
     mean = mean_image(splits.train, 1000)  # not a multiple of the batch: the last batch is cut
     x, _ = fashion_mnist.load("train", fmnist_dir)
     train_idx, _ = split_indices(len(x), -1)
-    chosen = train_idx[:2048][epoch_order(2048, True, 0, -1)[:1000]]
+    chosen = train_idx[epoch_order(len(train_idx), True, 0, -1)[:1000]]
     exact = resize_batch(x[chosen], 32).double().mean(0) / 255
     assert mean.shape == (3, 32, 32)
     torch.testing.assert_close(mean, exact.expand(3, -1, -1).float(), rtol=0, atol=1e-6)
@@ -167,3 +167,16 @@ def test_a_limited_split_of_a_folder_samples_every_class(tmp_path):
     again = build(str(tree), 40, torch.device("cpu"),
                   Request(splits=("val", "test"), batch_size=8, workers=0, holdout=24, limit_val=8, seed=5))
     assert torch.equal(again.test.indices, s.test.indices) and torch.equal(again.val.indices, s.val.indices)
+
+
+def test_each_seed_draws_its_own_limited_training_set(fmnist_dir):
+    """--limit-train N is a random choice of N training images by the run's seed (an experiment's
+    seeds then differ in their data too), the same for the same seed; validation stays fixed."""
+    def pick(seed):
+        s = build("fashion-mnist", 28, torch.device("cpu"),
+                  Request(batch_size=64, limit_train=500, limit_val=100, seed=seed, fashion_mnist_dir=fmnist_dir))
+        return s.train.images, s.val.images
+
+    (a, va), (b, vb), (c, _) = pick(0), pick(1), pick(0)
+    assert len(a) == len(b) == 500 and torch.equal(a, c) and not torch.equal(a, b)
+    assert torch.equal(va, vb)

@@ -80,7 +80,8 @@ class DataConfig:
     gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
     holdout: int = _f(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
                           "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
-    limit_train: int = _f(0, "use only this many training images (0 = all); for quick runs")
+    limit_train: int = _f(0, "use only this many training images, a random choice by --seed (0 = all); for quick "
+                             "runs and small-data experiments")
     limit_val: int = _f(0, "use only this many validation (and test) images (0 = all)")
 
 

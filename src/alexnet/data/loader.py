@@ -346,8 +346,9 @@ def _batching(req: Request, device: torch.device, train: bool) -> dict:
 
 def _train_val_indices(n: int, has_val: bool, req: Request, limit_seed: int | None) -> tuple:
     """(training indices, held-out validation indices or None, holdout count) with the limits applied.
-    ``limit_seed`` (data in class order, i.e. folders): the training limit is a random choice by
-    that seed, and the validation limit a fixed random choice (the first N would be a few classes)."""
+    ``limit_seed``: the training limit is a random choice by that seed (so that every seed of an
+    experiment draws its own subset), and the validation limit a fixed random choice (for data
+    in class order, such as folders, the first N would be a few classes)."""
     if has_val:
         return _limit(torch.arange(n), req.limit_train, limit_seed), None, 0
     train_idx, val_idx = split_indices(n, req.holdout)
@@ -364,7 +365,7 @@ def _tensor_splits(load: Callable[[str], tuple[torch.Tensor, torch.Tensor]], cla
     holdout = 0
     if {"train", "val"} & set(req.splits):
         x, y = load("train")
-        train_idx, val_idx, holdout = _train_val_indices(len(x), False, req, None)
+        train_idx, val_idx, holdout = _train_val_indices(len(x), False, req, req.seed)  # each seed its own subset
         if "train" in req.splits:
             train = TensorBatches(x[train_idx], y[train_idx], resize, **_batching(req, device, True))
         if "val" in req.splits:
@@ -389,9 +390,8 @@ def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -
     train = val = test = None
     holdout = 0
     if "train" in req.splits or ("val" in req.splits and not has_val):
-        # packing shuffled the images, so the first N of a limit are a random sample
-        n = meta["splits"]["train"]["count"]
-        train_idx, val_idx, holdout = _train_val_indices(n, has_val, req, None)
+        n = meta["splits"]["train"]["count"]  # a limit is a random choice by the run's seed, as everywhere
+        train_idx, val_idx, holdout = _train_val_indices(n, has_val, req, req.seed)
         if "train" in req.splits:
             train = batches("train", True, train_idx)
         if "val" in req.splits and not has_val:
