@@ -153,8 +153,8 @@ def tune(study: Study, arm: str, cap_steps: int | None, per_epoch: int | None) -
     while True:
         for lr in [g for g in grid if g not in runs]:
             best = _fastest(runs)
-            limit = min(s for s in (cap_steps, best and runs[best]["steps"]) if s) if (cap_steps or best) else None
-            epochs = _epochs_for(limit, per_epoch) if limit and per_epoch else RELU_CAP_EPOCHS
+            limits = [s for s in (cap_steps, best and runs[best]["steps"]) if s]  # the cap, the best so far
+            epochs = _epochs_for(min(limits), per_epoch) if limits and per_epoch else RELU_CAP_EPOCHS
             runs[lr] = study.run(f"relu-tanh/tune/{arm}/lr{lr:g}", {**FIG1, "activation": arm, "lr": lr,
                                                                    "epochs": epochs}, TUNING_SEED)
             per_epoch = per_epoch or runs[lr]["steps_per_epoch"]
