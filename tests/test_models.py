@@ -6,6 +6,7 @@ import torchvision
 
 from alexnet import AlexNetError, VARIANTS, create_model, variant_info
 from alexnet.lrn import local_response_norm, local_response_norm_reference
+from alexnet.models import pool5_size
 
 
 def _count(model) -> int:
@@ -58,6 +59,67 @@ def test_non_overlapping_pooling_keeps_the_map_sizes():
     assert shapes(plain) == shapes(flat) == [(1, 96, 27, 27), (1, 256, 13, 13), (1, 256, 6, 6)]
 
 
+@pytest.mark.parametrize("size", [71, 135, 199])
+def test_at_even_map_sizes_ceil_pools_differ_in_overlap_alone(size):
+    """With Caffe's rounding, at inputs whose maps are all even, 3x3/2 and 2x2/2 pooling give the
+    same map sizes and both read every unit; with floor rounding at 67 px the 2x2 pools skip the
+    maps' last rows and columns (two changes at once, which the option avoids)."""
+    def covered(pool, n):  # which units of an n x n map reach some window's maximum
+        x = torch.zeros(n * n, 1, n, n)
+        x.view(n * n, -1)[torch.arange(n * n), torch.arange(n * n)] = 1.0
+        return pool(x).flatten(1).amax(1).view(n, n).bool()
+
+    x = torch.randn(1, 3, size, size)
+    models = [create_model("paper", overlap_pool=o, ceil_pool=True, pool5_grid=pool5_size("paper", size, o, True))
+              for o in (True, False)]
+    maps = [[t.shape for t in _trace_pools(m, x)] for m in models]
+    assert maps[0] == maps[1] and maps[0][-1][-1] == pool5_size("paper", size, True, True)
+    for m in models:
+        sizes = [t.shape[-1] for t in _inputs_of_pools(m, x)]
+        assert all(n % 2 == 0 for n in sizes)
+        assert all(covered(p, n).all() for p, n in zip(_pools(m), sizes))
+    floor2x2 = create_model("paper", overlap_pool=False, pool5_grid=1)
+    n = _inputs_of_pools(floor2x2, torch.randn(1, 3, 67, 67))[0].shape[-1]  # conv1's 15x15
+    assert not covered(_pools(floor2x2)[0], n).all() and covered(_pools(models[0])[0], 16).all()
+
+
+def test_pool5_size_is_the_map_the_network_makes():
+    for overlap in (True, False):
+        for ceil in (True, False):
+            for size in (67, 71, 99, 135, 199, 224, 227):
+                model = create_model("paper", num_classes=10, overlap_pool=overlap, ceil_pool=ceil)
+                side = model.features(torch.zeros(1, 3, size, size)).shape[-1]
+                assert pool5_size("paper", size, overlap, ceil) == side, (overlap, ceil, size)
+
+
+def test_pool5_grid_sized_to_the_input_gives_fc6_each_value_once():
+    """At 67 px pool5 is 1x1: on the paper's 6x6 grid fc6 holds 36 copies of each weight and,
+    summed, they move 36 times as far per step as one weight would; a 1x1 grid has one."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 67, 67)
+    steps = {}
+    for grid in (6, 1):
+        model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming", pool5_grid=grid)
+        assert model.classifier.fc6.in_features == 256 * grid * grid
+        model(x).logsumexp(1).sum().backward()
+        g = model.classifier.fc6.weight.grad.view(4096, 256, grid * grid).sum(-1)  # the effective weight's step
+        steps[grid] = g.norm() / model.classifier.fc6.weight.grad.view(4096, 256, -1)[..., 0].norm()
+    assert steps[6] == pytest.approx(36, rel=1e-4) and steps[1] == pytest.approx(1)
+
+
+def _pools(model):
+    return [m for m in model.features if isinstance(m, torch.nn.MaxPool2d)]
+
+
+def _inputs_of_pools(model, x):
+    out = []
+    for layer in model.features:
+        if isinstance(layer, torch.nn.MaxPool2d):
+            out.append(x)
+        x = layer(x)
+    return out
+
+
 def _trace_pools(model, x):
     out = []
     for layer in model.features:
@@ -92,6 +154,7 @@ def test_half_network_is_one_tower_of_half_the_kernels():
 
 OPTIONS = [(v, {}) for v in VARIANTS] + [("paper", {"activation": "tanh"}), ("paper", {"overlap_pool": False}),
                                          ("paper", {"norm": "batch"}), ("paper", {"init": "zero-bias"}),
+                                         ("paper", {"pool5_grid": 2, "ceil_pool": True}),
                                          ("cifar-18pct", {"activation": "tanh"}), ("cifar-11pct", {"norm": "none"})]
 
 
@@ -237,10 +300,11 @@ def test_reset_classifier():
     assert model.num_classes == 5 and model(torch.randn(1, 3, 224, 224)).shape == (1, 5)
 
 
-def test_small_input_fc6_shortcut_is_exact():
+@pytest.mark.parametrize("grid", [6, 2])
+def test_small_input_fc6_shortcut_is_exact(grid):
     """Below 99 px pool5 is 1x1: the folded fc6 gives the plain path's outputs and gradients."""
     torch.manual_seed(0)
-    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming").double()
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming", pool5_grid=grid).double()
     x = torch.randn(4, 3, 67, 67, dtype=torch.float64)
     assert model.features(x).shape[-2:] == (1, 1)
     fast = model(x)
@@ -350,10 +414,11 @@ def test_structural_options_survive_weights_files_and_old_configs():
     from alexnet.towers import TwoTowerAlexNet
 
     m = ModelConfig()
-    adopt_model_options(m, create_model("paper", norm="batch", activation="tanh", overlap_pool=False).options())
-    assert (m.norm, m.activation, m.overlap_pool) == ("batch", "tanh", False)
+    adopt_model_options(m, create_model("paper", norm="batch", activation="tanh", overlap_pool=False, pool5_grid=2,
+                                        ceil_pool=True).options())
+    assert (m.norm, m.activation, m.overlap_pool, m.pool5_grid, m.ceil_pool) == ("batch", "tanh", False, 2, True)
     adopt_model_options(m, {"lrn": False, "lrn_k": 2.0})  # a file from before the norm option
-    assert (m.norm, m.activation, m.overlap_pool) == ("none", "relu", True)
+    assert (m.norm, m.activation, m.overlap_pool, m.pool5_grid, m.ceil_pool) == ("none", "relu", True, 6, False)
     assert from_dict({"model": {"lrn": False}}).model.norm == "none"
     with pytest.raises(AlexNetError, match="two-tower split"):
         TwoTowerAlexNet(create_model("paper", activation="tanh", num_classes=4), ("cpu", "cpu"))

@@ -46,8 +46,48 @@ def test_steps_to_threshold_uses_the_smoothed_curve():
     assert rep.steps_to(trace, 0.3, 2) == 3  # one lucky step (0.1) alone does not count
     assert rep.steps_to(trace, 0.25, 2) == 6
     assert rep.steps_to(trace, 0.1, 2) is None
-    # every run's best smoothed error: 0.25 and 0.41 -> the lowest multiple of 5% both reach is 45%
-    assert rep.common_threshold([trace, [0.5, 0.45, 0.41, 0.41]], 2) == pytest.approx(0.45)
+
+
+def _reaching(step, total=100):
+    """A per-step training error whose 5-step mean first reaches 35% at ``step``."""
+    return [0.9] * (step - 5) + [0.3] * (total - step + 5)
+
+
+def test_verdicts_on_size_with_holm_over_the_primary_measures_and_censored_steps():
+    plan = rep.make_plan(["lrn", "relu-tanh"], "cpu", seeds=3, out="unused")
+    assert plan.preset.thresholds["relu-tanh"] == 0.35  # fixed in the preset, not read off the runs
+    run = lambda seed, err, step: {"seed": seed, "top1_error": err, "steps_per_epoch": 10,  # noqa: E731
+                                   "trace_error": _reaching(step)}
+    results = {"baseline": [run(0, 0.20, 10), run(1, 0.21, 10), run(2, 0.22, 10)],
+               "no-lrn": [run(0, 0.22, 10), run(1, 0.23, 10), run(2, 0.25, 10)],
+               "tanh": [run(0, 0.30, 20), run(1, 0.30, 40), run(2, 0.30, 80)]}
+    claims = rep.analyse(plan, results)
+    lrn, ratio = claims["lrn"]["measures"][0], claims["relu-tanh"]["measures"][0]
+    # lrn: diffs .02 .02 .03, mean .023333, se .0057735/sqrt(3) = .0033333, t = 7 on 2 df: two-sided
+    # p = 1 - t/sqrt(t^2 + 2) = .019804. relu-tanh: log ratios ln 2, ln 4, ln 8, mean ln 4, sd ln 2,
+    # t = ln 4 / (ln 2 / sqrt 3) = 3.4641, p = 1 - 3.4641/sqrt(14) = .074180. Holm over the two: .039608
+    # and .074180. Bonferroni's level .975: t(.9875, 2) = sqrt(2 * .975^2 / (1 - .975^2)) = 6.2053.
+    assert lrn["p"] == pytest.approx(0.019804, abs=1e-5) and ratio["p"] == pytest.approx(0.074180, abs=1e-5)
+    assert lrn["p_holm"] == pytest.approx(0.039608, abs=2e-5) and ratio["p_holm"] == pytest.approx(0.074180, abs=1e-5)
+    assert lrn["level"] == ratio["level"] == pytest.approx(0.975)
+    assert (lrn["ci_low"], lrn["ci_high"]) == (pytest.approx(0.023333 - 0.020684, abs=1e-5),
+                                               pytest.approx(0.023333 + 0.020684, abs=1e-5))
+    assert lrn["verdict"] == "agrees"  # the interval [.0026, .0440] excludes 0 and holds the paper's .014
+    assert math.exp(ratio["mean_diff"]) == pytest.approx(4.0)
+    assert ratio["verdict"] == "inconclusive"  # log ratio ln 4 +- 6.2053 * 0.4: spans zero
+    assert claims["relu-tanh"]["measures"][1]["verdict"].endswith("(secondary)")
+    assert "level" in claims["relu-tanh"]["measures"][1] and claims["relu-tanh"]["measures"][1]["level"] == 0.95
+
+    # A tanh run that never reaches the threshold leaves the step ratio censored, whatever the others say.
+    results["tanh"][2]["trace_error"] = [0.9] * 100
+    ratio = rep.analyse(plan, results)["relu-tanh"]["measures"][0]
+    assert ratio["seeds"] == 2 and ratio["verdict"] == "inconclusive (censored: tanh seed(s) 2 did not reach it)"
+
+    # An effect far below the paper's: smaller than the paper; one inside the margin: no effect.
+    results["no-lrn"] = [run(0, 0.2040, 10), run(1, 0.2141, 10), run(2, 0.2240, 10)]
+    assert rep.analyse(plan, results)["lrn"]["measures"][0]["verdict"] == "smaller than the paper"
+    results["no-lrn"] = [run(0, 0.2001, 10), run(1, 0.2100, 10), run(2, 0.2200, 10)]
+    assert rep.analyse(plan, results)["lrn"]["measures"][0]["verdict"] == "no effect"
 
 
 def test_every_claim_has_its_arms_and_a_preset_fits_the_claims():
@@ -87,7 +127,7 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     assert all(name in listed for name in rep.CLAIMS) and "+1.4 points" in listed
 
 
-TINY = dict(limit_train=128, limit_val=96, epochs=1, batch_size=32, mean_samples=64, resize=76, crop=67)
+TINY = dict(limit_train=128, limit_val=96, epochs=1, batch_size=32, mean_samples=64)
 
 
 def test_two_arms_two_seeds_report_and_resume(tmp_path, fmnist_dir, monkeypatch):
@@ -112,7 +152,7 @@ def test_two_arms_two_seeds_report_and_resume(tmp_path, fmnist_dir, monkeypatch)
                                                   for s in (0, 1)) / 2)
     assert results["claims"]["fig3"]["skipped"].startswith("the data are grayscale")
     report = (out / "report.md").read_text()
-    assert "| lrn | top-1 error | +1.4 points |" in report and "cannot show" in report
+    assert "| lrn | top-1 error | +1.4 points (top-1) |" in report and "cannot show" in report
     assert (out / "fig3.png").stat().st_size > 0 and (out / "claims.png").stat().st_size > 0
 
     # Run again: nothing is redone. Lose one run's result: that run alone is redone.

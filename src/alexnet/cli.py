@@ -44,15 +44,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
     size = args.input_size or info.input_size
     if size < info.min_input_size:
         raise AlexNetError(f"--input-size {size} is too small for {args.variant} (at least {info.min_input_size})")
-    m = ModelConfig(variant=args.variant, norm=args.norm, activation=args.activation, overlap_pool=args.overlap_pool)
+    m = ModelConfig(variant=args.variant, norm=args.norm, activation=args.activation, overlap_pool=args.overlap_pool,
+                    pool5_grid=args.pool5_grid, ceil_pool=args.ceil_pool)
     model = create_model(args.variant, num_classes=args.num_classes, **model_options(m))
     rows = summarize(model, size)
     if args.json:
         print(json.dumps({"variant": args.variant, "options": model.options(), "input_size": size, "layers": [dataclasses.asdict(r) for r in rows],
                           "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows)}, indent=2))
     else:
-        changed = {k: v for k, v in model.options().items() if k in ("norm", "activation", "overlap_pool")
-                   and v != {"norm": "lrn", "activation": "relu", "overlap_pool": True}[k]}
+        usual = {"norm": "lrn", "activation": "relu", "overlap_pool": True, "pool5_grid": 6, "ceil_pool": False}
+        changed = {k: v for k, v in model.options().items() if k in usual and v != usual[k]}
         options = "".join(f", {k}={v}" for k, v in changed.items())
         print(format_table(rows, f"{args.variant}{options}: {info.description}; input 3x{size}x{size}, "
                                  f"{args.num_classes} classes"))
@@ -306,6 +307,8 @@ def _summary(sub) -> None:
     p.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="paper networks: the nonlinearity")
     p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
                    help="paper networks: 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
+    p.add_argument("--pool5-grid", type=int, default=6, help="paper networks: the grid fc6 reads pool5 at")
+    p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
     p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
     _json(p)

@@ -39,6 +39,12 @@ class ModelConfig:
     activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
                          ("relu", "tanh"))
     overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
+    pool5_grid: int = _f(6, "paper networks: the grid fc6 reads pool5 at (the paper's 6x6); set it to pool5's own "
+                            "size for small inputs (1 below 99 px, 2 at 71 px with --ceil-pool), or the adaptive "
+                            "pool copies each value and fc6 learns that many times too fast")
+    ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (same maps at 227 px); "
+                                "at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools then differ "
+                                "in overlap alone")
     lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
     lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
                               "each tower, as the paper's two GPUs each normalised their own maps",
@@ -263,14 +269,18 @@ def validate(cfg: TrainConfig) -> None:
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
         (not m.variant.startswith("cifar") or m.norm != "batch",
          f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
+        (m.pool5_grid >= 1, f"--pool5-grid must be at least 1, got {m.pool5_grid}"),
+        (m.variant in ("paper", "paper-half") or (m.pool5_grid == 6 and not m.ceil_pool),
+         f"--pool5-grid and --ceil-pool are for the paper networks, not {m.variant}"),
         (not m.variant.startswith("cifar") or m.overlap_pool,
          f"--no-overlap-pool is for the paper networks; the {m.variant} network pools as its layer file does"),
         (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
          f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
-        (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"),
-         "--model-parallel builds the 2012 structure: ReLU, overlapping pooling, LRN or none"),
+        (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"
+                                    and m.pool5_grid == 6 and not m.ceil_pool),
+         "--model-parallel builds the 2012 structure: ReLU, overlapping pooling, LRN or none, fc6 on a 6x6 grid"),
     ]
     for ok, message in checks:
         if not ok:
@@ -305,7 +315,7 @@ def model_options(m: ModelConfig) -> dict[str, Any]:
     options = {"dropout": m.dropout, "init": init}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
-                       overlap_pool=m.overlap_pool)
+                       overlap_pool=m.overlap_pool, pool5_grid=m.pool5_grid, ceil_pool=m.ceil_pool)
     return options
 
 
@@ -315,6 +325,8 @@ def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
     m.norm = options.get("norm", "lrn" if options.get("lrn", True) else "none")  # older files record lrn
     m.activation = options.get("activation", "relu")
     m.overlap_pool = options.get("overlap_pool", True)
+    m.pool5_grid = options.get("pool5_grid", 6)  # files from before the options: the paper's 6x6, floor pools
+    m.ceil_pool = options.get("ceil_pool", False)
     m.lrn_k = options.get("lrn_k", m.lrn_k)
     m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
 

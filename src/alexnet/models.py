@@ -139,18 +139,39 @@ class AlexNet(nn.Module):
         self.classifier[-1] = new.to(old.weight.device, old.weight.dtype)
 
 
-def fc6_on_pool5(fc6: nn.Linear, avgpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """fc6 of pool5 ``x`` (B, C, h, w), through the 6x6 adaptive pool.
+def fc6_on_pool5(fc6: nn.Linear, avgpool: nn.AdaptiveAvgPool2d, x: torch.Tensor) -> torch.Tensor:
+    """fc6 of pool5 ``x`` (B, C, h, w), through the adaptive pool to fc6's g x g grid.
 
-    Inputs below 99 px leave pool5 at 1x1; the adaptive pool would copy each value to
-    all 36 positions. fc6 of those copies is fc6 with its 36 per-position weight columns
-    summed: the same numbers (and gradients) for 1/36 of fc6's work, which is a third
-    of a small-input step.
+    Where pool5 is 1x1 (inputs below 99 px at the paper's 6x6 grid) the adaptive pool would
+    copy each value to all g*g positions. fc6 of those copies is fc6 with its g*g per-position
+    weight columns summed: the same numbers (and gradients) for 1/(g*g) of fc6's work, which is
+    a third of a small-input step at g = 6. (The copies also make fc6 learn g*g times as fast as
+    a layer that sees each value once: ``pool5_grid`` sized to the input avoids them.)
     """
-    if x.shape[-2:] == (1, 1):
-        weight = fc6.weight.view(fc6.out_features, -1, 36).sum(-1)  # (out, C)
+    grid = _pair(avgpool.output_size)
+    if x.shape[-2:] == (1, 1) and grid != (1, 1):
+        weight = fc6.weight.view(fc6.out_features, -1, grid[0] * grid[1]).sum(-1)  # (out, C)
         return F.linear(torch.flatten(x, 1), weight, fc6.bias)
     return fc6(torch.flatten(avgpool(x), 1))
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def pool5_size(variant: str, input_size: int, overlap_pool: bool = True, ceil_pool: bool = False) -> int:
+    """The side of pool5's map for a square input of ``input_size`` px (0 where it vanishes): what
+    ``pool5_grid`` should be for fc6 to see each pool5 value once. The paper network's and its
+    one-tower half's arithmetic (conv1 11/4, three 3/2 or 2/2 pools, size-keeping convolutions)."""
+    if variant not in ("paper", "paper-half"):
+        raise AlexNetError(f"pool5_size is defined for the paper networks, not {variant!r}")
+    k, s = (3, 2) if overlap_pool else (2, 2)
+    n = (input_size - 11) // 4 + 1  # conv1
+    for _ in range(3):  # pool1, pool2, pool5 (conv2-conv5 keep the size)
+        if n < k:
+            return 0
+        n = (-(-(n - k) // s) if ceil_pool else (n - k) // s) + 1
+    return n
 
 
 LRN_SPANS = ("all", "tower")  # the paper network's LRN window: across all maps, or within each tower
@@ -168,6 +189,17 @@ class PaperAlexNet(AlexNet):
     ``norm="batch"``: batch normalisation after every convolution, before its
     activation, in place of LRN (Ioffe and Szegedy 2015; the convolutions then have no
     bias, which the normalisation would cancel).
+
+    Two options serve inputs other than 227 px. ``pool5_grid``: the grid the adaptive pool
+    brings pool5 to before fc6 (6, the paper's 6x6). At 67-98 px pool5 is 1x1 and a 6x6 grid
+    holds 36 copies of it, so fc6 learns 36 times as fast as at 227 px; ``pool5_grid`` set to
+    pool5's own size (``pool5_size``) gives fc6 each value once. ``ceil_pool``: the max pools
+    round their output size up, as Caffe's pooling layer does (the same maps at 227 px, whose
+    pooled maps are odd). At inputs whose maps are all even (71, 135, 199 px) the overlapping
+    3x3/2 pools and the 2x2/2 ones then give the same sizes and both cover every unit, so
+    ``overlap_pool=False`` changes the overlap alone; with floor rounding (the default, as
+    torchvision) a 2x2/2 pool drops the odd last row and column of the maps the 3x3/2 one
+    reads in full (4%, 7% and 15% of the conv1, conv2 and conv5 maps at 227 px).
     """
 
     info = VariantInfo(
@@ -185,20 +217,27 @@ class PaperAlexNet(AlexNet):
 
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, lrn: bool = True,
                  init: str = "paper", lrn_k: float = 2.0, lrn_span: str = "all", norm: str | None = None,
-                 activation: str = "relu", overlap_pool: bool = True) -> None:
+                 activation: str = "relu", overlap_pool: bool = True, pool5_grid: int = 6,
+                 ceil_pool: bool = False) -> None:
         super().__init__()
         norm = norm or ("lrn" if lrn else "none")
         _check_choice("lrn_span", lrn_span, LRN_SPANS)
         _check_choice("norm", norm, NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
+        if pool5_grid < 1:
+            raise AlexNetError(f"pool5_grid must be at least 1, got {pool5_grid}")
         self._options = dict(dropout=dropout, norm=norm, lrn_k=lrn_k, lrn_span=lrn_span, activation=activation,
-                             overlap_pool=overlap_pool)
+                             overlap_pool=overlap_pool, pool5_grid=pool5_grid, ceil_pool=ceil_pool)
         c1, c2, c3, c4, c5 = self.WIDTHS
         g = self.GROUPS
 
         def act() -> nn.Module:
             return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
         pool = (3, 2) if overlap_pool else (2, 2)  # (kernel, stride): 55 -> 27 -> 13 -> 6 either way
+        g5 = pool5_grid
+
+        def maxpool() -> nn.MaxPool2d:
+            return nn.MaxPool2d(*pool, ceil_mode=ceil_pool)
 
         def conv(i: int, cin: int, cout: int, k: int, groups: int = 1, **kw) -> list[tuple[str, nn.Module]]:
             layers = [(f"conv{i}", nn.Conv2d(cin, cout, k, groups=groups, bias=norm != "batch", **kw))]
@@ -219,18 +258,18 @@ class PaperAlexNet(AlexNet):
         self.features = nn.Sequential(OrderedDict([
             *conv(1, 3, c1, 11, stride=4),                              # (B, 96, 55, 55)
             *lrn_(1),
-            ("pool1", nn.MaxPool2d(*pool)),                             # (B, 96, 27, 27)
+            ("pool1", maxpool()),                                       # (B, 96, 27, 27)
             *conv(2, c1, c2, 5, groups=g, padding=2),                   # (B, 256, 27, 27)
             *lrn_(2),
-            ("pool2", nn.MaxPool2d(*pool)),                             # (B, 256, 13, 13)
+            ("pool2", maxpool()),                                       # (B, 256, 13, 13)
             *conv(3, c2, c3, 3, padding=1),                             # crosses towers
             *conv(4, c3, c4, 3, groups=g, padding=1),
             *conv(5, c4, c5, 3, groups=g, padding=1),                   # (B, 256, 13, 13)
-            ("pool5", nn.MaxPool2d(*pool)),                             # (B, 256, 6, 6)
+            ("pool5", maxpool()),                                       # (B, 256, 6, 6)
         ]))
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))  # identity at 227; allows smaller inputs
+        self.avgpool = nn.AdaptiveAvgPool2d((g5, g5))  # identity at 227 (g5 = 6); allows other inputs
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(c5 * 6 * 6, 4096)),
+            ("fc6", nn.Linear(c5 * g5 * g5, 4096)),
             (f"{activation}6", act()),
             ("drop6", nn.Dropout(dropout)),  # the paper drops after fc6 and fc7
             ("fc7", nn.Linear(4096, 4096)),
@@ -243,7 +282,8 @@ class PaperAlexNet(AlexNet):
     def is_standard(self) -> bool:
         """The 2012 structure (ReLU, overlapping pooling, LRN or none): what the two-tower split builds."""
         o = self._options
-        return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch"
+        return (o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and o["pool5_grid"] == 6
+                and not o["ceil_pool"])
 
     # The layers with weights, by module path: the names Caffe's bvlc_alexnet uses, and the
     # unit of the two-tower split (towers.py).
