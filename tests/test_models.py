@@ -90,6 +90,11 @@ def test_pool5_size_is_the_map_the_network_makes():
                 model = create_model("paper", num_classes=10, overlap_pool=overlap, ceil_pool=ceil)
                 side = model.features(torch.zeros(1, 3, size, size)).shape[-1]
                 assert pool5_size("paper", size, overlap, ceil) == side, (overlap, ceil, size)
+    for size in (63, 71, 95, 224):
+        model = create_model("torchvision", num_classes=10)
+        assert pool5_size("torchvision", size) == model.features(torch.zeros(1, 3, size, size)).shape[-1], size
+    small = create_model("torchvision", num_classes=10, pool5_grid=1)
+    assert small.classifier[1].in_features == 256 and small(torch.zeros(2, 3, 71, 71)).shape == (2, 10)
 
 
 def test_pool5_grid_sized_to_the_input_gives_fc6_each_value_once():

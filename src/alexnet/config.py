@@ -39,9 +39,10 @@ class ModelConfig:
     activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
                          ("relu", "tanh"))
     overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
-    pool5_grid: int = _f(6, "paper networks: the grid fc6 reads pool5 at (the paper's 6x6); set it to pool5's own "
-                            "size for small inputs (1 below 99 px, 2 at 71 px with --ceil-pool), or the adaptive "
-                            "pool copies each value and fc6 learns that many times too fast")
+    pool5_grid: int = _f(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
+                            "set it to pool5's own size for small inputs (1 below 99 px, 2 at 71 px with "
+                            "--ceil-pool), or the adaptive pool copies each value and fc6 learns that many times "
+                            "too fast")
     ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (same maps at 227 px); "
                                 "at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools then differ "
                                 "in overlap alone")
@@ -270,8 +271,9 @@ def validate(cfg: TrainConfig) -> None:
         (not m.variant.startswith("cifar") or m.norm != "batch",
          f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
         (m.pool5_grid >= 1, f"--pool5-grid must be at least 1, got {m.pool5_grid}"),
-        (m.variant in ("paper", "paper-half") or (m.pool5_grid == 6 and not m.ceil_pool),
-         f"--pool5-grid and --ceil-pool are for the paper networks, not {m.variant}"),
+        (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid == 6,
+         f"--pool5-grid is for the paper and torchvision networks, not {m.variant}"),
+        (m.variant in ("paper", "paper-half") or not m.ceil_pool, f"--ceil-pool is for the paper networks, not {m.variant}"),
         (not m.variant.startswith("cifar") or m.overlap_pool,
          f"--no-overlap-pool is for the paper networks; the {m.variant} network pools as its layer file does"),
         (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
@@ -312,10 +314,10 @@ def model_options(m: ModelConfig) -> dict[str, Any]:
         return {"init": init}
     if m.variant.startswith("cifar"):
         return {"init": init, "activation": m.activation, "norm": m.norm}
-    options = {"dropout": m.dropout, "init": init}
+    options = {"dropout": m.dropout, "init": init, "pool5_grid": m.pool5_grid}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
-                       overlap_pool=m.overlap_pool, pool5_grid=m.pool5_grid, ceil_pool=m.ceil_pool)
+                       overlap_pool=m.overlap_pool, ceil_pool=m.ceil_pool)
     return options
 
 

@@ -161,12 +161,13 @@ def _pair(size) -> tuple[int, int]:
 
 def pool5_size(variant: str, input_size: int, overlap_pool: bool = True, ceil_pool: bool = False) -> int:
     """The side of pool5's map for a square input of ``input_size`` px (0 where it vanishes): what
-    ``pool5_grid`` should be for fc6 to see each pool5 value once. The paper network's and its
-    one-tower half's arithmetic (conv1 11/4, three 3/2 or 2/2 pools, size-keeping convolutions)."""
-    if variant not in ("paper", "paper-half"):
-        raise AlexNetError(f"pool5_size is defined for the paper networks, not {variant!r}")
+    ``pool5_grid`` should be for fc6 to see each pool5 value once. The arithmetic of the paper
+    networks and torchvision's (conv1 11/4, unpadded or padded by 2; three 3/2 or 2/2 pools;
+    size-keeping convolutions between them)."""
+    if variant not in ("paper", "paper-half", "torchvision"):
+        raise AlexNetError(f"pool5_size is defined for the paper and torchvision networks, not {variant!r}")
     k, s = (3, 2) if overlap_pool else (2, 2)
-    n = (input_size - 11) // 4 + 1  # conv1
+    n = (input_size + (4 if variant == "torchvision" else 0) - 11) // 4 + 1  # conv1
     for _ in range(3):  # pool1, pool2, pool5 (conv2-conv5 keep the size)
         if n < k:
             return 0
@@ -394,9 +395,13 @@ class TorchvisionAlexNet(AlexNet):
     # unit-scale inputs) made its logits 73 times too large, and the default recipe diverged.
     DEFAULT_NORMALIZE = "channel"
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, init: str = "torchvision") -> None:
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, init: str = "torchvision",
+                 pool5_grid: int = 6) -> None:
         super().__init__()
-        self._options = dict(dropout=dropout)
+        if pool5_grid < 1:
+            raise AlexNetError(f"pool5_grid must be at least 1, got {pool5_grid}")
+        self._options = dict(dropout=dropout, pool5_grid=pool5_grid)  # pool5_grid as the paper network's
+        g5 = pool5_grid
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),  # 0: (B, 64, 55, 55)
             nn.ReLU(inplace=True),
@@ -412,10 +417,10 @@ class TorchvisionAlexNet(AlexNet):
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),                  # (B, 256, 6, 6)
         )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.avgpool = nn.AdaptiveAvgPool2d((g5, g5))
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),  # "one weird trick" drops *before* fc6 and fc7
-            nn.Linear(256 * 6 * 6, 4096),
+            nn.Linear(256 * g5 * g5, 4096),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(4096, 4096),
