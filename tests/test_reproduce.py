@@ -60,28 +60,41 @@ def test_verdicts_on_size_with_holm_over_the_primary_measures_and_censored_steps
                                    "trace_error": _reaching(step)}
     results = {"baseline": [run(0, 0.20, 10), run(1, 0.21, 10), run(2, 0.22, 10)],
                "no-lrn": [run(0, 0.22, 10), run(1, 0.23, 10), run(2, 0.25, 10)],
-               "tanh": [run(0, 0.30, 20), run(1, 0.30, 40), run(2, 0.30, 80)]}
+               "baseline@speed": [run(0, 0.20, 10), run(1, 0.21, 10), run(2, 0.22, 10)],
+               "tanh@speed": [run(0, 0.30, 20), run(1, 0.30, 40), run(2, 0.30, 80)]}
     claims = rep.analyse(plan, results)
     lrn, ratio = claims["lrn"]["measures"][0], claims["relu-tanh"]["measures"][0]
     # lrn: diffs .02 .02 .03, mean .023333, se .0057735/sqrt(3) = .0033333, t = 7 on 2 df: two-sided
     # p = 1 - t/sqrt(t^2 + 2) = .019804. relu-tanh: log ratios ln 2, ln 4, ln 8, mean ln 4, sd ln 2,
     # t = ln 4 / (ln 2 / sqrt 3) = 3.4641, p = 1 - 3.4641/sqrt(14) = .074180. Holm over the two: .039608
-    # and .074180. Bonferroni's level .975: t(.9875, 2) = sqrt(2 * .975^2 / (1 - .975^2)) = 6.2053.
+    # and .074180; Holm's levels .975 (the smaller p) and .95. t(.9875, 2) = sqrt(2 * .975^2 / (1 - .975^2))
+    # = 6.2053, so lrn's interval is .023333 +- 6.2053 * .0033333.
     assert lrn["p"] == pytest.approx(0.019804, abs=1e-5) and ratio["p"] == pytest.approx(0.074180, abs=1e-5)
     assert lrn["p_holm"] == pytest.approx(0.039608, abs=2e-5) and ratio["p_holm"] == pytest.approx(0.074180, abs=1e-5)
-    assert lrn["level"] == ratio["level"] == pytest.approx(0.975)
+    assert lrn["level"] == pytest.approx(0.975) and ratio["level"] == pytest.approx(0.95)
     assert (lrn["ci_low"], lrn["ci_high"]) == (pytest.approx(0.023333 - 0.020684, abs=1e-5),
                                                pytest.approx(0.023333 + 0.020684, abs=1e-5))
     assert lrn["verdict"] == "agrees"  # the interval [.0026, .0440] excludes 0 and holds the paper's .014
     assert math.exp(ratio["mean_diff"]) == pytest.approx(4.0)
-    assert ratio["verdict"] == "inconclusive"  # log ratio ln 4 +- 6.2053 * 0.4: spans zero
-    assert claims["relu-tanh"]["measures"][1]["verdict"].endswith("(secondary)")
-    assert "level" in claims["relu-tanh"]["measures"][1] and claims["relu-tanh"]["measures"][1]["level"] == 0.95
+    assert ratio["verdict"] == "inconclusive"  # log ratio ln 4 +- t(.975, 2) 4.3027 * 0.4: spans zero
+    assert len(claims["relu-tanh"]["measures"]) == 1  # the ratio alone: the arms stop at the threshold
 
     # A tanh run that never reaches the threshold leaves the step ratio censored, whatever the others say.
-    results["tanh"][2]["trace_error"] = [0.9] * 100
+    results["tanh@speed"][2]["trace_error"] = [0.9] * 100
     ratio = rep.analyse(plan, results)["relu-tanh"]["measures"][0]
-    assert ratio["seeds"] == 2 and ratio["verdict"] == "inconclusive (censored: tanh seed(s) 2 did not reach it)"
+    assert ratio["seeds"] == 2 and ratio["verdict"] == ("inconclusive (censored: tanh@speed seed 2 did not reach "
+                                                       "it in 100 steps, ratio at least 10.00)")
+
+    # Holm's step-down: an interval that alone excludes zero finds no effect once the family stops.
+    # Log ratios ln 2, ln 3, ln 4: t = 5.268, p = .0342 > .05/2, so the family stops at its first step;
+    # lrn's diffs .01 .02 .02: t = 5, p = .0378, whose own 95% interval [.0023, .0310] excludes zero.
+    results["tanh@speed"] = [run(0, 0.30, 20), run(1, 0.30, 30), run(2, 0.30, 40)]
+    results["no-lrn"] = [run(0, 0.21, 10), run(1, 0.23, 10), run(2, 0.24, 10)]
+    claims = rep.analyse(plan, results)
+    lrn, ratio = claims["lrn"]["measures"][0], claims["relu-tanh"]["measures"][0]
+    assert ratio["p"] == pytest.approx(0.0342, abs=2e-4) and lrn["p"] == pytest.approx(0.0378, abs=2e-4)
+    assert lrn["level"] == pytest.approx(0.95) and lrn["ci_low"] > 0
+    assert lrn["p_holm"] == pytest.approx(2 * ratio["p"]) and lrn["verdict"] == "inconclusive"
 
     # An effect far below the paper's: smaller than the paper; one inside the margin: no effect.
     results["no-lrn"] = [run(0, 0.2040, 10), run(1, 0.2141, 10), run(2, 0.2240, 10)]
@@ -171,4 +184,13 @@ def test_two_arms_two_seeds_report_and_resume(tmp_path, fmnist_dir, monkeypatch)
         rep.reproduce(rep.make_plan(["lrn"], "cpu", seeds=2, out=str(out), overrides={**TINY, "epochs": 2}))
     (out / "report.md").unlink()
     assert main(["reproduce", "--report", str(out)]) == 0
-    assert "| lrn | top-1 error |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| lrn | top-1 error |" in report and "fc6 reads pool5 on a 2x2 grid; Caffe rounding" in report
+
+    # A run made with other settings (an earlier preset's 67 px) is refused, not mixed in.
+    saved = out / "runs" / "baseline" / "seed0" / "config.json"
+    config = json.loads(saved.read_text())
+    config["data"]["crop"] = 67
+    saved.write_text(json.dumps(config))
+    with pytest.raises(AlexNetError, match=r"trained with other settings \(data.crop: 67 here, 71 now"):
+        rep.reproduce(rep.make_plan(["lrn"], "cpu", seeds=2, out=str(out), device="cpu", overrides=TINY))

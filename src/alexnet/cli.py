@@ -36,7 +36,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .config import ModelConfig, model_options
+    from .config import DataConfig, ModelConfig, TrainConfig, model_options, resolve_defaults, validate
     from .models import create_model, variant_info
     from .summary import format_table, summarize
 
@@ -46,6 +46,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
         raise AlexNetError(f"--input-size {size} is too small for {args.variant} (at least {info.min_input_size})")
     m = ModelConfig(variant=args.variant, norm=args.norm, activation=args.activation, overlap_pool=args.overlap_pool,
                     pool5_grid=args.pool5_grid, ceil_pool=args.ceil_pool)
+    as_trained = TrainConfig(model=m, data=DataConfig(resize=size, crop=size))
+    validate(as_trained)  # options the network does not have are an error, as in train
+    m = resolve_defaults(as_trained).model  # --pool5-grid 0: pool5's own size
+
     model = create_model(args.variant, num_classes=args.num_classes, **model_options(m))
     rows = summarize(model, size)
     if args.json:
@@ -307,7 +311,8 @@ def _summary(sub) -> None:
     p.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="paper networks: the nonlinearity")
     p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
                    help="paper networks: 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
-    p.add_argument("--pool5-grid", type=int, default=6, help="paper networks: the grid fc6 reads pool5 at")
+    p.add_argument("--pool5-grid", type=int, default=6,
+                   help="paper and torchvision networks: the grid fc6 reads pool5 at; 0 = pool5's own size")
     p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
     p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")

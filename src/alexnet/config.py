@@ -40,12 +40,12 @@ class ModelConfig:
                          ("relu", "tanh"))
     overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
     pool5_grid: int = _f(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
-                            "set it to pool5's own size for small inputs (1 below 99 px, 2 at 71 px with "
-                            "--ceil-pool), or the adaptive pool copies each value and fc6 learns that many times "
-                            "too fast")
-    ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (same maps at 227 px); "
-                                "at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools then differ "
-                                "in overlap alone")
+                            "0 = pool5's own size at --crop (1x1 below 99 px for paper, 95 for torchvision; 2x2 "
+                            "at 71 px with --ceil-pool); a larger grid copies each value and fc6 learns that many "
+                            "times too fast")
+    ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (the same 3x3/2 maps "
+                                "at 227 px); at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools "
+                                "then give the same maps and differ in overlap alone")
     lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
     lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
                               "each tower, as the paper's two GPUs each normalised their own maps",
@@ -221,7 +221,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """A copy of ``cfg`` with the settings left to the network (``--init auto``, ``--normalize
-    auto``, ``--lr 0``, ``--weight-decay -1``) set to the network's own; the run records these."""
+    auto``, ``--lr 0``, ``--weight-decay -1``, ``--pool5-grid 0``) set to the network's own; the
+    run records these."""
     from .models import VARIANTS
 
     out = from_dict(to_dict(cfg))
@@ -233,6 +234,12 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     d.normalize = net.DEFAULT_NORMALIZE if d.normalize == "auto" else d.normalize
     o.lr = net.DEFAULT_LR if o.lr == 0 else o.lr
     o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
+    if m.pool5_grid == 0 and m.variant in ("paper", "paper-half", "torchvision"):
+        from .models import pool5_size
+
+        crop = d.crop or net.info.input_size
+        paper = m.variant != "torchvision"  # torchvision's pools are fixed: 3x3/2, floor
+        m.pool5_grid = pool5_size(m.variant, crop, m.overlap_pool or not paper, m.ceil_pool and paper)
     return out
 
 
@@ -270,8 +277,10 @@ def validate(cfg: TrainConfig) -> None:
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
         (not m.variant.startswith("cifar") or m.norm != "batch",
          f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
-        (m.pool5_grid >= 1, f"--pool5-grid must be at least 1, got {m.pool5_grid}"),
-        (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid == 6,
+        (m.pool5_grid >= 1 or m.variant not in ("paper", "paper-half", "torchvision"),
+         f"--pool5-grid must be at least 1, or 0 for pool5's own size (which is 0 at --crop {d.crop})"
+         if m.pool5_grid == 0 else f"--pool5-grid must be 0 or more, got {m.pool5_grid}"),
+        (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid in (0, 6),
          f"--pool5-grid is for the paper and torchvision networks, not {m.variant}"),
         (m.variant in ("paper", "paper-half") or not m.ceil_pool, f"--ceil-pool is for the paper networks, not {m.variant}"),
         (not m.variant.startswith("cifar") or m.overlap_pool,

@@ -166,10 +166,12 @@ def pool5_size(variant: str, input_size: int, overlap_pool: bool = True, ceil_po
     size-keeping convolutions between them)."""
     if variant not in ("paper", "paper-half", "torchvision"):
         raise AlexNetError(f"pool5_size is defined for the paper and torchvision networks, not {variant!r}")
+    if variant == "torchvision" and not (overlap_pool and not ceil_pool):
+        raise AlexNetError("the torchvision network's pools are 3x3/2 with floor rounding; it has no pooling options")
     k, s = (3, 2) if overlap_pool else (2, 2)
     n = (input_size + (4 if variant == "torchvision" else 0) - 11) // 4 + 1  # conv1
     for _ in range(3):  # pool1, pool2, pool5 (conv2-conv5 keep the size)
-        if n < k:
+        if n < (k - s + 1 if ceil_pool else k):  # ceil rounding keeps a last, partial window
             return 0
         n = (-(-(n - k) // s) if ceil_pool else (n - k) // s) + 1
     return n
@@ -185,7 +187,7 @@ class PaperAlexNet(AlexNet):
 
     The options change one thing each, for the paper's own comparisons (``alexnet
     reproduce``): ``activation="tanh"`` (section 3.1), ``overlap_pool=False``: 2x2
-    stride-2 pooling, which gives the same map sizes as 3x3 stride 2 (section 3.4),
+    stride-2 pooling, which with floor rounding gives the same maps as 3x3 stride 2 at 227 px (section 3.4),
     ``norm="none"`` (LRN off, section 3.3; ``lrn=False`` says the same) and
     ``norm="batch"``: batch normalisation after every convolution, before its
     activation, in place of LRN (Ioffe and Szegedy 2015; the convolutions then have no
@@ -234,7 +236,7 @@ class PaperAlexNet(AlexNet):
 
         def act() -> nn.Module:
             return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
-        pool = (3, 2) if overlap_pool else (2, 2)  # (kernel, stride): 55 -> 27 -> 13 -> 6 either way
+        pool = (3, 2) if overlap_pool else (2, 2)  # (kernel, stride): 55 -> 27 -> 13 -> 6 either way (floor)
         g5 = pool5_grid
 
         def maxpool() -> nn.MaxPool2d:
@@ -281,7 +283,8 @@ class PaperAlexNet(AlexNet):
         initialise(self, init)
 
     def is_standard(self) -> bool:
-        """The 2012 structure (ReLU, overlapping pooling, LRN or none): what the two-tower split builds."""
+        """The 2012 structure (ReLU, overlapping floor-rounded pooling, LRN or none, fc6 on the 6x6
+        grid): what the two-tower split builds."""
         o = self._options
         return (o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and o["pool5_grid"] == 6
                 and not o["ceil_pool"])

@@ -75,7 +75,7 @@ class TwoTowerAlexNet(nn.Module):
         super().__init__()
         if type(model) is not PaperAlexNet or not model.is_standard():
             raise AlexNetError("the two-tower split is defined for the 'paper' network with ReLU, overlapping "
-                               "pooling and LRN (or none)")
+                               "floor-rounded pooling, LRN (or none) and fc6 on the 6x6 grid")
         self._options = model.options()
         self.lrn_span = self._options["lrn_span"]
         self.devices = tuple(torch.device(d) for d in devices)
