@@ -2,14 +2,21 @@
 # GPU acceptance in one command: set-up without network, the CUDA tests, the benchmarks and
 # the main job's GPU preset, each stage a JSON summary and a log under OUTDIR.
 #
-#   benchmarks/gpu_check.sh OUTDIR [setup] [tests] [suite] [bench] [main]   # no stage named: all
+#   benchmarks/gpu_check.sh OUTDIR [setup] [tests] [suite] [bench] [main] [cifar]
+#                                            # no stage named: all but cifar
 #
 # setup: packages, GPU, data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
 # the test suite on this machine in 8 processes (CUDA wherever a test's device is "auto"; not the
 # web page's browser test: no Chromium there); bench: alexnet bench
 # for both networks (model eager and compiled, decode, loader, end to end from packed JPEGs with
 # CPU and GPU decode and from raw packing, the plain baseline, the two-tower split on one
-# device); main: the main job's GPU preset (Makefile's GPU_FLAGS) and its evaluation.
+# device); main: the main job's GPU preset (Makefile's GPU_FLAGS) and its evaluation; cifar:
+# `alexnet reproduce --preset cifar` for GPU_CHECK_CIFAR_S seconds (default 480), resumable: its
+# runs stay under runs/gpu-cifar in the repository (kept between calls on a warm machine), so
+# calling the stage again continues it; each call copies the report so far to OUTDIR/cifar/.
+# The data: $GPU_CHECK_CIFAR_DATA (a folder), else the archive .cifar/cifar10-jpeg.tar.gz in the
+# repository (copy ../shared/data/cifar10-jpeg.tar.gz there and carry .cifar), else
+# ../shared/data/cifar10-jpeg.tar.gz, unpacked into the scratch folder.
 #   benchmarks/gpu_check.sh --smoke OUTDIR                          # every stage at toy size, on the CPU
 #
 # Each stage fits in one 10-minute command on an H100/H200 (the device tool's limit), so a
@@ -28,13 +35,13 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [setup] [tests] [suite] [bench] [main]" >&2
+    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [setup] [tests] [suite] [bench] [main] [cifar]" >&2
     exit 2
 fi
 OUTDIR="$1"; shift
 STAGES="${*:-setup tests suite bench main}"
 for s in $STAGES; do
-    case "$s" in setup|tests|suite|bench|main) ;; *) echo "gpu_check: unknown stage '$s' (setup, tests, suite, bench, main)" >&2; exit 2 ;; esac
+    case "$s" in setup|tests|suite|bench|main|cifar) ;; *) echo "gpu_check: unknown stage '$s' (setup, tests, suite, bench, main, cifar)" >&2; exit 2 ;; esac
 done
 mkdir -p "$OUTDIR" || { echo "gpu_check: cannot create $OUTDIR" >&2; exit 2; }
 OUTDIR="$(cd "$OUTDIR" && pwd)"
@@ -201,6 +208,29 @@ stage_main() {
     run_step evaluate-ten-crop 180 "${ALEXNET[@]}" evaluate "$run" --split test --ten-crop --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
     run_step metrics 30 cat "$run/metrics.jsonl"
     finish main
+}
+
+stage_cifar() {
+    begin cifar
+    local data="${GPU_CHECK_CIFAR_DATA:-$WORK/cifar10-jpeg}" out="${GPU_CHECK_CIFAR_OUT:-$ROOT/runs/gpu-cifar}" tgz=""
+    if [ ! -d "$data" ]; then
+        for tgz in "$ROOT/.cifar/cifar10-jpeg.tar.gz" "$ROOT/../shared/data/cifar10-jpeg.tar.gz" ""; do
+            [ -z "$tgz" ] || [ -f "$tgz" ] && break
+        done
+        if [ -z "$tgz" ]; then
+            echo "gpu_check: no CIFAR-10: copy ../shared/data/cifar10-jpeg.tar.gz to .cifar/ and carry .cifar" | tee -a "$LOG" >&2
+            touch "$WORK/stage.failed"
+        else
+            run_step unpack 120 tar -xzf "$tgz" -C "$WORK"
+        fi
+    fi
+    # Time up (124) is not a failure: the study stopped with a checkpoint and the next call continues it.
+    run_step study $((${GPU_CHECK_CIFAR_S:-480} + 60)) bash -c 'timeout -s TERM "$0" "$@"; rc=$?; \
+        if [ $rc = 124 ]; then echo "time is up: call the stage again to continue"; exit 0; fi; exit $rc' \
+        "${GPU_CHECK_CIFAR_S:-480}" "${ALEXNET[@]}" reproduce --preset cifar --data "$data" "${DEVICE[@]}" --out "$out"
+    mkdir -p "$OUTDIR/cifar"
+    cp "$out"/report.md "$out"/results.json "$out"/fig1.png "$OUTDIR/cifar/" 2>/dev/null
+    finish cifar
 }
 
 status=0

@@ -77,3 +77,20 @@ def test_a_failing_stage_is_reported_and_fails_the_script(tmp_path):
 def test_unknown_stage_is_refused(tmp_path):
     proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path), "benchmark"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown stage 'benchmark'" in proc.stderr
+
+
+def test_the_cifar_stage_stops_in_time_and_continues(tmp_path):
+    """The cifar stage runs the CIFAR-10 study for GPU_CHECK_CIFAR_S seconds; time up is not a
+    failure: the run in progress keeps its checkpoint, and the next call continues the study."""
+    from test_reproduce_cifar import _colour_release
+
+    data = _colour_release(tmp_path / "cifar")
+    study = tmp_path / "study"
+    env = {"GPU_CHECK_CIFAR_DATA": str(data), "GPU_CHECK_CIFAR_S": "20", "GPU_CHECK_CIFAR_OUT": str(study)}
+    proc = run_check(tmp_path / "out", "cifar", env_extra=env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "cifar.json").read_text())
+    assert summary["ok"] and [s["name"] for s in summary["steps"]] == ["study"]
+    log = (tmp_path / "out" / "cifar.log").read_text()
+    assert "stopped by SIGTERM" in log and "time is up: call the stage again to continue" in log
+    assert list(study.glob("relu-tanh/tune/relu/*/checkpoint.pt"))  # the interrupted run, ready to continue
