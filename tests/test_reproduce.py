@@ -75,6 +75,11 @@ def test_verdicts_on_size_with_holm_over_the_primary_measures_and_censored_steps
     assert (lrn["ci_low"], lrn["ci_high"]) == (pytest.approx(0.023333 - 0.020684, abs=1e-5),
                                                pytest.approx(0.023333 + 0.020684, abs=1e-5))
     assert lrn["verdict"] == "agrees"  # the interval [.0026, .0440] excludes 0 and holds the paper's .014
+    # Seeds for power .8 to detect .014 at level .05/2 with sd .0057735: n = 5 is the first with
+    # n >= ((t(.9875, n-1) + t(.8, n-1)) * sd / .014)^2 (n = 3: (6.2053 + 1.0607)^2 * .17007 = 8.98 > 3;
+    # n = 4: (4.1765 + 0.9785)^2 * .17007 = 4.52 > 4; n = 5: (3.4954 + 0.9410)^2 * .17007 = 3.35 <= 5).
+    assert "- `lrn`: to detect the paper's +1.40 points with power 0.8 at level 0.05/2, this spread asks for 5 seeds " \
+        "(ran 3)" in rep._power_lines(claims)
     assert math.exp(ratio["mean_diff"]) == pytest.approx(4.0)
     assert ratio["verdict"] == "inconclusive"  # log ratio ln 4 +- t(.975, 2) 4.3027 * 0.4: spans zero
     assert len(claims["relu-tanh"]["measures"]) == 1  # the ratio alone: the arms stop at the threshold

@@ -623,6 +623,7 @@ def report_markdown(plan: Plan, results: dict, claims: dict, context: dict) -> s
         if "threshold" in entry and entry["threshold"] is not None:
             lines.append(f"- `{name}`: threshold {100 * entry['threshold']:.0f}% training error (fixed in the "
                          f"preset), window {entry['window']} steps")
+    lines += _power_lines(claims)
     lines += ["", "## Arms", "", "| arm | what | runs | top-1 error (mean ± sd) | train error | wall time per run |",
               "|---|---|---|---|---|---|"]
     for arm, runs in results.items():
@@ -639,6 +640,23 @@ def report_markdown(plan: Plan, results: dict, claims: dict, context: dict) -> s
     if context.get("fig3"):
         lines += ["## Fig. 3", "", context["fig3"], ""]
     return "\n".join(lines)
+
+
+def _power_lines(claims: dict) -> list[str]:
+    """Per claim with a number in the paper: the seeds its measured spread asks for to detect that
+    number with power 0.8 at the family's strictest level (ALPHA / m), so that the next run can
+    take its seeds from this one as a pilot."""
+    primary = [(n, m) for n, e in claims.items() for m in e.get("measures", []) if m["primary"]]
+    out = []
+    for name, m in primary:
+        if m["paper_value"] is None or m.get("n", 0) < 2:
+            continue
+        need = stats.seeds_for_power(m["sd_diff"], abs(m["paper_value"]), ALPHA / len(primary), 0.8, 200)
+        size = f"{math.exp(m['paper_value']):.2g}x" if m["metric"] == "steps_ratio" else \
+            f"{_fmt(m['metric'], m['paper_value'], True)} points"
+        out.append(f"- `{name}`: to detect the paper's {size} with power 0.8 at level {ALPHA:g}/{len(primary)}, "
+                   f"this spread asks for {need} seeds{' or more' if need == 200 else ''} (ran {m['n']})")
+    return (["", "Seeds for the next run, with this one as its pilot:", *out] if out else [])
 
 
 def _regime_text(cfg: TrainConfig) -> str:
