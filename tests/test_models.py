@@ -109,7 +109,7 @@ def test_pool5_grid_sized_to_the_input_gives_fc6_each_value_once():
         model(x).logsumexp(1).sum().backward()
         g = model.classifier.fc6.weight.grad.view(4096, 256, grid * grid).sum(-1)  # the effective weight's step
         steps[grid] = g.norm() / model.classifier.fc6.weight.grad.view(4096, 256, -1)[..., 0].norm()
-    assert steps[6] == pytest.approx(36, rel=1e-4) and steps[1] == pytest.approx(1)
+    assert steps[6] == pytest.approx(36, rel=1e-2) and steps[1] == pytest.approx(1)  # 36x, not 9x or 1x
 
 
 def _pools(model):

@@ -173,7 +173,8 @@ def tune(study: Study, arm: str, cap_steps: int | None, per_epoch: int | None) -
             raise AlexNetError(f"every rate tried made {arm} diverge: {', '.join(map(str, sorted(runs)))}")
         best = min(finite, key=lambda lr: (finite[lr], lr))
     return {"lr": best, "steps": runs[best]["steps"], "reached": runs[best]["steps"] is not None,
-            "grid": {k: table[k] for k in sorted(table, key=float)}, "per_epoch": per_epoch}
+            "grid": {k: table[k] for k in sorted(table, key=float)}, "per_epoch": per_epoch,
+            "train_time_s": sum(r["train_time_s"] for r in runs.values())}
 
 
 def _fastest(runs: dict[float, dict]) -> float | None:
@@ -415,8 +416,9 @@ def _relu_tanh_text(c: dict) -> list[str]:
         ratio = "-" if r["ratio"] is None else f"{bound}{r['ratio']:.2f}"
         tanh = f"{bound}{r['tanh']}" + (" (diverged)" if r["tanh_diverged"] else "")
         lines.append(f"| {r['seed']} | {r['relu'] or 'did not reach'} | {tanh} | {ratio} |")
+    tuning = sum(t[arm].get("train_time_s", 0) for arm in ("relu", "tanh")) / 60
     lines += ["", f"Training error against epochs: `fig1.png`. Training time of the reported runs: "
-              f"{_minutes(c['runs'])}.", ""]
+              f"{_minutes(c['runs'])}; of the tuning runs: {tuning:.0f} min.", ""]
     return lines
 
 

@@ -38,18 +38,21 @@ def fig1(results: dict, claim: dict, out: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     window = claim.get("window", 5)
-    for arm, style, label in (("baseline", "-", "ReLU"), ("tanh", "--", "tanh")):
-        for i, r in enumerate(results.get(arm, [])):
+    # An arm's colour, a seed's shade: at thousands of steps dashes run together, colours do not.
+    for arm, style, label, cmap in (("baseline", "-", "ReLU", "Blues"), ("tanh", "--", "tanh", "Reds")):
+        runs = results.get(arm, [])
+        for i, r in enumerate(runs):
             y = _smoothed(r["trace_error"], window)
             x = (np.arange(len(y)) + window) / max(r["steps_per_epoch"], 1)
-            ax.plot(x, 100 * y, style, color=f"C{i}", label=f"{label}, seed {r['seed']}")
+            shade = plt.get_cmap(cmap)(0.55 + 0.4 * i / max(len(runs) - 1, 1))
+            ax.plot(x, 100 * y, style, color=shade, lw=1.0, label=f"{label}, seed {r['seed']}")
     if claim.get("threshold"):
         ax.axhline(100 * claim["threshold"], color="gray", lw=0.8)
         ax.text(0.01, 100 * claim["threshold"], f"{100 * claim['threshold']:.0f}%", va="bottom", color="gray",
                 transform=ax.get_yaxis_transform())
     ax.set_xlabel("epochs")
     ax.set_ylabel(f"training error (%), mean of {window} steps")
-    ax.set_title("ReLU (solid) vs tanh (dashed): the paper's Fig. 1")
+    ax.set_title("ReLU (blue, solid) vs tanh (red, dashed): the paper's Fig. 1")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
