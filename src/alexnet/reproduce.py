@@ -185,7 +185,7 @@ PRESETS = {
                   # error on all 5,000.
                   # relu-tanh: each arm stops at 35% training error or after 10 epochs (470 steps).
                   # 35% and the cap come from the first (67 px) preset's runs as a pilot: its ReLU
-                  # runs reached 35% in at most 56 steps, so the cap is over 8 times that.
+                  # runs reached 35% in at most 54 steps (51, 46, 54), so the cap is over 8 times that.
                   regimes={"small": dict(limit_train=500, epochs=24, limit_val=500),
                            "speed": dict(epochs=10, stop_at_train_error=0.35)},
                   # 10% training error: memorising 500 images without dropout.
