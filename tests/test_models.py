@@ -425,5 +425,11 @@ def test_structural_options_survive_weights_files_and_old_configs():
     adopt_model_options(m, {"lrn": False, "lrn_k": 2.0})  # a file from before the norm option
     assert (m.norm, m.activation, m.overlap_pool, m.pool5_grid, m.ceil_pool) == ("none", "relu", True, 6, False)
     assert from_dict({"model": {"lrn": False}}).model.norm == "none"
+    from alexnet.config import TrainConfig, apply_overrides, validate
+
+    for variant in ("torchvision", "lenet5"):  # options a network does not have are refused, not ignored
+        for flag, value in (("activation", "tanh"), ("norm", "none"), ("overlap_pool", False)):
+            with pytest.raises(AlexNetError, match=f"the {variant} network's layers are fixed"):
+                validate(apply_overrides(TrainConfig(), {"variant": variant, flag: value}))
     with pytest.raises(AlexNetError, match="two-tower split"):
         TwoTowerAlexNet(create_model("paper", activation="tanh", num_classes=4), ("cpu", "cpu"))

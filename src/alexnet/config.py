@@ -275,6 +275,10 @@ def validate(cfg: TrainConfig) -> None:
         (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
         (o.skip_nonfinite >= 0, f"--skip-nonfinite must be non-negative, got {o.skip_nonfinite}"),
         (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
+        # torchvision's and LeNet-5's layers are fixed: an option they do not have is an error, not ignored
+        (m.variant not in ("torchvision", "lenet5") or (m.norm == "lrn" and m.activation == "relu" and m.overlap_pool),
+         f"--norm, --activation and --no-overlap-pool are for the paper and cifar networks; the {m.variant} "
+         "network's layers are fixed"),
         (not m.variant.startswith("cifar") or m.norm != "batch",
          f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
         (m.pool5_grid >= 1 or m.variant not in ("paper", "paper-half", "torchvision"),
