@@ -40,8 +40,10 @@ import torch
 from alexnet import stats
 from alexnet.config import TrainConfig, apply_overrides
 from alexnet.errors import AlexNetError
+from alexnet.files import atomic_write_text
 from alexnet.models import VARIANTS
 from alexnet.train import fit
+from alexnet.visualize import read_metrics
 
 INITS = ("kaiming", "paper", "caffe", "torchvision")
 REGIMES = {
@@ -62,14 +64,13 @@ def run(out: Path, variant: str, init: str, seed: int, images: int) -> dict:
     diverged = False
     try:
         fit(apply_overrides(TrainConfig(), flags), overwrite=True)
-        history = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        error = history[-1]["val_top1_error"]
+        error = read_metrics(path)[-1]["val_top1_error"]
     except AlexNetError as e:
         if "diverged" not in str(e):
             raise
         diverged, error = True, CHANCE
     result = {"variant": variant, "init": init, "seed": seed, "error": error, "diverged": diverged}
-    done.write_text(json.dumps(result) + "\n")
+    atomic_write_text(done, json.dumps(result) + "\n")
     return result
 
 

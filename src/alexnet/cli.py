@@ -49,7 +49,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     as_trained = TrainConfig(model=m, data=DataConfig(resize=size, crop=size))
     validate(as_trained)  # options the network does not have are an error, as in train
     m = resolve_defaults(as_trained).model  # --pool5-grid 0: pool5's own size
-
     model = create_model(args.variant, num_classes=args.num_classes, **model_options(m))
     rows = summarize(model, size)
     if args.json:

@@ -227,8 +227,7 @@ class PaperAlexNet(AlexNet):
         _check_choice("lrn_span", lrn_span, LRN_SPANS)
         _check_choice("norm", norm, NORMS)
         _check_choice("activation", activation, ACTIVATIONS)
-        if pool5_grid < 1:
-            raise AlexNetError(f"pool5_grid must be at least 1, got {pool5_grid}")
+        _check_grid(pool5_grid)
         self._options = dict(dropout=dropout, norm=norm, lrn_k=lrn_k, lrn_span=lrn_span, activation=activation,
                              overlap_pool=overlap_pool, pool5_grid=pool5_grid, ceil_pool=ceil_pool)
         c1, c2, c3, c4, c5 = self.WIDTHS
@@ -383,6 +382,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise AlexNetError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _check_grid(pool5_grid: int) -> None:
+    if pool5_grid < 1:
+        raise AlexNetError(f"pool5_grid must be at least 1, got {pool5_grid}")
+
+
 class TorchvisionAlexNet(AlexNet):
     """torchvision's ``alexnet`` layout, shapes for a 224x224 input."""
 
@@ -401,8 +405,7 @@ class TorchvisionAlexNet(AlexNet):
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, init: str = "torchvision",
                  pool5_grid: int = 6) -> None:
         super().__init__()
-        if pool5_grid < 1:
-            raise AlexNetError(f"pool5_grid must be at least 1, got {pool5_grid}")
+        _check_grid(pool5_grid)
         self._options = dict(dropout=dropout, pool5_grid=pool5_grid)  # pool5_grid as the paper network's
         g5 = pool5_grid
         self.features = nn.Sequential(
