@@ -123,3 +123,55 @@ def test_a_trained_cifar_network_exports_to_onnx(tmp_path):
     fit(apply_overrides(TrainConfig(), dict(data=str(data), variant="cifar-11pct", resize=32, epochs=1,
                                             batch_size=16, mean_samples=32, out=str(tmp_path / "run"))))
     assert export(tmp_path / "run", "onnx", tmp_path / "m.onnx")["max_abs_diff"] < 1e-4
+
+
+def test_non_overlapping_pools_give_the_same_maps_from_2x2_windows():
+    """Both networks' 3x3/2 pools become 2x2/2 with the same output sizes (32 -> 16 -> 8 -> 4,
+    24 -> 12 -> 6): only the overlap changes."""
+    for variant, size in (("cifar-18pct", 32), ("cifar-11pct", 24)):
+        overlap, plain = (create_model(variant, num_classes=10, overlap_pool=o) for o in (True, False))
+        plain.load_state_dict(overlap.state_dict())  # the same weights fit: no layer changed size
+        x = torch.randn(2, 3, size, size)
+        assert overlap(x).shape == plain(x).shape
+        pools = [m for m in plain.features if isinstance(m, (torch.nn.MaxPool2d, torch.nn.AvgPool2d))]
+        assert pools and all(m.kernel_size == 2 and m.stride == 2 for m in pools)
+        assert not torch.allclose(overlap(x), plain(x))
+
+
+def test_two_towers_keep_conv2_and_the_normalisations_inside_each_tower():
+    """With towers=2 a change to conv1's second-tower kernels moves no first-tower map of
+    conv2 (nor of the normalisations around it) and does move the second tower's; local3
+    reads both towers."""
+    torch.manual_seed(0)
+    model = create_model("cifar-11pct", num_classes=10, towers=2, init="kaiming").eval()
+    x = torch.randn(2, 3, 24, 24)
+    upto_pool2 = model.features[:list(dict(model.features.named_children())).index("pool2") + 1]
+    before = upto_pool2(x)
+    with torch.no_grad():
+        model.features.conv1.weight[32:] += torch.randn_like(model.features.conv1.weight[32:])
+    after = upto_pool2(x)
+    torch.testing.assert_close(after[:, :32], before[:, :32], rtol=0, atol=0)
+    assert (after[:, 32:] - before[:, 32:]).abs().max() > 1e-3
+    one = create_model("cifar-11pct", num_classes=10, init="kaiming")
+    assert model.features.conv2.groups == 2 and one.features.conv2.groups == 1
+    assert model.features.local3.weight.shape == one.features.local3.weight.shape  # crosses the towers
+
+
+def test_dropout_before_fc10_only_when_asked_and_only_in_training():
+    """Default: none (the layer files have none). dropout=0.5: each of fc10's inputs is 0 or
+    twice its value, about half of them 0; in eval mode the identity."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 24, 24)
+    plain = create_model("cifar-11pct", num_classes=10).train()
+    dropped = create_model("cifar-11pct", num_classes=10, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    seen = {}
+    for name, model in (("plain", plain), ("dropped", dropped)):
+        model.classifier.fc10.register_forward_hook(lambda m, i, o, name=name: seen.update({name: i[0]}))
+    assert torch.equal(plain(x), plain(x))  # nothing random in the plain network
+    dropped.train()(x)
+    live = seen["plain"] != 0
+    kept = seen["dropped"][live] != 0
+    assert 0.4 < kept.float().mean() < 0.6
+    torch.testing.assert_close(seen["dropped"][live][kept], 2 * seen["plain"][live][kept])
+    torch.testing.assert_close(dropped.eval()(x), plain.eval()(x))

@@ -48,3 +48,33 @@ def test_every_network_trains_from_its_defaults_on_cifar10(tmp_path, variant):
     losses, first, last = _first_and_last(tmp_path, {"data": str(data)}, variant)
     assert all(math.isfinite(x) for x in losses)
     assert last < first - 0.05, (first, last)
+
+
+@pytest.mark.parametrize("variant,dropout", [("paper", 0.5), ("paper-half", 0.5), ("torchvision", 0.5),
+                                             ("lenet5", 0.0), ("cifar-18pct", 0.0), ("cifar-11pct", 0.0)])
+def test_dropout_defaults_to_each_networks_own_and_a_given_value_wins(variant, dropout):
+    """The paper's 0.5 for the AlexNets; none for LeNet-5 and the cifar networks' layer files."""
+    from alexnet.config import model_options, resolve_defaults
+    from torch import nn
+
+    cfg = apply_overrides(TrainConfig(), {"variant": variant})
+    assert resolve_defaults(cfg).model.dropout == dropout
+    if variant != "lenet5":
+        assert model_options(cfg.model)["dropout"] == dropout  # also where nothing resolved the config first
+        given = apply_overrides(TrainConfig(), {"variant": variant, "dropout": 0.3})
+        assert resolve_defaults(given).model.dropout == 0.3
+        from alexnet import create_model
+        model = create_model(variant, 10, **model_options(given.model))
+        assert {m.p for m in model.modules() if isinstance(m, nn.Dropout)} == {0.3}
+
+
+def test_towers_are_for_the_cifar_11pct_network_alone():
+    from alexnet import AlexNetError
+    from alexnet.config import validate
+
+    validate(apply_overrides(TrainConfig(), {"variant": "cifar-11pct", "towers": 2}))
+    for variant, towers, message in (("paper", 2, "--towers is for the cifar-11pct network"),
+                                     ("cifar-18pct", 2, "--towers is for the cifar-11pct network"),
+                                     ("cifar-11pct", 3, "--towers must be 1 or 2")):
+        with pytest.raises(AlexNetError, match=message):
+            validate(apply_overrides(TrainConfig(), {"variant": variant, "towers": towers}))

@@ -50,7 +50,7 @@ def toy(monkeypatch):
 def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypatch):
     data = _colour_release(tmp_path / "cifar-10-batches-bin")
     out = tmp_path / "out"
-    results = rc.run_study([], str(data), out, device="cpu", command="test", log=lambda _: None)
+    results = rc.run_study(["relu-tanh", "lrn"], str(data), out, device="cpu", command="test", log=lambda _: None)
     rt = results["relu-tanh"]
     for arm in ("relu", "tanh"):  # the chosen rate is the grid's fastest to the mark on the tuning seed
         grid = rt["tuning"][arm]["grid"]  # the grid, and a rate beyond it when an end of it won
@@ -78,7 +78,7 @@ def test_the_cifar_study_tunes_caps_measures_and_reports(tmp_path, toy, monkeypa
         raise AssertionError("a finished run trained again")
 
     monkeypatch.setattr(train, "fit", no_training)
-    again = rc.run_study([], str(data), out, device="cpu", command="test", log=lambda _: None)
+    again = rc.run_study(["relu-tanh", "lrn"], str(data), out, device="cpu", command="test", log=lambda _: None)
     assert again["lrn"]["paired"] == lrn["paired"]  # every run came from its result.json
 
 
@@ -116,5 +116,63 @@ def test_the_cifar_preset_takes_no_other_settings(tmp_path, capsys):
     assert "--preset cifar trains on CIFAR-10: name it with --data" in capsys.readouterr().err
     assert main(["reproduce", "--preset", "cifar", "--data", str(tmp_path), "--epochs", "3"]) == 2
     assert "fixes its settings in advance; it takes no --epochs" in capsys.readouterr().err
-    with pytest.raises(AlexNetError, match="measures relu-tanh, lrn; not dropout"):
-        rc.run_study(["dropout"], str(tmp_path), tmp_path / "o")
+    with pytest.raises(AlexNetError, match="measures relu-tanh, lrn, overlap-pool, dropout, augment, lighting, "
+                                           "fig3; not bn"):
+        rc.run_study(["bn"], str(tmp_path), tmp_path / "o")
+
+
+def test_the_regularisers_family_trains_the_named_claims_arms_on_the_same_seeds_and_judges_them(tmp_path, toy,
+                                                                                                 monkeypatch):
+    from alexnet import reproduce_cifar_overfit as ro
+
+    monkeypatch.setattr(ro, "OVERFIT", {**ro.OVERFIT, "limit_train": 200, "limit_val": 50, "epochs": 2,
+                                        "milestones": "1"})
+    monkeypatch.setattr(ro, "IMAGES", 200)
+    monkeypatch.setattr(ro, "MIN_SEEDS", 2)
+    monkeypatch.setattr(ro, "MAX_SEEDS", 2)
+    data = _colour_release(tmp_path / "cifar-10-batches-bin")
+    out = tmp_path / "out"
+    named = ["dropout", "fig3"]
+    results = rc.run_study(named, str(data), out, device="cpu", command="test", log=lambda _: None)
+    family = results["overfit"]
+    assert family["pilot"]["seeds"] == 2 and set(family["runs"]) == {"baseline", "no-dropout", "towers"}
+    assert not (out / "overfit/no-augment").exists()  # an arm no named claim needs is not trained
+    for runs in family["runs"].values():
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:  # the gap is validation minus training error, both measured after training
+            assert r["gap"] == pytest.approx(r["val_error"] - r["train_error"])
+            assert r["colour_gap"] == pytest.approx(abs(r["colour"][0] - r["colour"][1]))
+            assert len(r["curve_val"]) == len(r["curve_train"]) == 2
+    for name in named:  # each claim pairs its arm with the baseline, seed by seed
+        claim, p = ro.CLAIMS[name], family[name]["paired"]
+        base = [r[claim.metric] for r in family["runs"]["baseline"]]
+        change = [r[claim.metric] for r in family["runs"][claim.arm]]
+        assert p["mean_diff"] == pytest.approx(np.mean(np.subtract(change, base)))
+    # the arms differ in what they say: the towers arm's conv2 is grouped, the no-dropout arm has p = 0
+    cfg = json.loads((out / "overfit/towers/seed0/config.json").read_text())
+    assert cfg["model"]["towers"] == 2 and cfg["model"]["dropout"] == 0.5
+    assert json.loads((out / "overfit/no-dropout/seed0/config.json").read_text())["model"]["dropout"] == 0.0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["overfit_verdicts"]) == set(named)
+    # the family is all five claims, named or not: Bonferroni's level over five
+    assert all(v["level"] == pytest.approx(0.99) for v in saved["overfit_verdicts"].values())
+    text = (out / "report.md").read_text()
+    assert "| dropout | val - train error, no-dropout |" in text and "| fig3 | colour gap, towers |" in text
+    assert (out / "overfit.png").stat().st_size > 0 and (out / "fig3-cifar.png").stat().st_size > 0
+
+
+def test_the_colour_gap_tells_a_gray_tower_from_a_coloured_one_and_not_a_random_halving():
+    """Fig. 3's measure: kernels 0-31 gray (three equal channels) and 32-63 coloured give a large
+    gap, gray first or second; the same kernels shuffled across the halves give a small one."""
+    from alexnet.reproduce_cifar_overfit import colour_halves
+
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    gray = torch.randn(32, 1, 5, 5, generator=g).expand(32, 3, 5, 5)
+    coloured = torch.randn(32, 3, 5, 5, generator=g)
+    for weight in (torch.cat([gray, coloured]), torch.cat([coloured, gray])):
+        first, second = colour_halves(weight)
+        assert abs(first - second) > 0.5 and min(first, second) == pytest.approx(0, abs=1e-6)
+    mixed = torch.cat([gray, coloured])[torch.randperm(64, generator=g)]
+    first, second = colour_halves(mixed)
+    assert abs(first - second) < 0.25

@@ -574,12 +574,15 @@ def _reproduce(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
     p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
     p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu", "cifar"),
-                   help="cpu: Fashion-MNIST at 67 px, 6,000 images, 2 epochs (under an hour on 2 cores); "
-                        "gpu: the full-size network at 227 px; auto: gpu when CUDA is present; cifar: the paper's "
-                        "own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's networks, every setting fixed "
-                        "in advance (run it again to continue it or to rebuild its report)")
+                   help="cpu: 71 px crops of 80 px images, 6,000 images, 2 epochs (about an hour and a half on "
+                        "2 cores); gpu: the full-size network at 199 px crops of 224 px; auto: gpu when CUDA is "
+                        "present; cifar: the paper's own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's "
+                        "networks, then overlap-pool, dropout, augment, lighting and fig3 in a regime that "
+                        "overfits, every setting fixed in advance (run it again to continue it or to rebuild its "
+                        "report)")
     p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; the cifar preset "
-                                                        "fixes its own: 3 for Fig. 1, a power calculation for lrn)")
+                                                        "fixes its own: 3 for Fig. 1, a power calculation on a "
+                                                        "pilot for the others)")
     p.add_argument("--data", default="fashion-mnist",
                    help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
     p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "

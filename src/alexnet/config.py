@@ -32,13 +32,18 @@ class ModelConfig:
                                "the paper's Fig. 1 and section 3.3)",
                       ("paper", "torchvision", "paper-half", "lenet5", "cifar-18pct", "cifar-11pct"))
     num_classes: int = _f(0, "number of classes; 0 takes it from the data")
-    dropout: float = _f(0.5, "dropout probability in fc6/fc7 (paper: 0.5)")
+    dropout: float = _f(-1.0, "dropout probability: in fc6/fc7 for the AlexNets, before fc10 for the cifar networks; "
+                              "-1 = the network's own: 0.5 for the AlexNets (the paper), none for the cifar networks "
+                              "(their layer files) and LeNet-5")
     norm: str = _f("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
                           "after every convolution (AlexNet-BN), or none; cifar networks: their layer file's "
                           "normalisation (lrn) or none", ("lrn", "batch", "none"))
     activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
                          ("relu", "tanh"))
-    overlap_pool: bool = _f(True, "paper networks: overlapping 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
+    overlap_pool: bool = _f(True, "paper and cifar networks: overlapping 3x3 stride-2 pooling (the paper, the layer "
+                                  "files); off: 2x2 stride 2")
+    towers: int = _f(1, "cifar-11pct: 2 splits conv1 and conv2 into two towers, as the paper's two GPUs (Fig. 3); "
+                        "the paper network always has two")
     pool5_grid: int = _f(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
                             "0 = pool5's own size at --crop (1x1 below 99 px for paper, 95 for torchvision; 2x2 "
                             "at 71 px with --ceil-pool); a larger grid copies each value and fc6 learns that many "
@@ -234,6 +239,7 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     d.normalize = net.DEFAULT_NORMALIZE if d.normalize == "auto" else d.normalize
     o.lr = net.DEFAULT_LR if o.lr == 0 else o.lr
     o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
+    m.dropout = net.DEFAULT_DROPOUT if m.dropout == -1 else m.dropout
     if m.pool5_grid == 0 and m.variant in ("paper", "paper-half", "torchvision"):
         from .models import pool5_size
 
@@ -287,8 +293,9 @@ def validate(cfg: TrainConfig) -> None:
         (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid in (0, 6),
          f"--pool5-grid is for the paper and torchvision networks, not {m.variant}"),
         (m.variant in ("paper", "paper-half") or not m.ceil_pool, f"--ceil-pool is for the paper networks, not {m.variant}"),
-        (not m.variant.startswith("cifar") or m.overlap_pool,
-         f"--no-overlap-pool is for the paper networks; the {m.variant} network pools as its layer file does"),
+        (m.towers in (1, 2), f"--towers must be 1 or 2, got {m.towers}"),
+        (m.towers == 1 or m.variant == "cifar-11pct",
+         f"--towers is for the cifar-11pct network; the {m.variant} network's layout is fixed"),
         (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
          f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
         (not cfg.model_parallel or m.variant == "paper",
@@ -322,12 +329,17 @@ def model_options(m: ModelConfig) -> dict[str, Any]:
     """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
     from .models import default_init
 
+    from .models import default_dropout
+
     init = default_init(m.variant) if m.init == "auto" else m.init
+    dropout = default_dropout(m.variant) if m.dropout == -1 else m.dropout
     if m.variant == "lenet5":
         return {"init": init}
     if m.variant.startswith("cifar"):
-        return {"init": init, "activation": m.activation, "norm": m.norm}
-    options = {"dropout": m.dropout, "init": init, "pool5_grid": m.pool5_grid}
+        towers = {"towers": m.towers} if m.variant == "cifar-11pct" else {}
+        return {"init": init, "activation": m.activation, "norm": m.norm, "overlap_pool": m.overlap_pool,
+                "dropout": dropout, **towers}
+    options = {"dropout": dropout, "init": init, "pool5_grid": m.pool5_grid}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
                        overlap_pool=m.overlap_pool, ceil_pool=m.ceil_pool)
@@ -342,6 +354,7 @@ def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
     m.overlap_pool = options.get("overlap_pool", True)
     m.pool5_grid = options.get("pool5_grid", 6)  # files from before the options: the paper's 6x6, floor pools
     m.ceil_pool = options.get("ceil_pool", False)
+    m.towers = options.get("towers", 1)
     m.lrn_k = options.get("lrn_k", m.lrn_k)
     m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
 

@@ -25,6 +25,16 @@ a * (1 + scale/size^2 * sum of a^2 over the window)^-pow, ``cmrnorm`` the same a
 position and filter; weights are drawn from N(0, initW^2) with each layer's initW, biases 0;
 inputs are 0-255 minus the training set's mean image. Every layer's activation is
 ``relu`` or ``tanh`` (a = b = 1 in cuda-convnet's tanh[a,b]), chosen for all at once.
+
+Three options beyond the layer files, for the paper's other claims on these networks
+(``alexnet reproduce --preset cifar``): ``overlap_pool=False`` pools 2x2 with stride 2 where
+the files pool 3x3 with stride 2 (at these map sizes the same maps: 32 -> 16 -> 8 -> 4 and
+24 -> 12 -> 6); ``dropout`` drops the last hidden layer's outputs before fc10, as Hinton et
+al. (2012, arXiv:1207.0580) did in cuda-convnet's CIFAR-10 network (none by default: the
+files have none); and ``towers=2`` (``cifar-11pct``) splits conv1 and conv2 into two towers
+as the paper's two GPUs split theirs: conv2 and both normalisations see only their own
+tower's maps, local3 reads both (as the paper's conv3 does). That is the connectivity under
+Fig. 3, where one tower's conv1 kernels came out colour-agnostic and the other's coloured.
 """
 
 from __future__ import annotations
@@ -98,14 +108,22 @@ class ConvNet(AlexNet):
     # The params files' epsW and wc (the convolutions' wc; DECAY_MULT scales the other layers'):
     # at the paper's 0.01 both networks diverged from their layer files' init on 0-255 inputs.
     DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 0.001, 0.004
+    DEFAULT_DROPOUT = 0.0  # the layer files have none
     ONE_BIAS: tuple[str, ...] = ()
     HIDDEN_FC: tuple[str, ...] = ()
     _taps: dict[str, int] = {}
 
-    def _finish(self, layers: list, channels: int, side: int, num_classes: int) -> None:
+    def _finish(self, layers: list, channels: int, side: int, num_classes: int, dropout: float) -> None:
         self.features = nn.Sequential(OrderedDict(layers))
         self.avgpool = nn.AdaptiveAvgPool2d((side, side))
-        self.classifier = nn.Sequential(OrderedDict([("fc10", nn.Linear(channels * side * side, num_classes))]))
+        self.classifier = nn.Sequential(OrderedDict([("drop", nn.Dropout(dropout)),  # p = 0: the identity
+                                                     ("fc10", nn.Linear(channels * side * side, num_classes))]))
+
+    @staticmethod
+    def _pool(kind: str, overlap: bool) -> nn.Module:
+        """The layer file's 3x3 stride-2 pool (rounding up, as cuda-convnet), or 2x2 stride 2."""
+        k = 3 if overlap else 2
+        return nn.MaxPool2d(k, 2, ceil_mode=True) if kind == "max" else nn.AvgPool2d(k, 2, ceil_mode=True)
 
     @staticmethod
     def _act(activation: str) -> nn.Module:
@@ -129,16 +147,14 @@ class ConvNet18(ConvNet):
     _pool_layer = "pool3"
 
     def __init__(self, num_classes: int = 10, activation: str = "relu", norm: str = "lrn",
-                 init: str = "paper") -> None:
+                 init: str = "paper", overlap_pool: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         _check_choice("norm", norm, CONVNET_NORMS)
-        self._options = dict(activation=activation, norm=norm)
+        self._options = dict(activation=activation, norm=norm, overlap_pool=overlap_pool, dropout=dropout)
 
         def stage(i: int, cin: int, cout: int, pool: str) -> list[tuple[str, nn.Module]]:
-            pool_layer = (nn.MaxPool2d(3, 2, ceil_mode=True) if pool == "max"
-                          else nn.AvgPool2d(3, 2, ceil_mode=True))
             layers = [(f"conv{i}", nn.Conv2d(cin, cout, 5, padding=2)), (f"act{i}", self._act(activation)),
-                      (f"pool{i}", pool_layer)]
+                      (f"pool{i}", self._pool(pool, overlap_pool))]
             if norm == "lrn" and i < 3:
                 layers.append((f"rnorm{i}", WithinMapNorm(size=3, scale=5e-5, power=0.75)))
             return layers
@@ -146,7 +162,7 @@ class ConvNet18(ConvNet):
         layers = [*stage(1, 3, 32, "max"),      # (B, 32, 16, 16)
                   *stage(2, 32, 32, "avg"),     # (B, 32, 8, 8)
                   *stage(3, 32, 64, "avg")]     # (B, 64, 4, 4)
-        self._finish(layers, 64, 4, num_classes)
+        self._finish(layers, 64, 4, num_classes, dropout)
         initialise_convnet(self, init)
 
 
@@ -168,27 +184,31 @@ class ConvNet11(ConvNet):
     _pool_layer = "local4"
 
     def __init__(self, num_classes: int = 10, activation: str = "relu", norm: str = "lrn",
-                 init: str = "paper") -> None:
+                 init: str = "paper", overlap_pool: bool = True, dropout: float = 0.0, towers: int = 1) -> None:
         super().__init__()
         _check_choice("norm", norm, CONVNET_NORMS)
-        self._options = dict(activation=activation, norm=norm)
+        _check_choice("towers", towers, (1, 2))
+        self._options = dict(activation=activation, norm=norm, overlap_pool=overlap_pool, dropout=dropout,
+                             towers=towers)
         act = self._act
 
         def cmrnorm(i: int) -> list[tuple[str, nn.Module]]:
-            # size 9, scale 0.001 (divided by the size, as cuda-convnet does), pow 0.75, k = 1
-            return [(f"rnorm{i}", LocalResponseNorm(size=9, alpha=1e-3, beta=0.75, k=1.0))] if norm == "lrn" else []
+            # size 9, scale 0.001 (divided by the size, as cuda-convnet does), pow 0.75, k = 1; with
+            # two towers each normalises its own maps
+            return ([(f"rnorm{i}", LocalResponseNorm(size=9, alpha=1e-3, beta=0.75, k=1.0, groups=towers))]
+                    if norm == "lrn" else [])
 
         layers = [
             ("conv1", nn.Conv2d(3, 64, 5, padding=2)), ("act1", act(activation)),       # (B, 64, 24, 24)
-            ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),                              # (B, 64, 12, 12)
+            ("pool1", self._pool("max", overlap_pool)),                                 # (B, 64, 12, 12)
             *cmrnorm(1),
-            ("conv2", nn.Conv2d(64, 64, 5, padding=2)), ("act2", act(activation)),      # (B, 64, 12, 12)
+            ("conv2", nn.Conv2d(64, 64, 5, padding=2, groups=towers)), ("act2", act(activation)),  # (B, 64, 12, 12)
             *cmrnorm(2),
-            ("pool2", nn.MaxPool2d(3, 2, ceil_mode=True)),                              # (B, 64, 6, 6)
-            ("local3", LocallyConnected2d(64, 64, 6, 3, padding=1)), ("act3", act(activation)),
+            ("pool2", self._pool("max", overlap_pool)),                                 # (B, 64, 6, 6)
+            ("local3", LocallyConnected2d(64, 64, 6, 3, padding=1)), ("act3", act(activation)),  # crosses towers
             ("local4", LocallyConnected2d(64, 32, 6, 3, padding=1)), ("act4", act(activation)),  # (B, 32, 6, 6)
         ]
-        self._finish(layers, 32, 6, num_classes)
+        self._finish(layers, 32, 6, num_classes, dropout)
         initialise_convnet(self, init)
 
 

@@ -76,6 +76,8 @@ class AlexNet(nn.Module):
     DEFAULT_NORMALIZE = "mean-image"
     # What --lr 0 and --weight-decay -1 give: the paper's (section 5).
     DEFAULT_LR, DEFAULT_WEIGHT_DECAY = 0.01, 5e-4
+    # What --dropout -1 gives: the paper's 0.5 in fc6 and fc7 (section 4.2).
+    DEFAULT_DROPOUT = 0.5
     # Weight-decay multipliers by layer (module path), for layer files that set each layer's own.
     DECAY_MULT: dict[str, float] = {}
 
@@ -351,6 +353,7 @@ class LeNet5(AlexNet):
     # BackProp". He's init (made for ReLUs) left it at chance after 2 epochs of 1,024 Fashion-MNIST
     # images (loss 2.30), this one reached 48% (2026-11-26, 2-core CPU).
     DEFAULT_INIT = "torchvision"
+    DEFAULT_DROPOUT = 0.0  # it has none
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, init: str = "paper") -> None:
         super().__init__()
@@ -493,6 +496,11 @@ VARIANTS.update({"cifar-18pct": ConvNet18, "cifar-11pct": ConvNet11})
 def default_init(variant: str) -> str:
     """The initialisation ``--init auto`` gives a network (its class's ``DEFAULT_INIT``)."""
     return _lookup(variant).DEFAULT_INIT
+
+
+def default_dropout(variant: str) -> float:
+    """The dropout probability ``--dropout -1`` gives a network (``DEFAULT_DROPOUT``)."""
+    return _lookup(variant).DEFAULT_DROPOUT
 
 
 def default_normalize(variant: str) -> str:

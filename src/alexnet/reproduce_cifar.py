@@ -298,21 +298,39 @@ def verdicts(results: dict) -> dict:
     return out
 
 
+def overfit_flags() -> dict:
+    """The regularisers' baseline: section 3.3's recipe in the regime that overfits."""
+    from .reproduce_cifar_overfit import OVERFIT
+
+    return {**SEC33, **OVERFIT}
+
+
 def run_study(claims: list[str], data: str, out: str | Path, device: str = "auto", command: str = "",
               log: Callable[[str], None] = print) -> dict:
-    """Run the claims (each resumable), then write ``results.json``, ``report.md`` and ``fig1.png``
-    (the report keeps the claims an earlier call on ``out`` measured)."""
-    bad = [c for c in claims if c not in CLAIMS]
+    """Run the claims (each resumable), then write ``results.json``, ``report.md`` and the figures
+    (the report keeps the claims an earlier call on ``out`` measured). The paper's two CIFAR-10
+    claims first, then the regularisers' family (``reproduce_cifar_overfit``), whose claims
+    named together share their runs."""
+    from . import reproduce_cifar_overfit as overfit
+
+    known = (*CLAIMS, *overfit.CLAIMS)
+    bad = [c for c in claims if c not in known]
     if bad:
-        raise AlexNetError(f"the cifar preset measures {', '.join(CLAIMS)}; not {', '.join(bad)}")
+        raise AlexNetError(f"the cifar preset measures {', '.join(known)}; not {', '.join(bad)}")
     study = Study(data, Path(out), device, log)
-    for flags in (FIG1, SEC33):  # an impossible setting fails here, before anything runs
+    arms = [{**overfit_flags(), **change} for change in overfit.ARMS.values()]
+    for flags in (FIG1, SEC33, *arms):  # an impossible setting fails here, before anything runs
         validate(apply_overrides(TrainConfig(), {**flags, "data": data, "device": device, "out": str(out)}))
     start = time.perf_counter()
     results = _previous(study.out)
-    for claim in claims or CLAIMS:
+    wanted = claims or list(known)
+    for claim in [c for c in CLAIMS if c in wanted]:
         results[claim] = relu_tanh(study) if claim == "relu-tanh" else lrn(study)
         _write(study, results, command)  # the report so far, after each claim
+    family = [c for c in overfit.CLAIMS if c in wanted]
+    if family:
+        results["overfit"] = overfit.run_claims(study, overfit_flags(), family)
+        _write(study, results, command)
     log(f"reproduce cifar: finished in {time.perf_counter() - start:.0f} s; report {study.out / 'report.md'}")
     return results
 
@@ -326,10 +344,15 @@ def _write(study: Study, results: dict, command: str) -> None:
     from . import reproduce_figures as figures
     from .reproduce import machine
 
-    summary = {"command": command, "claims": results, "verdicts": verdicts(results), "data": study.data,
+    from . import reproduce_cifar_overfit as overfit
+
+    family = results.get("overfit")
+    summary = {"command": command, "claims": results, "verdicts": verdicts(results),
+               "overfit_verdicts": overfit.verdicts(family) if family else {}, "data": study.data,
                "machine": machine(study.device), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                "settings": {"fig1": FIG1, "sec33": SEC33, "lr_grid": LR_GRID, "tuning_seed": TUNING_SEED,
-                            "cap_factor": CAP_FACTOR, "threshold": THRESHOLD, "alpha": ALPHA}}
+                            "cap_factor": CAP_FACTOR, "threshold": THRESHOLD, "alpha": ALPHA,
+                            "overfit": overfit_flags(), "overfit_arms": overfit.ARMS}}
     slim = json.loads(json.dumps(summary))
     for claim in slim["claims"].values():
         for runs in claim.get("runs", {}).values():
@@ -341,6 +364,11 @@ def _write(study: Study, results: dict, command: str) -> None:
     if runs.get("relu") and "trace_error" in runs["relu"][0]:
         figures.fig1({"baseline": runs["relu"], "tanh": runs["tanh"]},
                      {"window": runs["relu"][0]["window"], "threshold": THRESHOLD}, study.out / "fig1.png")
+    if family:
+        overfit.figure(family, study.out / "overfit.png")
+        towers = next((r for r in family["runs"].get("towers", []) if not r["diverged"]), None)
+        if towers:
+            figures.fig3(study.out / f"overfit/towers/seed{towers['seed']}", study.out / "fig3-cifar.png", True)
     atomic_write_text(study.out / "report.md", render(slim) + "\n")
 
 
@@ -385,6 +413,10 @@ def render(summary: dict) -> str:
         lines += _relu_tanh_text(claims["relu-tanh"])
     if "lrn" in claims:
         lines += _lrn_text(claims["lrn"])
+    if "overfit" in claims:
+        from .reproduce_cifar_overfit import render as render_overfit
+
+        lines += render_overfit(claims["overfit"], summary["overfit_verdicts"])
     return "\n".join(lines)
 
 

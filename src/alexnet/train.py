@@ -380,9 +380,10 @@ def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
     cfg.model.variant = meta["variant"]
     cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
     adopt_model_options(cfg.model, meta.get("model_kwargs", {}))
+    dropout = resolve_defaults(cfg).model.dropout  # the network's own where not given
     for m in model.modules():
         if isinstance(m, nn.Dropout):
-            m.p = cfg.model.dropout
+            m.p = dropout
     return model, normalizer
 
 
