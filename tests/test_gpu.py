@@ -194,3 +194,17 @@ def test_a_run_stopped_inside_an_epoch_continues_on_cuda(tmp_path, fmnist_dir, m
     from test_resilience import test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run_bit_for_bit as body
 
     body(tmp_path, fmnist_dir, monkeypatch)
+
+
+def test_fp32_by_name_turns_tf32_off_and_the_other_precisions_on():
+    """--precision fp32 promises full fp32 products on a GPU (the cifar preset relies on it)."""
+    from alexnet.config import TrainConfig, apply_overrides
+    from alexnet.runtime import resolve_runtime
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        for precision, tf32 in (("fp32", False), ("bf16", True), ("fp32", False)):
+            resolve_runtime(apply_overrides(TrainConfig(), {"device": "cuda", "precision": precision}))
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

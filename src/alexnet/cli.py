@@ -45,7 +45,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if size < info.min_input_size:
         raise AlexNetError(f"--input-size {size} is too small for {args.variant} (at least {info.min_input_size})")
     m = ModelConfig(variant=args.variant, norm=args.norm, activation=args.activation, overlap_pool=args.overlap_pool,
-                    pool5_grid=args.pool5_grid, ceil_pool=args.ceil_pool)
+                    pool5_grid=args.pool5_grid, ceil_pool=args.ceil_pool, towers=args.towers)
     as_trained = TrainConfig(model=m, data=DataConfig(resize=size, crop=size))
     validate(as_trained)  # options the network does not have are an error, as in train
     m = resolve_defaults(as_trained).model  # --pool5-grid 0: pool5's own size
@@ -55,7 +55,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps({"variant": args.variant, "options": model.options(), "input_size": size, "layers": [dataclasses.asdict(r) for r in rows],
                           "params": sum(r.params for r in rows), "macs": sum(r.macs for r in rows)}, indent=2))
     else:
-        usual = {"norm": "lrn", "activation": "relu", "overlap_pool": True, "pool5_grid": 6, "ceil_pool": False}
+        usual = {"norm": "lrn", "activation": "relu", "overlap_pool": True, "pool5_grid": 6, "ceil_pool": False,
+                 "towers": 1}
         changed = {k: v for k, v in model.options().items() if k in usual and v != usual[k]}
         options = "".join(f", {k}={v}" for k, v in changed.items())
         print(format_table(rows, f"{args.variant}{options}: {info.description}; input 3x{size}x{size}, "
@@ -304,12 +305,16 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 def _summary(sub) -> None:
     p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
-    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half or lenet5")
+    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half, lenet5, "
+                                                       "cifar-18pct or cifar-11pct")
     p.add_argument("--norm", default="lrn", choices=("lrn", "batch", "none"),
-                   help="paper networks: LRN (the paper), batch norm after every convolution, or none")
-    p.add_argument("--activation", default="relu", choices=("relu", "tanh"), help="paper networks: the nonlinearity")
+                   help="paper networks: LRN (the paper), batch norm after every convolution, or none; cifar "
+                        "networks: their layer file's normalisation or none")
+    p.add_argument("--activation", default="relu", choices=("relu", "tanh"),
+                   help="paper and cifar networks: the nonlinearity")
     p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
-                   help="paper networks: 3x3 stride-2 max pooling (the paper); off: 2x2 stride 2")
+                   help="paper and cifar networks: 3x3 stride-2 pooling (the paper); off: 2x2 stride 2")
+    p.add_argument("--towers", type=int, default=1, help="cifar-11pct: 2 splits conv1-conv2 into two towers")
     p.add_argument("--pool5-grid", type=int, default=6,
                    help="paper and torchvision networks: the grid fc6 reads pool5 at; 0 = pool5's own size")
     p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")

@@ -140,7 +140,8 @@ class TrainConfig:
     device: str = _f("auto", "auto (cuda if present), cpu, cuda, cuda:N")
     model_parallel: str = _f("", "the paper's two-GPU split of the paper network: 'auto' (towers on cuda:2r and "
                                  "cuda:2r+1 for local rank r) or two devices, e.g. 'cuda:0,cuda:1'; '' = off")
-    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16, fp16",
+    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 (full fp32 "
+                                "arithmetic, no TF32 on GPUs), bf16, fp16",
                         ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")

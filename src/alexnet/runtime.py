@@ -94,8 +94,10 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # TF32 for what runs outside autocast, except where fp32 was asked for by name: then every
+        # product is full fp32 (the cifar preset's "the same arithmetic on any machine").
+        tf32 = cfg.precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     dtype = autocast_dtype(cfg.precision, device)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
     env = distributed.setup(device)
