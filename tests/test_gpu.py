@@ -28,6 +28,28 @@ def test_compiled_lrn_matches_the_reference():
     torch.testing.assert_close(fast(x), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fused_lrn_on_the_gpu_matches_the_fp64_formula_at_the_papers_shapes(dtype, groups):
+    """The Triton kernels compiled for the device (the suite checks them interpreted on the CPU)."""
+    from alexnet import lrn_triton
+    from alexnet.lrn import local_response_norm_reference
+
+    torch.manual_seed(0)
+    x64 = (torch.randn(4, 96, 55, 55, device="cuda", dtype=torch.float64) * 120).relu()
+    x = x64.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    want = torch.cat([local_response_norm_reference(p) for p in xr.chunk(groups, 1)], 1)
+    g = torch.randn_like(want)
+    want.backward(g)
+    y = lrn_triton.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups)
+    y.backward(g.to(dtype))
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert ((y.double() - want).abs().max() / want.abs().max()).item() < tol
+    assert ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item() < tol
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+
+
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
 def test_bf16_channels_last_forward_agrees_with_fp32(variant):
     torch.manual_seed(0)

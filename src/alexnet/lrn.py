@@ -11,11 +11,16 @@ several elementwise passes, and autograd keeps every intermediate for the
 backward pass: a known speed trap. ``local_response_norm`` here has a hand-written
 backward (the one Caffe uses) that keeps three tensors and sums channel windows
 with shifted adds; on the CPU a training step of the ``paper`` network spends
-about half as long in it. ``local_response_norm_reference`` is the plain formula,
-against which it is tested.
+about half as long in it. On CUDA the default is ``lrn_triton``: the same formula as
+two fused kernels (forward, backward); ``ALEXNET_LRN=torch`` keeps this module's path
+there. ``local_response_norm_reference`` is the plain formula, against which both are
+tested.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -74,10 +79,35 @@ def local_response_norm(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA,
 
     Half precision is computed in fp32: a ReLU output on the paper's 0-255 input scale
     exceeds 255, whose square overflows fp16, and the result would be 0 rather than inf,
-    which a gradient scaler never notices. bf16 has fp32's range and stays bf16."""
+    which a gradient scaler never notices. bf16 has fp32's range and stays bf16. On CUDA,
+    the fused Triton kernels (fp32 inside, the input's dtype out)."""
+    if x.is_cuda and _fused():
+        from . import lrn_triton
+
+        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups)
     if x.dtype == torch.float16:
         return _LocalResponseNorm.apply(x.float(), size, alpha, beta, k, groups).half()
     return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
+
+
+@functools.cache
+def _fused() -> bool:
+    """Whether CUDA tensors take the Triton kernels: where Triton is installed, unless
+    ``ALEXNET_LRN=torch``."""
+    choice = os.environ.get("ALEXNET_LRN", "auto")
+    if choice not in ("auto", "triton", "torch"):
+        from .errors import AlexNetError
+
+        raise AlexNetError(f"ALEXNET_LRN must be auto, triton or torch; got {choice!r}")
+    if choice == "torch":
+        return False
+    from . import lrn_triton
+
+    if choice == "triton" and not lrn_triton.available():
+        from .errors import AlexNetError
+
+        raise AlexNetError("ALEXNET_LRN=triton, but Triton is not installed")
+    return lrn_triton.available()
 
 
 def local_response_norm_reference(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA,

@@ -1,0 +1,189 @@
+"""Local response normalisation as two fused Triton kernels, forward and backward.
+
+The formula is ``lrn.py``'s. Each program takes a tile of ``BLOCK_P`` pixel positions by all
+the channels of one group (all maps, or one tower's), and sums each channel's window of
+squares from ``size`` shifted loads of the tile, so one pass reads the input (the shifted
+reads hit the cache) and writes the output and the denominator: against some 60 passes of
+the unfused operations. Positions are addressed through the tensor's strides, so contiguous
+(NCHW) and channels-last (NHWC) tensors both load whole rows: along the pixels in the first,
+along the channels in the second. Arithmetic is fp32 whatever the input (fp16's range would
+overflow in the squares at the paper's 0-255 input scale); outputs take the input's dtype.
+
+Forward, per channel c of a group, window W(c) = [c - size//2, c + (size-1)//2] clipped to
+the group:  d_c = k + alpha/n * sum_{j in W(c)} a_j^2,  b_c = a_c * d_c^-beta.
+Backward (Caffe's): da_j = g_j d_j^-beta - (2 alpha beta / n) a_j sum_{c: j in W(c)} g_c a_c d_c^(-beta-1).
+
+Only plain Triton (loads, stores, ``static_range``, ``exp2``/``log2``), so that the GPU
+machine's older Triton compiles it; ``TRITON_INTERPRET=1`` runs the same kernels on the CPU,
+which is how the suite checks them against an fp64 reference. ``lrn_forward`` and
+``lrn_backward`` are registered as PyTorch operators (``alexnet::lrn``), which autograd
+differentiates and ``torch.compile`` keeps as single operations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without Triton: lrn.py keeps its PyTorch path
+    triton = None
+
+BLOCK_P = 16  # pixel positions per program; the channel tile is the group's width, rounded up to a power of 2
+
+
+def available() -> bool:
+    return triton is not None
+
+
+if triton is not None:
+    @triton.jit
+    def _positions(pid, P, HW, W, sN, sH, sW, BLOCK: tl.constexpr):
+        p = pid * BLOCK + tl.arange(0, BLOCK)
+        n = p // HW
+        hw = p % HW
+        return n * sN + (hw // W) * sH + (hw % W) * sW, p < P
+
+    @triton.jit
+    def _lrn_fwd(x_ptr, y_ptr, d_ptr, P, HW, W, sN, sC, sH, sW, Cg, alpha_n, beta, k,
+                 SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        base, mask_p = _positions(tl.program_id(0), P, HW, W, sN, sH, sW, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        first = tl.program_id(1) * Cg  # the group's first channel
+        acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for j in tl.static_range(SIZE):
+            cc = c + (j - SIZE // 2)
+            m = mask_p[:, None] & ((cc >= 0) & (cc < Cg))[None, :]
+            v = tl.load(x_ptr + base[:, None] + (first + cc)[None, :] * sC, mask=m, other=0.0).to(tl.float32)
+            acc += v * v
+        m = mask_p[:, None] & (c < Cg)[None, :]
+        at = base[:, None] + (first + c)[None, :] * sC
+        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+        d = k + alpha_n * acc
+        y = x * tl.exp2(-beta * tl.log2(d))
+        tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(d_ptr + at, d, mask=m)
+
+    @triton.jit
+    def _lrn_bwd(g_ptr, x_ptr, d_ptr, dx_ptr, P, HW, W, sN, sC, sH, sW, Cg, alpha_n, beta,
+                 SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        base, mask_p = _positions(tl.program_id(0), P, HW, W, sN, sH, sW, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        first = tl.program_id(1) * Cg
+        spread = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        for j in tl.static_range(SIZE):  # the channels whose window holds c: c - (SIZE-1)//2 .. c + SIZE//2
+            cc = c + (j - (SIZE - 1) // 2)
+            m = mask_p[:, None] & ((cc >= 0) & (cc < Cg))[None, :]
+            at = base[:, None] + (first + cc)[None, :] * sC
+            g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+            d = tl.load(d_ptr + at, mask=m, other=1.0)
+            spread += g * x * tl.exp2((-beta - 1.0) * tl.log2(d))
+        m = mask_p[:, None] & (c < Cg)[None, :]
+        at = base[:, None] + (first + c)[None, :] * sC
+        g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+        d = tl.load(d_ptr + at, mask=m, other=1.0)
+        dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha_n * beta * x * spread
+        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
+    n, ch, h, w = x.shape
+    if ch % groups:
+        raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
+    cg = ch // groups
+    s_n, s_c, s_h, s_w = x.stride()
+    meta = dict(P=n * h * w, HW=h * w, W=w, sN=s_n, sC=s_c, sH=s_h, sW=s_w, Cg=cg,
+                BLOCK_P=BLOCK_P, BLOCK_C=max(16, triton.next_power_of_2(cg)))
+    return (triton.cdiv(n * h * w, BLOCK_P), groups), meta
+
+
+def _like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty tensor with ``x``'s shape and strides (its memory format)."""
+    return torch.empty_strided(x.shape, x.stride(), dtype=dtype or x.dtype, device=x.device)
+
+
+def forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+            groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, fp32 denominator) of LRN over ``x`` (N, C, H, W), contiguous or channels-last."""
+    x = _dense(x)
+    y, d = _like(x), _like(x, torch.float32)
+    grid, meta = _launch_shape(x, groups)
+    _lrn_fwd[grid](x, y, d, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
+    return y, d
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int, alpha: float, beta: float,
+             groups: int = 1) -> torch.Tensor:
+    """The input's gradient, from the output's, the input and ``forward``'s denominator."""
+    x = _dense(x)
+    grad, denom = _as(grad, x), _as(denom, x)
+    dx = _like(x)
+    grid, meta = _launch_shape(x, groups)
+    _lrn_bwd[grid](grad, x, denom, dx, alpha_n=alpha / size, beta=beta, SIZE=size, **meta)
+    return dx
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when contiguous or channels-last, else a contiguous copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``like``'s strides (the kernels address all their tensors with one set)."""
+    if t.stride() == like.stride():
+        return t
+    fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous() \
+        else torch.contiguous_format
+    return t.contiguous(memory_format=fmt)
+
+
+# ---------------------------------------------------------------------------
+# PyTorch operators: autograd differentiates them, torch.compile keeps each as one call.
+
+@torch.library.custom_op("alexnet::lrn", mutates_args=())
+def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> list[torch.Tensor]:
+    y, d = forward(x, size, alpha, beta, k, groups)
+    return [y, d]
+
+
+@lrn_op.register_fake
+def _(x, size, alpha, beta, k, groups):
+    x = _dense(x)
+    return [_like(x), _like(x, torch.float32)]
+
+
+@torch.library.custom_op("alexnet::lrn_backward", mutates_args=())
+def lrn_backward_op(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int, alpha: float, beta: float,
+                    groups: int) -> torch.Tensor:
+    return backward(grad, x, denom, size, alpha, beta, groups)
+
+
+@lrn_backward_op.register_fake
+def _(grad, x, denom, size, alpha, beta, groups):
+    return _like(_dense(x))
+
+
+def _setup(ctx, inputs, output):
+    x, size, alpha, beta, _, groups = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.constants = (size, alpha, beta, groups)
+
+
+def _backward(ctx, grads):
+    x, denom = ctx.saved_tensors
+    size, alpha, beta, groups = ctx.constants
+    return lrn_backward_op(grads[0], x, denom, size, alpha, beta, groups), None, None, None, None, None
+
+
+lrn_op.register_autograd(_backward, setup_context=_setup)
+
+
+def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                        groups: int = 1) -> torch.Tensor:
+    """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``)."""
+    return lrn_op(x, size, alpha, beta, k, groups)[0]
