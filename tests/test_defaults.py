@@ -78,3 +78,16 @@ def test_towers_are_for_the_cifar_11pct_network_alone():
                                      ("cifar-11pct", 3, "--towers must be 1 or 2")):
         with pytest.raises(AlexNetError, match=message):
             validate(apply_overrides(TrainConfig(), {"variant": variant, "towers": towers}))
+
+
+def test_a_saved_config_from_before_the_dropout_option_keeps_training_without_dropout():
+    """Older run directories recorded the AlexNets' 0.5 for every network; LeNet-5 and the cifar
+    networks ignored it. Resumed (or re-checked by reproduce), they stay without dropout."""
+    from alexnet.config import from_dict, to_dict
+
+    for variant, dropout in (("cifar-11pct", 0.0), ("lenet5", 0.0), ("paper", 0.5)):
+        old = to_dict(apply_overrides(TrainConfig(), {"variant": variant, "dropout": 0.5}))
+        del old["model"]["towers"]  # the field that came with the option
+        assert from_dict(old).model.dropout == dropout
+        new = to_dict(apply_overrides(TrainConfig(), {"variant": variant, "dropout": 0.5}))
+        assert from_dict(new).model.dropout == 0.5  # asked for now: kept

@@ -161,6 +161,9 @@ def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+NO_DROPOUT_BEFORE = ("lenet5", "cifar-18pct", "cifar-11pct")  # networks that had no dropout option
+
+
 def from_dict(d: dict) -> TrainConfig:
     """Rebuild a config from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
     kwargs = {}
@@ -172,6 +175,10 @@ def from_dict(d: dict) -> TrainConfig:
             section = SECTIONS[key]
             if key == "model" and "lrn" in value:  # configs from before --norm
                 value = {k: v for k, v in value.items() if k != "lrn"} | {"norm": "lrn" if value["lrn"] else "none"}
+            if key == "model" and "towers" not in value and value.get("variant") in NO_DROPOUT_BEFORE:
+                # configs from before --dropout reached these networks recorded the AlexNets' 0.5,
+                # which they ignored: they trained without dropout, and continue so
+                value = {**value, "dropout": 0.0}
             known = {f.name for f in fields(section)}
             bad = set(value) - known
             if bad:

@@ -331,12 +331,12 @@ def run_arm(plan: Plan, arm: str, seed: int) -> dict:
 
 def _check_same_setting(run: Path, cfg: TrainConfig) -> None:
     """Refuse to reuse a run made with other settings (an earlier preset's, say)."""
-    from .config import resolve_defaults, to_dict
+    from .config import from_dict, resolve_defaults, to_dict
 
     saved = run / "config.json"
     if not saved.is_file():
         return
-    want, have = to_dict(resolve_defaults(cfg)), json.loads(saved.read_text())
+    want, have = to_dict(resolve_defaults(cfg)), to_dict(from_dict(json.loads(saved.read_text())))
     diff = [f"{k}.{f}: {have.get(k, {}).get(f)!r} here, {v!r} now" for k in ("model", "data", "optim")
             for f, v in want[k].items() if f in have.get(k, {}) and have[k][f] != v
             and f not in ("workers", "num_classes")]  # run-time choices, and what the data decide

@@ -90,7 +90,8 @@ class Study:
         done = path / "result.json"
         if done.is_file():
             cached = json.loads(done.read_text())
-            if cached["diverged"] or cached["steps"] or cached["max_epochs"] >= epochs:
+            stopped = cached["steps"] and flags.get("stop_at_train_error")  # reached the mark it stops at
+            if cached["diverged"] or stopped or cached["max_epochs"] >= epochs:
                 return _within(cached, epochs)
         cfg = apply_overrides(TrainConfig(), {**flags, "data": self.data, "seed": seed, "device": self.device,
                                               "out": str(path)})
@@ -329,7 +330,7 @@ def run_study(claims: list[str], data: str, out: str | Path, device: str = "auto
         _write(study, results, command)  # the report so far, after each claim
     family = [c for c in overfit.CLAIMS if c in wanted]
     if family:
-        results["overfit"] = overfit.run_claims(study, overfit_flags(), family)
+        results["overfit"] = overfit.run_claims(study, overfit_flags(), family, results.get("overfit"))
         _write(study, results, command)
     log(f"reproduce cifar: finished in {time.perf_counter() - start:.0f} s; report {study.out / 'report.md'}")
     return results
