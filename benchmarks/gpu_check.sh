@@ -2,10 +2,12 @@
 # GPU acceptance in one command: set-up without network, the CUDA tests, the benchmarks and
 # the main job's GPU preset, each stage a JSON summary and a log under OUTDIR.
 #
-#   benchmarks/gpu_check.sh OUTDIR [setup] [tests] [suite] [bench] [main] [cifar]
-#                                            # no stage named: all but cifar
+#   benchmarks/gpu_check.sh OUTDIR [profile] [setup] [tests] [suite] [bench] [main] [cifar]
+#                                            # no stage named: all but profile and cifar
 #
-# setup: packages, GPU, data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
+# profile: benchmarks/gpu_profile.py (where a training step's time goes, per layer and choice,
+# compiled and graphed; about 6 minutes, its files under OUTDIR/profile/); setup: packages, GPU,
+# data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
 # the test suite on this machine in 8 processes (CUDA wherever a test's device is "auto"; not the
 # web page's browser test: no Chromium there); bench: alexnet bench
 # for both networks (model eager and compiled, decode, loader, end to end from packed JPEGs with
@@ -35,13 +37,13 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [setup] [tests] [suite] [bench] [main] [cifar]" >&2
+    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [profile] [setup] [tests] [suite] [bench] [main] [cifar]" >&2
     exit 2
 fi
 OUTDIR="$1"; shift
 STAGES="${*:-setup tests suite bench main}"
 for s in $STAGES; do
-    case "$s" in setup|tests|suite|bench|main|cifar) ;; *) echo "gpu_check: unknown stage '$s' (setup, tests, suite, bench, main, cifar)" >&2; exit 2 ;; esac
+    case "$s" in profile|setup|tests|suite|bench|main|cifar) ;; *) echo "gpu_check: unknown stage '$s' (profile, setup, tests, suite, bench, main, cifar)" >&2; exit 2 ;; esac
 done
 mkdir -p "$OUTDIR" || { echo "gpu_check: cannot create $OUTDIR" >&2; exit 2; }
 OUTDIR="$(cd "$OUTDIR" && pwd)"
@@ -152,6 +154,12 @@ begin() {
     echo "== $1 $(stamp) python=$PY work=$WORK" | tee -a "$LOG" >&2
 }
 
+stage_profile() {
+    begin profile
+    run_step profile 540 "$PY" benchmarks/gpu_profile.py --out "$OUTDIR/profile" $([ $SMOKE = 1 ] && echo --smoke)
+    finish profile
+}
+
 stage_setup() {
     begin setup
     run_step environment 120 "$PY" benchmarks/gpu_env.py --json
@@ -229,7 +237,7 @@ stage_cifar() {
         if [ $rc = 124 ]; then echo "time is up: call the stage again to continue"; exit 0; fi; exit $rc' \
         "${GPU_CHECK_CIFAR_S:-480}" "${ALEXNET[@]}" reproduce --preset cifar --data "$data" "${DEVICE[@]}" --out "$out"
     mkdir -p "$OUTDIR/cifar"
-    cp "$out"/report.md "$out"/results.json "$out"/fig1.png "$OUTDIR/cifar/" 2>/dev/null
+    cp "$out"/report.md "$out"/results.json "$out"/*.png "$OUTDIR/cifar/" 2>/dev/null
     finish cifar
 }
 

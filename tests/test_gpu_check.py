@@ -96,3 +96,21 @@ def test_the_cifar_stage_stops_in_time_and_continues(tmp_path):
     # What the call did stays for the next: finished runs, and the interrupted one's checkpoint when the
     # signal came inside a run (where it lands depends on the machine's speed).
     assert list(study.rglob("result.json")) or list(study.rglob("checkpoint.pt"))
+
+
+def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
+    """benchmarks/gpu_profile.py at toy size on the CPU: the one command a GPU session runs first."""
+    proc = run_check(tmp_path, "profile")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "profile.json").read_text())["ok"]
+    report = json.loads((tmp_path / "profile" / "profile.json").read_text())
+    layers = {(r["layer"], r["choice"]) for r in report["layers"]}
+    # every choice a layer has, measured: conv1 both ways, the towers' convolutions both ways
+    assert {("conv1", "conv1=direct"), ("conv1", "conv1=s2d"), ("conv4", "towers=grouped"),
+            ("conv4", "towers=split")} <= layers
+    assert all(r["forward_ms"] > 0 and r["input_grad_ms"] > 0 for r in report["layers"])
+    assert all("weight_grad_ms" in r for r in report["layers"] if r["layer"].startswith("conv"))
+    configs = {r["config"] for r in report["steps"]}
+    assert len(configs) == 6 and all(r["images_per_sec"] > 0 for r in report["steps"])  # 4 paper, 2 torchvision
+    assert report["kernels"] and (tmp_path / "profile" / "trace.json").stat().st_size > 0
+    assert "## steps" in (tmp_path / "profile" / "profile.txt").read_text()

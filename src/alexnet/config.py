@@ -145,6 +145,12 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
+    tower_conv: str = _f("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
+                                    "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
+                                    "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
+    conv1: str = _f("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
+                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); direct until measured "
+                              "otherwise (benchmarks/gpu_profile.py)", ("direct", "s2d"))
     ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
     checkpoint_every: str = _f("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
                                     "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")

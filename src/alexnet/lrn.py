@@ -19,7 +19,6 @@ tested.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -90,12 +89,34 @@ def local_response_norm(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA,
     return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
 
 
-@functools.cache
+IMPLS = ("auto", "triton", "torch")
+_chosen: str | None = None  # set_impl's choice; None: ALEXNET_LRN's
+
+
+def set_impl(choice: str | None) -> None:
+    """Choose the CUDA path for this process: 'triton', 'torch', 'auto' (Triton where installed),
+    or None to follow ``ALEXNET_LRN`` again (the profiler compares both in one process)."""
+    global _chosen, _decided
+    if choice is not None and choice not in IMPLS:
+        raise ValueError(f"LRN implementation must be one of {IMPLS}, got {choice!r}")
+    _chosen, _decided = choice, None
+
+
+_decided: bool | None = None  # _fused's answer, once asked (a plain global: torch.compile reads it)
+
+
 def _fused() -> bool:
     """Whether CUDA tensors take the Triton kernels: where Triton is installed, unless
-    ``ALEXNET_LRN=torch``."""
-    choice = os.environ.get("ALEXNET_LRN", "auto")
-    if choice not in ("auto", "triton", "torch"):
+    ``ALEXNET_LRN=torch`` (or ``set_impl``) says otherwise."""
+    global _decided
+    if _decided is None:
+        _decided = _decide()
+    return _decided
+
+
+def _decide() -> bool:
+    choice = _chosen or os.environ.get("ALEXNET_LRN", "auto")
+    if choice not in IMPLS:
         from .errors import AlexNetError
 
         raise AlexNetError(f"ALEXNET_LRN must be auto, triton or torch; got {choice!r}")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import distributed, fastconv
 from .board import Board
 from .checkpoint import (CHECKPOINT_NAME, WEIGHTS_NAME, load_checkpoint, load_model, load_state, metadata_record,
                          save_checkpoint, save_weights, unwrap)
@@ -485,7 +485,7 @@ class Run:
         _check_out(self.out, self.resumed, overwrite)
         self.splits = _splits(cfg, self.rt)
         model, self.normalizer = _model(cfg, self.splits, ckpt, pretrained)
-        self.model = _place(model, self.rt)
+        self.model = fastconv.use(_place(model, self.rt), cfg.tower_conv, cfg.conv1)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
         self.history, self.start_epoch, self.position = [], 0, None

@@ -1,0 +1,340 @@
+"""Where a training step's time goes, in one short run: per layer, per implementation choice,
+per network and batch, compiled and CUDA-graphed, with the top kernels and a Chrome trace.
+
+    python benchmarks/gpu_profile.py --out OUT                # on a GPU: about 5-7 minutes
+    python benchmarks/gpu_profile.py --out OUT --smoke        # toy sizes on the CPU (the suite)
+
+Writes OUT/profile.json (every figure), OUT/profile.txt (the tables printed) and
+OUT/trace.json (torch.profiler's Chrome trace of a few steps of the paper network: open it in
+chrome://tracing or Perfetto). Sections, each timed with CUDA events (wall time on the CPU),
+the median of ``--reps`` after ``--warmup``:
+
+1. layers: the paper network's layers one by one at the real shapes (bf16, channels-last on
+   CUDA): forward, input gradient and weight gradient, for every choice that layer has (conv1
+   direct or space-to-depth, LRN in PyTorch or Triton, the towers' convolutions grouped or as
+   two dense halves).
+2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
+   under every combination of those choices, and torchvision's with its conv1 choices, at
+   batch 256 and 512 (``--batches``).
+3. compile: the same step under torch.compile for both networks at the default choices and at
+   the fastest eager ones (each compile takes a minute or so; skipped once ``--budget``
+   seconds have passed).
+4. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
+5. kernels: the top kernels of the paper network's step by total device time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from alexnet import create_model, fastconv, lrn  # noqa: E402
+
+
+class Timer:
+    """Median milliseconds of a function: CUDA events on a GPU, wall time on the CPU."""
+
+    def __init__(self, device: torch.device, warmup: int, reps: int) -> None:
+        self.device, self.warmup, self.reps = device, warmup, reps
+
+    def __call__(self, fn) -> float:
+        for _ in range(self.warmup):
+            fn()
+        times = []
+        for _ in range(self.reps):
+            if self.device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append(1000 * (time.perf_counter() - t))
+        return statistics.median(times)
+
+
+def build(variant: str, towers: str, conv1: str, args) -> torch.nn.Module:
+    model = create_model(variant, num_classes=1000, init="kaiming").to(args.device)
+    if args.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return fastconv.use(model, towers=towers, conv1=conv1)
+
+
+def batch(model: torch.nn.Module, n: int, args) -> tuple[torch.Tensor, torch.Tensor]:
+    size = args.size or model.info.input_size
+    x = torch.randn(n, 3, size, size, device=args.device)
+    if args.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 1000, (n,), device=args.device)
+
+
+def autocast(args):
+    return torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
+def lrn_choices(args) -> list[str]:
+    return ["torch", "triton"] if args.device.type == "cuda" else ["torch"]
+
+
+# ---------------------------------------------------------------------------
+# 1. layers
+
+
+def layer_inputs(model: torch.nn.Module, x: torch.Tensor, args) -> dict[str, torch.Tensor]:
+    """Each feature layer's input at the real shapes, from one forward pass."""
+    seen = {}
+    hooks = [m.register_forward_pre_hook(lambda m, inp, name=name: seen.setdefault(name, inp[0].detach()))
+             for name, m in model.features.named_children()]
+    with torch.no_grad(), autocast(args):
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def time_layer(layer: torch.nn.Module, x: torch.Tensor, timer: Timer, args) -> dict:
+    if getattr(layer, "inplace", False):  # an in-place ReLU cannot take a leaf; the same work out of place
+        layer = type(layer)()
+    x = x.clone().requires_grad_()
+    with autocast(args):
+        y = layer(x)
+    g = torch.randn_like(y)
+    weight = getattr(layer, "weight", None)
+
+    def forward():
+        with autocast(args):
+            layer(x)
+
+    out = {"forward_ms": timer(forward),
+           "input_grad_ms": timer(lambda: torch.autograd.grad(y, x, g, retain_graph=True))}
+    if weight is not None:
+        out["weight_grad_ms"] = timer(lambda: torch.autograd.grad(y, weight, g, retain_graph=True))
+    return out
+
+
+def layers(args, timer: Timer) -> list[dict]:
+    rows = []
+    model = build("paper", "grouped", "direct", args)
+    x, _ = batch(model, args.batches[0], args)
+    inputs = layer_inputs(model, x, args)
+    for name, layer in model.features.named_children():
+        choices = [("", lambda: None)]
+        if name == "conv1":
+            choices = [(f"conv1={c}", lambda c=c: fastconv.use(model, conv1=c)) for c in fastconv.CONV1_IMPLS]
+        elif name.startswith("norm"):
+            choices = [(f"lrn={c}", lambda c=c: lrn.set_impl(c)) for c in lrn_choices(args)]
+        elif getattr(layer, "groups", 1) > 1:
+            choices = [(f"towers={c}", lambda c=c: fastconv.use(model, towers=c)) for c in fastconv.TOWER_IMPLS]
+        for label, choose in choices:
+            choose()
+            layer = dict(model.features.named_children())[name]
+            row = {"layer": name, "choice": label, "input": list(inputs[name].shape),
+                   **time_layer(layer, inputs[name], timer, args)}
+            rows.append(row)
+        fastconv.use(model)
+        lrn.set_impl(None)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# 2-4. steps, compiled, graphed
+
+
+def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        with autocast(args):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    return step, opt
+
+
+def configs(args) -> list[dict]:
+    out = [dict(variant="paper", towers=t, conv1=c, lrn=n) for t, c, n in
+           itertools.product(fastconv.TOWER_IMPLS, fastconv.CONV1_IMPLS, lrn_choices(args))]
+    out += [dict(variant="torchvision", towers="grouped", conv1=c, lrn="torch") for c in fastconv.CONV1_IMPLS]
+    return out
+
+
+def label(cfg: dict) -> str:
+    if cfg["variant"] == "torchvision":
+        return f"torchvision conv1={cfg['conv1']}"
+    return f"paper towers={cfg['towers']} conv1={cfg['conv1']} lrn={cfg['lrn']}"
+
+
+def time_step(cfg: dict, n: int, timer: Timer, args, compile_model: bool = False) -> dict:
+    lrn.set_impl(cfg["lrn"])
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args)
+    x, y = batch(model, n, args)
+    if compile_model:
+        model = torch.compile(model)
+    step, _ = step_fn(model, x, y, args)
+    started = time.perf_counter()
+    step()  # the first step: compile, cuDNN's algorithm search
+    first = time.perf_counter() - started
+    ms = timer(step)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.type == "cuda" else None
+    return {"config": label(cfg), "batch": n, "compiled": compile_model, "step_ms": ms,
+            "images_per_sec": n / ms * 1000, "first_step_s": first, "peak_gib": peak}
+
+
+def graphed_step(cfg: dict, n: int, timer: Timer, args) -> dict:
+    """The whole step (forward, backward, optimizer) captured once and replayed."""
+    lrn.set_impl(cfg["lrn"])
+    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args)
+    x, y = batch(model, n, args)
+    step, opt = step_fn(model, x, y, args)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    ms = timer(graph.replay)
+    return {"config": label(cfg), "batch": n, "graphed": True, "step_ms": ms, "images_per_sec": n / ms * 1000}
+
+
+def kernels(args, out: Path) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    lrn.set_impl(None)
+    model = build("paper", "grouped", "direct", args)
+    x, y = batch(model, args.batches[0], args)
+    step, _ = step_fn(model, x, y, args)
+    for _ in range(args.warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(out / "trace.json"))
+    key = "device_time_total" if args.device.type == "cuda" else "cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+    if args.device.type == "cuda":
+        events = [e for e in events if getattr(e, "device_type", None) is not None
+                  and "CUDA" in str(e.device_type)] or events
+    return [{"name": e.key[:90], "calls": e.count, "total_ms_per_step": getattr(e, key, 0) / 1000 / 3}
+            for e in events[:args.top]]
+
+
+# ---------------------------------------------------------------------------
+
+
+def table(title: str, rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
+    lines = [title, "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", default="256,512", help="batch sizes of the step section (the first for layers)")
+    p.add_argument("--size", type=int, default=0, help="input side; 0 = each network's own (227, 224)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--top", type=int, default=20, help="kernels listed")
+    p.add_argument("--budget", type=float, default=360.0, help="seconds after which compile variants are skipped")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, no compile (the suite)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.device, args.batches, args.size, args.warmup, args.reps, args.compile = "cpu", "2", 99, 1, 1, False
+    args.device = torch.device(args.device)
+    args.batches = [int(b) for b in str(args.batches).split(",")]
+    args.bf16 = args.device.type == "cuda"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    start = time.perf_counter()
+    timer = Timer(args.device, args.warmup, args.reps)
+    report = {"device": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else platform.processor()
+              or platform.machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+              "triton": _version("triton"), "precision": "bf16" if args.bf16 else "fp32",
+              "batches": args.batches, "command": " ".join(sys.argv)}
+    text = [f"{report['device']}, torch {report['torch']}, triton {report['triton']}, {report['precision']}\n"]
+
+    def save():
+        (out / "profile.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "profile.txt").write_text("\n".join(text))
+
+    def section(name: str, rows, columns):
+        report[name] = rows
+        text.append(table(f"## {name}", rows, columns))
+        print(text[-1], flush=True)
+        save()
+
+    section("layers", layers(args, timer), ["layer", "choice", "input", "forward_ms", "input_grad_ms",
+                                              "weight_grad_ms"])
+    steps = [time_step(cfg, n, timer, args) for n in args.batches for cfg in configs(args)]
+    section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
+    compiled = []
+    if args.compile:
+        first = args.batches[0]
+        fastest = {v: min((s for s in steps if s["batch"] == first and s["config"].startswith(v)),
+                          key=lambda s: s["step_ms"])["config"] for v in ("paper", "torchvision")}
+        candidates = [c for c in configs(args) if c["towers"] == "grouped" and c["conv1"] == "direct"
+                      and c["lrn"] in ("triton" if args.device.type == "cuda" else "torch", "torch")]
+        candidates = list({label(c): c for c in candidates}.values())
+        candidates += [c for c in configs(args) if label(c) in fastest.values() and c not in candidates]
+        for cfg in candidates:
+            if time.perf_counter() - start > args.budget:
+                compiled.append({"config": label(cfg), "batch": first, "skipped": "over --budget"})
+                continue
+            compiled.append(time_step(cfg, first, timer, args, compile_model=True))
+    section("compiled", compiled, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "skipped"])
+    graphed = []
+    if args.device.type == "cuda":
+        for cfg in (configs(args)[0], configs(args)[-1]):
+            try:
+                graphed.append(graphed_step(cfg, args.batches[0], timer, args))
+            except Exception as e:  # a capture that fails is a finding, not the end of the profile
+                graphed.append({"config": label(cfg), "batch": args.batches[0], "error": str(e)[:200]})
+    section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "error"])
+    section("kernels", kernels(args, out), ["name", "calls", "total_ms_per_step"])
+    report["seconds"] = time.perf_counter() - start
+    text.append(f"profile: {report['seconds']:.0f} s; {out / 'profile.json'}, {out / 'trace.json'}\n")
+    print(text[-1])
+    save()
+    return 0
+
+
+def _version(name: str) -> str | None:
+    try:
+        return __import__(name).__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

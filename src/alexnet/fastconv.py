@@ -1,0 +1,96 @@
+"""Other ways to compute the same convolutions, chosen per device for speed: the towers'
+grouped convolutions as two dense halves, and conv1 by space-to-depth.
+
+Both keep the module's parameters (the same ``weight`` and ``bias`` objects, of the same
+shapes), so state dicts, checkpoints, imports and the two-device split see no difference;
+only ``forward`` changes. ``use(model, towers=..., conv1=...)`` swaps them in place.
+
+``split``: a ``groups=2`` convolution as two ordinary convolutions over the two halves of
+the channels, concatenated: cuDNN falls back to slower kernels for some grouped shapes in
+channels-last half precision (the weight gradient especially), and dense ones use tensor
+cores.
+
+``s2d``: conv1 (11x11, stride 4, three input channels, which leave tensor cores idle) as a
+3x3 stride-1 convolution over 4x4 blocks of the input folded into 48 channels
+(``pixel_unshuffle``), with the kernel zero-padded to 12x12 and folded the same way. Exact:
+every output sums the same products.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOWER_IMPLS = ("grouped", "split")
+CONV1_IMPLS = ("direct", "s2d")
+
+
+class SplitConv2d(nn.Conv2d):
+    """A grouped convolution computed group by group as dense convolutions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.groups
+        xs = x.chunk(g, dim=1)
+        ws = self.weight.chunk(g, dim=0)
+        bs = self.bias.chunk(g) if self.bias is not None else (None,) * g
+        return torch.cat([F.conv2d(xi, wi, bi, self.stride, self.padding, self.dilation)
+                          for xi, wi, bi in zip(xs, ws, bs)], dim=1)
+
+
+class SpaceToDepthConv2d(nn.Conv2d):
+    """A strided convolution as a stride-1 one over ``stride`` x ``stride`` blocks of the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, (kh, kw), (ph, pw) = self.stride[0], self.kernel_size, self.padding
+        blocks_h, blocks_w = -(-kh // s), -(-kw // s)  # the kernel in blocks, rounded up (11 -> 3 of 4)
+        out_h = (x.shape[2] + 2 * ph - kh) // s + 1
+        out_w = (x.shape[3] + 2 * pw - kw) // s + 1
+        need_h, need_w = s * (out_h - 1 + blocks_h), s * (out_w - 1 + blocks_w)
+        # zero padding before (the layer's own) and after (to whole blocks); pixels the
+        # convolution never reads are cut (negative padding)
+        x = F.pad(x, (pw, need_w - x.shape[3] - pw, ph, need_h - x.shape[2] - ph))
+        folded = F.pixel_unshuffle(x, s)  # (B, C * s * s, need / s, need / s)
+        return F.conv2d(folded, self.folded_weight(), self.bias)
+
+    def folded_weight(self) -> torch.Tensor:
+        """(out, C, kh, kw) zero-padded to whole blocks, as (out, C * s * s, blocks_h, blocks_w)
+        with pixel_unshuffle's channel order (c, row in block, column in block)."""
+        s, (kh, kw) = self.stride[0], self.kernel_size
+        bh, bw = -(-kh // s), -(-kw // s)
+        w = F.pad(self.weight, (0, bw * s - kw, 0, bh * s - kh))
+        o, c = w.shape[:2]
+        return w.view(o, c, bh, s, bw, s).permute(0, 1, 3, 5, 2, 4).reshape(o, c * s * s, bh, bw)
+
+
+def _swap(parent: nn.Module, name: str, conv: nn.Conv2d, cls: type) -> None:
+    """Replace ``parent.name`` with a ``cls`` holding the same parameters."""
+    if type(conv) is cls:
+        return
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+              conv.groups, conv.bias is not None, device="meta")
+    new.weight, new.bias = conv.weight, conv.bias
+    new.train(conv.training)
+    setattr(parent, name, new)
+
+
+def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct") -> nn.Module:
+    """Compute ``model``'s grouped convolutions as ``towers`` ('grouped' or 'split') and its
+    first strided convolution as ``conv1`` ('direct' or 's2d'); in place, parameters kept."""
+    if towers not in TOWER_IMPLS:
+        raise ValueError(f"towers must be one of {TOWER_IMPLS}, got {towers!r}")
+    if conv1 not in CONV1_IMPLS:
+        raise ValueError(f"conv1 must be one of {CONV1_IMPLS}, got {conv1!r}")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d) and _reads_the_image(child):  # conv1, or each tower's
+                _swap(parent, name, child, SpaceToDepthConv2d if conv1 == "s2d" else nn.Conv2d)
+            elif isinstance(child, nn.Conv2d) and child.groups > 1:
+                _swap(parent, name, child, SplitConv2d if towers == "split" else nn.Conv2d)
+    return model
+
+
+def _reads_the_image(conv: nn.Conv2d) -> bool:
+    """A strided convolution over a few input channels (an image's): where space-to-depth pays."""
+    return conv.in_channels <= 4 and conv.groups == 1 and conv.stride[0] > 1 and conv.stride[0] == conv.stride[1] \
+        and conv.dilation == (1, 1)
