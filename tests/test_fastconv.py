@@ -61,3 +61,30 @@ def test_an_optimizer_built_before_the_swap_still_trains_the_swapped_model():
     model(torch.randn(2, 3, 227, 227)).sum().backward()
     opt.step()
     assert not torch.equal(model.features.conv1.weight, w)
+
+
+def test_cuda_graphs_are_refused_where_a_step_checks_on_the_host_or_there_is_no_gpu(tmp_path, capsys):
+    from alexnet.cli import main
+    from alexnet.config import TrainConfig, apply_overrides, validate
+    from alexnet.errors import AlexNetError
+
+    for bad in ({"precision": "fp16"}, {"fused": False}, {"skip_nonfinite": 3}):
+        with pytest.raises(AlexNetError, match="--cuda-graphs needs bf16 or fp32, --fused"):
+            validate(apply_overrides(TrainConfig(), {"cuda_graphs": True, **bad}))
+    if not torch.cuda.is_available():
+        assert main(["train", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "r"), "--epochs", "1",
+                     "--limit-train", "64", "--limit-val", "32", "--resize", "76", "--crop", "67"]) == 2
+        assert "--cuda-graphs needs a CUDA device and one process" in capsys.readouterr().err
+
+
+def test_a_rate_held_as_a_tensor_is_filled_in_place():
+    """What a CUDA graph needs: set_lr writes into the tensor the captured step reads."""
+    from alexnet.graphs import tensor_lr
+    from alexnet.train import set_lr
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [p], "lr_mult": 2.0}], lr=0.1)
+    tensor_lr(opt)
+    held = opt.param_groups[0]["lr"]
+    set_lr(opt, 0.05)
+    assert opt.param_groups[0]["lr"] is held and held.item() == pytest.approx(0.1)

@@ -230,3 +230,29 @@ def test_fp32_by_name_turns_tf32_off_and_the_other_precisions_on():
             assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("variant", ["paper", "torchvision"])
+def test_graphed_steps_train_as_the_eager_steps_do(variant):
+    """--cuda-graphs: 3 eager steps, a capture, replays; the same weights as eager steps on the
+    same batches (fp32, no dropout), the rate changed between steps read from its tensor."""
+    from alexnet.graphs import GraphedStep
+    from alexnet.train import set_lr, train_step
+
+    torch.manual_seed(0)
+    base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()
+    models = [copy.deepcopy(base), copy.deepcopy(base)]
+    opts = [build_optimizer(m, OptimConfig(lr=0.01)) for m in models]
+    rt = Runtime(CUDA, None, False, distributed.from_environment(), None)
+    scaler = make_scaler(rt)
+    size = base.info.input_size
+    batches = [(torch.randn(8, 3, size, size, device="cuda"), torch.randint(0, 10, (8,), device="cuda"))
+               for _ in range(7)]
+    graphed = GraphedStep(train_step)
+    for i, (x, y) in enumerate(batches):
+        for model, opt, step in zip(models, opts, (train_step, graphed)):
+            set_lr(opt, 0.01 / (i + 1))
+            step(model, opt, scaler, rt, x, y)
+    assert graphed.graph is not None
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)

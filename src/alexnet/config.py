@@ -145,6 +145,9 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
     compile: bool = _f(False, "torch.compile the model")
+    cuda_graphs: bool = _f(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
+                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step; off until measured "
+                                  "faster (benchmarks/gpu_profile.py)")
     tower_conv: str = _f("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
                                     "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
@@ -312,6 +315,9 @@ def validate(cfg: TrainConfig) -> None:
          f"--towers is for the cifar-11pct network; the {m.variant} network's layout is fixed"),
         (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
          f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
+        (not cfg.cuda_graphs or (cfg.precision != "fp16" and o.fused and not o.skip_nonfinite and not cfg.model_parallel),
+         "--cuda-graphs needs bf16 or fp32, --fused, no --skip-nonfinite and no --model-parallel (each checks on the "
+         "host or splits the step)"),
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
         (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"

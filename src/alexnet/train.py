@@ -36,6 +36,7 @@ from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overri
 from .data import loader as data_loader
 from .data.transforms import EvalCrops, Normalizer, TrainAugment
 from .errors import AlexNetError
+from .graphs import GraphedStep
 from .evaluate import EvalResult, evaluate
 from .curves import smooth_window, steps_to
 from .models import create_model
@@ -141,7 +142,11 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The schedule's rate, times each group's multiplier (biases, fc8)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
+        value = lr * group.get("lr_mult", 1.0)
+        if isinstance(group["lr"], torch.Tensor):  # a CUDA graph reads the rate where it is (graphs.py)
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 def freeze(model: nn.Module, what: str) -> None:
@@ -259,12 +264,14 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
                     optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
                     generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
                     log_every: float = 30.0, trace: bool = False, state: EpochState | None = None,
-                    after_step: Callable[[EpochState], None] | None = None, skip_nonfinite: int = 0) -> dict:
+                    after_step: Callable[[EpochState], None] | None = None, skip_nonfinite: int = 0,
+                    step_fn: Callable = None) -> dict:
     """One pass over ``batches``, from ``state``'s step when resuming inside the epoch; with
     ``trace`` the record also holds every step's training loss and error (``trace_loss``,
     ``trace_error``: the curves of the paper's Fig. 1). ``after_step(state)`` runs after
     every step (mid-epoch checkpoints, stopping on a signal). ``skip_nonfinite`` N > 0: a batch
-    whose loss is not finite is skipped (the weights untouched), up to N an epoch."""
+    whose loss is not finite is skipped (the weights untouched), up to N an epoch. ``step_fn``:
+    ``train_step`` or its CUDA-graphed replay (``graphs.GraphedStep``)."""
     model.train()
     state = state or EpochState.fresh(len(batches), trace, rt.device)
     batches.set_epoch(epoch, state.step)
@@ -272,7 +279,8 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
     bar.count = state.step
     start = time.perf_counter() - state.elapsed
     for batch in batches:
-        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state, skip_nonfinite)
+        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state, skip_nonfinite,
+                  step_fn or train_step)
         state.step += 1
         if state.step % 10 == 0 or state.step == len(batches):
             state.check_finite(epoch)
@@ -290,7 +298,7 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
 
 
 def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state: EpochState,
-              skip_nonfinite: int = 0) -> None:
+              skip_nonfinite: int = 0, step_fn: Callable = train_step) -> None:
     step = state.step
     state.skipped += len(batch.skipped)
     state.skipped_files += batch.skipped[: 10 - len(state.skipped_files)]
@@ -306,7 +314,7 @@ def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, 
             _skip_nonfinite(state, epoch, step, skip_nonfinite, rt)
             return
     else:
-        loss, logits = train_step(model, optimizer, scaler, rt, x, batch.labels)
+        loss, logits = step_fn(model, optimizer, scaler, rt, x, batch.labels)
     state.bad = torch.where((state.bad < 0) & ~torch.isfinite(loss), step, state.bad)  # no host sync
     state.images += batch.labels.numel()
     step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
@@ -482,6 +490,8 @@ class Run:
         cfg = resolve_defaults(cfg)
         validate(cfg)
         self.cfg, self.rt, self.out, self.resumed = cfg, resolve_runtime(cfg), Path(cfg.out), ckpt is not None
+        if cfg.cuda_graphs and (self.rt.device.type != "cuda" or self.rt.env.world > 1):
+            raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
         _check_out(self.out, self.resumed, overwrite)
         self.splits = _splits(cfg, self.rt)
         model, self.normalizer = _model(cfg, self.splits, ckpt, pretrained)
@@ -500,6 +510,7 @@ class Run:
         self.center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
         self.final_crops = EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop)
         self.scaler = make_scaler(self.rt)
+        self.step_fn = GraphedStep(train_step) if cfg.cuda_graphs else train_step
         self.board: Board | None = None  # TensorBoard (--tensorboard), opened with the run directory
 
     def _load_state(self, ckpt: dict) -> None:
@@ -558,7 +569,7 @@ class Run:
         stats = train_one_epoch(self.train_model, self.splits.train, self.augment, self.optimizer, self.schedule,
                                 epoch, rt, generator, self.scaler, log_every=cfg.log_every, trace=cfg.trace_steps,
                                 state=state, after_step=lambda st: self._after_step(epoch, generator, st, cadence),
-                                skip_nonfinite=cfg.optim.skip_nonfinite)
+                                skip_nonfinite=cfg.optim.skip_nonfinite, step_fn=self.step_fn)
         val = self.validate(self.center)
         dropped = self.schedule.end_epoch(val.top1_error)
         record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val.loss, "val_top1": val.top1,

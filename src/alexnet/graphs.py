@@ -1,0 +1,58 @@
+"""The training step as a CUDA graph (``--cuda-graphs``): captured once, then replayed, so that
+a step's some 200 kernel launches cost one.
+
+A graph replays fixed work on fixed memory, so: the batch is copied into static buffers; the
+learning rate lives in the optimizer as device tensors that ``set_lr`` fills in place (the
+fused SGD kernel reads them there: the foreach one would read them back to the host); the
+first ``WARMUP`` steps run eagerly (cuDNN's algorithm search, lazy initialisation, the
+momentum buffers), the next is captured and replayed, and a batch of another shape (none in
+training, which drops the last short batch) runs eagerly. Dropout draws from the graph-safe
+CUDA generator. One process, bf16 or fp32 (fp16's loss scaler checks the gradients on the
+host), no ``--skip-nonfinite`` (also a host check); ``config.validate`` says so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WARMUP = 3
+
+
+class GraphedStep:
+    """``train.train_step``'s signature and effect, replayed from a CUDA graph after warm-up."""
+
+    def __init__(self, step) -> None:
+        self.step = step  # the eager step: train.train_step
+        self.eager_steps, self.graph = 0, None
+        self.x = self.labels = self.loss = self.logits = None
+
+    def __call__(self, model, optimizer, scaler, rt, x: torch.Tensor, labels: torch.Tensor):
+        if self.graph is None and self.eager_steps < WARMUP:
+            self.eager_steps += 1
+            return self.step(model, optimizer, scaler, rt, x, labels)
+        if self.graph is None:
+            self._capture(model, optimizer, scaler, rt, x, labels)
+        elif x.shape != self.x.shape or labels.shape != self.labels.shape:
+            return self.step(model, optimizer, scaler, rt, x, labels)
+        else:
+            self.x.copy_(x)
+            self.labels.copy_(labels)
+        self.graph.replay()
+        return self.loss.clone(), self.logits.clone()  # the next replay overwrites the static outputs
+
+    def _capture(self, model, optimizer, scaler, rt, x, labels) -> None:
+        tensor_lr(optimizer)
+        self.x, self.labels = x.clone(), labels.clone()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.loss, self.logits = self.step(model, optimizer, scaler, rt, self.x, self.labels)
+        self.graph = graph  # capturing ran nothing: the caller's replay takes this batch's step
+
+
+def tensor_lr(optimizer: torch.optim.Optimizer) -> None:
+    """Each group's rate as a device tensor (``set_lr`` then fills it in place)."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            device = group["params"][0].device
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
