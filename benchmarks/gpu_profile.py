@@ -16,9 +16,9 @@ the median of ``--reps`` after ``--warmup``:
 2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
    under every combination of those choices, and torchvision's with its conv1 choices, at
    batch 256 and 512 (``--batches``).
-3. compile: the same step under torch.compile for both networks at the default choices and at
-   the fastest eager ones (each compile takes a minute or so; skipped once ``--budget``
-   seconds have passed).
+3. compile: the same step under torch.compile for both networks at the default choices, with
+   native and with opaque pools (the pooling backward kept in cuDNN), and at the fastest eager
+   choices (each compile takes a minute or so; skipped once ``--budget`` seconds have passed).
 4. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
 5. kernels: the top kernels of the paper network's step by total device time.
 """
@@ -67,11 +67,11 @@ class Timer:
         return statistics.median(times)
 
 
-def build(variant: str, towers: str, conv1: str, args) -> torch.nn.Module:
+def build(variant: str, towers: str, conv1: str, args, pools: str = "native") -> torch.nn.Module:
     model = create_model(variant, num_classes=1000, init="kaiming").to(args.device)
     if args.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return fastconv.use(model, towers=towers, conv1=conv1)
+    return fastconv.use(model, towers=towers, conv1=conv1, pools=pools)
 
 
 def batch(model: torch.nn.Module, n: int, args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,18 +174,20 @@ def configs(args) -> list[dict]:
 
 
 def label(cfg: dict) -> str:
+    pools = " pools=opaque" if cfg.get("pools") == "opaque" else ""
     if cfg["variant"] == "torchvision":
-        return f"torchvision conv1={cfg['conv1']}"
-    return f"paper towers={cfg['towers']} conv1={cfg['conv1']} lrn={cfg['lrn']}"
+        return f"torchvision conv1={cfg['conv1']}{pools}"
+    return f"paper towers={cfg['towers']} conv1={cfg['conv1']} lrn={cfg['lrn']}{pools}"
 
 
 def time_step(cfg: dict, n: int, timer: Timer, args, compile_model: bool = False) -> dict:
     lrn.set_impl(cfg["lrn"])
     if args.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args)
+    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args, cfg.get("pools", "native"))
     x, y = batch(model, n, args)
     if compile_model:
+        torch._dynamo.reset()
         model = torch.compile(model)
     step, _ = step_fn(model, x, y, args)
     started = time.perf_counter()
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = [c for c in configs(args) if c["towers"] == "grouped" and c["conv1"] == "direct"
                       and c["lrn"] in ("triton" if args.device.type == "cuda" else "torch", "torch")]
         candidates = list({label(c): c for c in candidates}.values())
+        candidates += [{**c, "pools": "opaque"} for c in candidates]  # the pools' backward kept in cuDNN
         candidates += [c for c in configs(args) if label(c) in fastest.values() and c not in candidates]
         for cfg in candidates:
             if time.perf_counter() - start > args.budget:

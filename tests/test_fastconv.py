@@ -88,3 +88,27 @@ def test_a_rate_held_as_a_tensor_is_filled_in_place():
     held = opt.param_groups[0]["lr"]
     set_lr(opt, 0.05)
     assert opt.param_groups[0]["lr"] is held and held.item() == pytest.approx(0.1)
+
+
+def test_opaque_pools_are_pytorchs_own_and_compile_keeps_them_whole():
+    """The same outputs and gradients, bit for bit (the same kernels), and a compiled graph in
+    which each pool is one alexnet::max_pool2d call, not max_pool2d_with_indices' own lowering."""
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming")
+    x = torch.randn(2, 3, 99, 99)
+    want = _grads(model, x)
+    fastconv.use(model, pools="opaque")
+    assert sum(isinstance(m, fastconv.OpaqueMaxPool2d) for m in model.modules()) == 3
+    got = _grads(model, x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    seen = []
+
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(model.features, backend=backend, fullgraph=True)(x)
+    assert sum("alexnet.max_pool2d" in t for t in seen) == 3 and not any("max_pool2d_with" in t for t in seen)
+    fastconv.use(model)
+    assert not any(isinstance(m, fastconv.OpaqueMaxPool2d) for m in model.modules())

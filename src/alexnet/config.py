@@ -151,6 +151,9 @@ class TrainConfig:
     tower_conv: str = _f("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
                                     "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
+    pools: str = _f("native", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
+                              "instead of generating its own pooling backward); the same results",
+                    ("native", "opaque"))
     conv1: str = _f("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); direct until measured "
                               "otherwise (benchmarks/gpu_profile.py)", ("direct", "s2d"))

@@ -1,5 +1,6 @@
-"""Other ways to compute the same convolutions, chosen per device for speed: the towers'
-grouped convolutions as two dense halves, and conv1 by space-to-depth.
+"""Other ways to compute the same layers, chosen per device for speed: the towers' grouped
+convolutions as two dense halves, conv1 by space-to-depth, and max pooling as an operator
+that ``torch.compile`` leaves alone.
 
 Both keep the module's parameters (the same ``weight`` and ``bias`` objects, of the same
 shapes), so state dicts, checkpoints, imports and the two-device split see no difference;
@@ -14,6 +15,12 @@ cores.
 3x3 stride-1 convolution over 4x4 blocks of the input folded into 48 channels
 (``pixel_unshuffle``), with the kernel zero-padded to 12x12 and folded the same way. Exact:
 every output sums the same products.
+
+``opaque`` pools: max pooling through ``alexnet::max_pool2d``, a registered operator whose
+forward and backward are PyTorch's own kernels (cuDNN's on a GPU). ``torch.compile`` cannot
+look inside it, so it keeps them rather than generate its own pooling backward (recent
+inductor versions scatter-add it, which may be why compiling made torchvision's network
+slower on an H100). Exact: the same kernels run.
 """
 
 from __future__ import annotations
@@ -24,6 +31,60 @@ from torch import nn
 
 TOWER_IMPLS = ("grouped", "split")
 CONV1_IMPLS = ("direct", "s2d")
+POOL_IMPLS = ("native", "opaque")
+
+
+def _pool_args(k: int, s: int, p: int, ceil: bool) -> tuple:
+    return [k, k], [s, s], [p, p], [1, 1], ceil
+
+
+@torch.library.custom_op("alexnet::max_pool2d", mutates_args=())
+def max_pool2d(x: torch.Tensor, k: int, s: int, p: int, ceil: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, indices) of a k x k max pool with stride s and padding p: PyTorch's kernel."""
+    out, idx = torch.ops.aten.max_pool2d_with_indices(x, *_pool_args(k, s, p, ceil))
+    return out, idx
+
+
+@max_pool2d.register_fake
+def _(x, k, s, p, ceil):
+    return torch.ops.aten.max_pool2d_with_indices(x, *_pool_args(k, s, p, ceil))
+
+
+@torch.library.custom_op("alexnet::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward(grad: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, k: int, s: int, p: int,
+                        ceil: bool) -> torch.Tensor:
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *_pool_args(k, s, p, ceil), idx)
+
+
+@max_pool2d_backward.register_fake
+def _(grad, x, idx, k, s, p, ceil):
+    return torch.empty_like(x)
+
+
+def _pool_setup(ctx, inputs, output):
+    x, k, s, p, ceil = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.args = (k, s, p, ceil)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _pool_backward(ctx, grad, _):
+    x, idx = ctx.saved_tensors
+    return max_pool2d_backward(grad, x, idx, *ctx.args), None, None, None, None
+
+
+max_pool2d.register_autograd(_pool_backward, setup_context=_pool_setup)
+
+
+class OpaqueMaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d through ``alexnet::max_pool2d`` (square windows, no dilation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool2d(x, _int(self.kernel_size), _int(self.stride), _int(self.padding), self.ceil_mode)[0]
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) else v[0]
 
 
 class SplitConv2d(nn.Conv2d):
@@ -74,19 +135,27 @@ def _swap(parent: nn.Module, name: str, conv: nn.Conv2d, cls: type) -> None:
     setattr(parent, name, new)
 
 
-def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct") -> nn.Module:
-    """Compute ``model``'s grouped convolutions as ``towers`` ('grouped' or 'split') and its
-    first strided convolution as ``conv1`` ('direct' or 's2d'); in place, parameters kept."""
+def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct", pools: str = "native") -> nn.Module:
+    """Compute ``model``'s grouped convolutions as ``towers`` ('grouped' or 'split'), its first
+    strided convolution as ``conv1`` ('direct' or 's2d') and its max pools as ``pools``
+    ('native' or 'opaque'); in place, parameters kept."""
     if towers not in TOWER_IMPLS:
         raise ValueError(f"towers must be one of {TOWER_IMPLS}, got {towers!r}")
     if conv1 not in CONV1_IMPLS:
         raise ValueError(f"conv1 must be one of {CONV1_IMPLS}, got {conv1!r}")
+    if pools not in POOL_IMPLS:
+        raise ValueError(f"pools must be one of {POOL_IMPLS}, got {pools!r}")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and _reads_the_image(child):  # conv1, or each tower's
                 _swap(parent, name, child, SpaceToDepthConv2d if conv1 == "s2d" else nn.Conv2d)
             elif isinstance(child, nn.Conv2d) and child.groups > 1:
                 _swap(parent, name, child, SplitConv2d if towers == "split" else nn.Conv2d)
+            elif isinstance(child, nn.MaxPool2d) and child.dilation in (1, (1, 1)):
+                cls = OpaqueMaxPool2d if pools == "opaque" else nn.MaxPool2d
+                if type(child) is not cls:
+                    setattr(parent, name, cls(child.kernel_size, child.stride, child.padding,
+                                              ceil_mode=child.ceil_mode))
     return model
 
 

@@ -495,7 +495,7 @@ class Run:
         _check_out(self.out, self.resumed, overwrite)
         self.splits = _splits(cfg, self.rt)
         model, self.normalizer = _model(cfg, self.splits, ckpt, pretrained)
-        self.model = fastconv.use(_place(model, self.rt), cfg.tower_conv, cfg.conv1)  # the same parameters
+        self.model = fastconv.use(_place(model, self.rt), cfg.tower_conv, cfg.conv1, cfg.pools)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
         self.history, self.start_epoch, self.position = [], 0, None
