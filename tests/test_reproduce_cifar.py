@@ -186,3 +186,34 @@ def test_the_colour_gap_tells_a_gray_tower_from_a_coloured_one_and_not_a_random_
     mixed = torch.cat([gray, coloured])[torch.randperm(64, generator=g)]
     first, second = colour_halves(mixed)
     assert abs(first - second) < 0.25
+
+
+def test_the_family_reports_after_each_seed_and_runs_the_seeds_the_pilot_asks_for(monkeypatch):
+    """A stand-in for training: each arm's measures are the seed's base value plus the arm's
+    planted effect. A pilot with a large spread asks for more seeds than the cap; progress
+    reports come after the pilot and after each later seed, the last with every seed."""
+    from alexnet import reproduce_cifar_overfit as ro
+
+    effect = {"baseline": 0.0, "pool-2x2": 0.01, "no-dropout": 0.2, "no-augment": 0.3, "no-lighting": 0.0,
+              "towers": 0.2}
+    trained = []
+
+    class Fake:
+        def run(self, key, flags, seed, measure):
+            arm = key.split("/")[1]
+            trained.append((arm, seed))
+            v = 0.3 + 0.05 * ((seed * 7) % 5) + effect[arm]
+            if arm == "pool-2x2":  # a difference that swings by a point from seed to seed
+                v += 0.01 * (-1) ** seed
+            return {"seed": seed, "diverged": None, "train_time_s": 1.0, ro.TEST_ERROR: v, ro.CENTER_ERROR: v,
+                    "gap": v, "colour_gap": v, "val_error": v, "train_error": 0.0, "colour": [v, 0.0]}
+
+    reports = []
+    out = ro.run_claims(Fake(), {}, list(ro.CLAIMS), progress=reports.append)
+    assert out["pilot"]["seeds"] == ro.MAX_SEEDS  # overlap-pool's 0.4 points cannot be told from this spread
+    assert [r["pilot"]["seeds_done"] for r in reports] == list(range(ro.PILOT_SEEDS, ro.MAX_SEEDS))
+    assert out["pilot"]["seeds_done"] == ro.MAX_SEEDS and len(trained) == 6 * ro.MAX_SEEDS
+    assert out["dropout"]["paired"]["mean_diff"] == pytest.approx(0.2)  # the planted effect, seed by seed
+    assert out["dropout"]["paired"]["sd_diff"] == pytest.approx(0.0, abs=1e-12)
+    text = "\n".join(ro.render(reports[0], ro.verdicts(reports[0])))
+    assert f"Unfinished: {ro.PILOT_SEEDS} of {ro.MAX_SEEDS} seeds" in text

@@ -330,7 +330,10 @@ def run_study(claims: list[str], data: str, out: str | Path, device: str = "auto
         _write(study, results, command)  # the report so far, after each claim
     family = [c for c in overfit.CLAIMS if c in wanted]
     if family:
-        results["overfit"] = overfit.run_claims(study, overfit_flags(), family, results.get("overfit"))
+        def progress(partial: dict) -> None:  # the report so far, after each seed
+            _write(study, {**results, "overfit": partial}, command)
+
+        results["overfit"] = overfit.run_claims(study, overfit_flags(), family, results.get("overfit"), progress)
         _write(study, results, command)
     log(f"reproduce cifar: finished in {time.perf_counter() - start:.0f} s; report {study.out / 'report.md'}")
     return results

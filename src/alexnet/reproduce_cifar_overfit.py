@@ -125,11 +125,13 @@ def measure(study) -> Callable[[Path], dict]:
     return run
 
 
-def run_claims(study, flags: dict, names: list[str], earlier: dict | None = None) -> dict:
+def run_claims(study, flags: dict, names: list[str], earlier: dict | None = None,
+               progress: Callable[[dict], None] | None = None) -> dict:
     """The baseline's and the named claims' arms (with those an ``earlier`` result measured) on
     the pilot seeds, on the seeds the power calculation asks for, then the claims' paired
     comparisons. ``flags``: the baseline's settings (SEC33 with OVERFIT). The family stays all
-    five claims whichever are named."""
+    five claims whichever are named. ``progress`` receives the comparisons so far after each
+    seed from the pilot's on (``pilot.seeds_done`` below ``pilot.seeds`` while unfinished)."""
     names = [n for n in CLAIMS if n in names or n in (earlier or {})]
     arms = ["baseline", *(CLAIMS[n].arm for n in names)]
 
@@ -140,10 +142,17 @@ def run_claims(study, flags: dict, names: list[str], earlier: dict | None = None
     runs = [seed_runs(s) for s in range(PILOT_SEEDS)]
     need = {name: _seeds_needed(CLAIMS[name], runs) for name in names}
     seeds = min(max(MIN_SEEDS, *need.values()), MAX_SEEDS)
-    runs += [seed_runs(s) for s in range(PILOT_SEEDS, seeds)]
-    out = {"pilot": {"pilot_seeds": PILOT_SEEDS, "seeds_needed": need, "seeds": seeds, "alpha": ALPHA / len(CLAIMS),
-                     "power": POWER},
-           "runs": {arm: [r[arm] for r in runs] for arm in arms}}
+    pilot = {"pilot_seeds": PILOT_SEEDS, "seeds_needed": need, "seeds": seeds, "alpha": ALPHA / len(CLAIMS),
+             "power": POWER}
+    for seed in range(PILOT_SEEDS, seeds):
+        if progress:
+            progress(_compare(runs, arms, names, pilot))
+        runs.append(seed_runs(seed))
+    return _compare(runs, arms, names, pilot)
+
+
+def _compare(runs: list[dict], arms: list[str], names: list[str], pilot: dict) -> dict:
+    out = {"pilot": {**pilot, "seeds_done": len(runs)}, "runs": {arm: [r[arm] for r in runs] for arm in arms}}
     for name in names:
         c = CLAIMS[name]
         base, change, failed = _values(runs, c.arm, c.metric)
@@ -230,6 +239,10 @@ def render(results: dict, verdict: dict) -> list[str]:
                      f"{v['p_holm']:.2g} | {also} |")
     need = ", ".join(f"{k} {'more than ' + str(MAX_SEEDS) if n > MAX_SEEDS else n}"
                      for k, n in p["seeds_needed"].items())
+    done = p.get("seeds_done", p["seeds"])
+    if done < p["seeds"]:
+        lines[2:2] = [f"**Unfinished: {done} of {p['seeds']} seeds so far** (the same command continues the study).",
+                      ""]
     lines += ["", f"Intervals: {100 * (1 - ALPHA / len(CLAIMS)):.0f}% (Bonferroni over the five); p: paired t, "
               f"Holm-adjusted over the five. Seeds: a pilot of {p['pilot_seeds']}; to detect each claim's size "
               f"with power {POWER}: {need}; run: {p['seeds']} (at least {MIN_SEEDS}, at most {MAX_SEEDS}).", "",
