@@ -114,3 +114,16 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
     assert len(configs) == 6 and all(r["images_per_sec"] > 0 for r in report["steps"])  # 4 paper, 2 torchvision
     assert report["kernels"] and (tmp_path / "profile" / "trace.json").stat().st_size > 0
     assert "## steps" in (tmp_path / "profile" / "profile.txt").read_text()
+
+
+def test_the_profiles_compile_section_picks_its_variants(tmp_path):
+    """The compile section (skipped by the smoke run: inductor takes minutes on the CPU) with
+    the eager backend: each network at its defaults with native and opaque pools."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
+                           "--smoke", "--compile-backend", "eager"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = json.loads((tmp_path / "profile.json").read_text())["compiled"]
+    configs = [c["config"] for c in compiled]
+    assert configs[:2] == ["torchvision conv1=direct", "torchvision conv1=direct pools=opaque"]
+    assert "paper towers=grouped conv1=direct lrn=torch pools=opaque" in configs
+    assert all(c.get("images_per_sec", 0) > 0 for c in compiled)

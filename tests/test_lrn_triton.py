@@ -24,8 +24,9 @@ CHECKS = textwrap.dedent("""
     rows = []
     # (channels, groups, size, alpha, beta, k): the paper's across all maps and within each tower,
     # cifar-11pct's (9 maps, k 1), a window wider than a group's edge, channels not a power of 2
+    # and an even window (4: [c-2, c+1], whose backward sums over the mirrored [c-1, c+2])
     cases = [(12, 1, 5, 1e-4, 0.75, 2.0), (12, 2, 5, 1e-4, 0.75, 2.0), (18, 1, 9, 1e-3, 0.75, 1.0),
-             (10, 2, 9, 1e-2, 0.75, 1.0), (20, 2, 5, 1e-2, 0.6, 1.5)]
+             (10, 2, 9, 1e-2, 0.75, 1.0), (20, 2, 5, 1e-2, 0.6, 1.5), (12, 2, 4, 1e-2, 0.75, 1.0)]
     for ch, groups, size, alpha, beta, k in cases:
         for fmt in ("contiguous", "channels_last"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -61,7 +62,14 @@ CHECKS = textwrap.dedent("""
         return gm
     f = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-4, 0.75, 2.0, 2), backend=backend, fullgraph=True)
     f(torch.rand(1, 4, 3, 3))
-    print(json.dumps(dict(rows=rows, graph=seen)))
+    # and its backward through AOT autograd (the path compile takes), against the formula
+    x = (torch.randn(1, 6, 3, 3) * 120).relu().requires_grad_()
+    g = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-2, 0.75, 1.0, 1), backend="aot_eager")
+    g(x).square().sum().backward()
+    xr = x.detach().double().requires_grad_()
+    ref(xr, 5, 1e-2, 0.75, 1.0).square().sum().backward()
+    compiled_bwd = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item()
+    print(json.dumps(dict(rows=rows, graph=seen, compiled_bwd=compiled_bwd)))
 """)
 
 
@@ -80,7 +88,7 @@ TOLERANCE = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1.6
 
 def test_forward_and_backward_match_the_fp64_formula_in_every_dtype_layout_and_span(results):
     rows = [r for r in results["rows"] if r["case"] != "off by one"]
-    assert len(rows) == 5 * 2 * 3
+    assert len(rows) == 6 * 2 * 3
     for r in rows:
         tol = TOLERANCE[r["dtype"]]
         assert r["fwd"] < tol and r["bwd"] < tol, r
@@ -95,3 +103,4 @@ def test_the_tolerance_catches_a_window_off_by_one_channel(results):
 def test_compile_keeps_the_fused_lrn_as_one_operation(results):
     assert [t for t in results["graph"] if "alexnet" in t] == ["alexnet.lrn.default"]
     assert all("pow" not in t and "pool" not in t for t in results["graph"]), results["graph"]
+    assert results["compiled_bwd"] < TOLERANCE["torch.float32"]

@@ -17,7 +17,7 @@ cores.
 every output sums the same products.
 
 ``opaque`` pools: max pooling through ``alexnet::max_pool2d``, a registered operator whose
-forward and backward are PyTorch's own kernels (cuDNN's on a GPU). ``torch.compile`` cannot
+forward and backward are PyTorch's own native kernels. ``torch.compile`` cannot
 look inside it, so it keeps them rather than generate its own pooling backward (recent
 inductor versions scatter-add it, which may be why compiling made torchvision's network
 slower on an H100). Exact: the same kernels run.

@@ -23,15 +23,22 @@ class GraphedStep:
 
     def __init__(self, step) -> None:
         self.step = step  # the eager step: train.train_step
-        self.eager_steps, self.graph = 0, None
+        self.eager_steps, self.graph, self.failed = 0, None, False
         self.x = self.labels = self.loss = self.logits = None
 
     def __call__(self, model, optimizer, scaler, rt, x: torch.Tensor, labels: torch.Tensor):
-        if self.graph is None and self.eager_steps < WARMUP:
+        if self.failed or (self.graph is None and self.eager_steps < WARMUP):
             self.eager_steps += 1
             return self.step(model, optimizer, scaler, rt, x, labels)
         if self.graph is None:
-            self._capture(model, optimizer, scaler, rt, x, labels)
+            try:
+                self._capture(model, optimizer, scaler, rt, x, labels)
+            except RuntimeError as e:  # a step that cannot be captured trains eagerly, said once
+                self.failed = True
+                print(f"alexnet: warning: --cuda-graphs could not capture the step ({str(e)[:200]}); "
+                      "training continues without graphs", flush=True)
+                optimizer.zero_grad(set_to_none=True)
+                return self.step(model, optimizer, scaler, rt, x, labels)
         elif x.shape != self.x.shape or labels.shape != self.labels.shape:
             return self.step(model, optimizer, scaler, rt, x, labels)
         else:
@@ -45,14 +52,17 @@ class GraphedStep:
         self.x, self.labels = x.clone(), labels.clone()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's pinning thread may call CUDA while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.loss, self.logits = self.step(model, optimizer, scaler, rt, self.x, self.labels)
         self.graph = graph  # capturing ran nothing: the caller's replay takes this batch's step
 
 
 def tensor_lr(optimizer: torch.optim.Optimizer) -> None:
-    """Each group's rate as a device tensor (``set_lr`` then fills it in place)."""
+    """Each group's rate as a tensor on its parameters' device (``set_lr`` then fills it in
+    place); a float, or a tensor elsewhere (a checkpoint's, loaded to the CPU: the fused kernel
+    would read it once, at capture), becomes one."""
     for group in optimizer.param_groups:
-        if not isinstance(group["lr"], torch.Tensor):
-            device = group["params"][0].device
+        device = group["params"][0].device
+        if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)

@@ -22,6 +22,8 @@ differentiates and ``torch.compile`` keeps as single operations.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -111,7 +113,8 @@ def forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
     x = _dense(x)
     y, d = _like(x), _like(x, torch.float32)
     grid, meta = _launch_shape(x, groups)
-    _lrn_fwd[grid](x, y, d, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
+    with _on(x):
+        _lrn_fwd[grid](x, y, d, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
     return y, d
 
 
@@ -122,8 +125,14 @@ def backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int
     grad, denom = _as(grad, x), _as(denom, x)
     dx = _like(x)
     grid, meta = _launch_shape(x, groups)
-    _lrn_bwd[grid](grad, x, denom, dx, alpha_n=alpha / size, beta=beta, SIZE=size, **meta)
+    with _on(x):
+        _lrn_bwd[grid](grad, x, denom, dx, alpha_n=alpha / size, beta=beta, SIZE=size, **meta)
     return dx
+
+
+def _on(x: torch.Tensor):
+    """Launch on ``x``'s GPU (a tower's under --model-parallel), not the current one."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
