@@ -171,6 +171,23 @@ def test_device_decode_path_delivers_the_same_batches(tree, tmp_path):
         assert torch.equal(batch.labels, split.labels[idx])
 
 
+def test_a_batch_of_encoded_images_crosses_from_a_worker_as_one_buffer(tree, tmp_path):
+    """decode_later: a loader process sends the batch as (bytes, offsets), two tensors whatever
+    the batch size, whose views are each image's stored bytes exactly."""
+    from alexnet.data.loader import PackedBatches
+
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    b = PackedBatches(split, 1, True, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
+    (data, offsets), labels = next(iter(b.loader))
+    b.close()
+    assert data.dtype == torch.uint8 and data.dim() == 1 and offsets.tolist()[0] == 0 and len(offsets) == 5
+    idx = b._chunks()[0].tolist()
+    views = packed.split_encoded(data, offsets)
+    assert [bytes(v.numpy()) for v in views] == [bytes(split._bytes(i)) for i in idx]
+    assert offsets[-1] == data.numel() and torch.equal(labels, split.labels[idx])
+
+
 def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
     packed.prepare(tree, tmp_path / "raw", size=32, encoding="raw", workers=1, progress=False)
     packed.prepare(tree, tmp_path / "jpeg", size=32, encoding="jpeg", workers=1, progress=False)

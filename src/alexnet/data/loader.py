@@ -26,7 +26,7 @@ from ..files import printable
 from . import cifar10, fashion_mnist
 from .folder import ImageFolder, find_classes, resolve_workers
 from .transforms import to_rgb
-from .packed import PackedSplit, is_packed, read_meta
+from .packed import PackedSplit, is_packed, read_meta, split_encoded
 
 
 @dataclass
@@ -207,8 +207,8 @@ class PackedBatches(Batches):
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels in self.loader:
-            if isinstance(images, list):  # still-encoded JPEGs: decode the batch on the device
-                images = decode_on_device(images, self.device)
+            if isinstance(images, (tuple, list)):  # still-encoded JPEGs, one buffer: decode on the device
+                images = decode_on_device(split_encoded(*images), self.device)
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
     def close(self) -> None:

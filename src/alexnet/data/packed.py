@@ -293,6 +293,12 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, encoding: str = "
     return meta
 
 
+def split_encoded(data: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    """``encoded_batch``'s one buffer as one view per image (no copies)."""
+    bounds = offsets.tolist()
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 class PackedSplit(torch.utils.data.Dataset):
     """One split of a packed dataset; ``batch(indices)`` returns uint8 (B, 3, S, S)."""
 
@@ -335,21 +341,41 @@ class PackedSplit(torch.utils.data.Dataset):
         Reading rather than memory-mapping keeps every process's resident memory
         bounded: a map would hold each page it has touched, and over an epoch that is
         the whole shard. The kernel's page cache still serves repeated reads."""
+        buf = bytearray(self._size(i))
+        self._read_into(i, memoryview(buf))
+        return buf
+
+    def _size(self, i: int) -> int:
+        s, j = self._shard[i], self._local[i]
+        return int(self._offsets[s][j + 1]) - int(self._offsets[s][j])
+
+    def _read_into(self, i: int, buf: memoryview) -> None:
+        """Image ``i``'s bytes into ``buf`` (exactly its size), checked against its checksum."""
         if self._files is None:
             self._files = [os.open(self.root / f"{n}.bin", os.O_RDONLY) for n in self._names]
         s, j = self._shard[i], self._local[i]
-        start, end = int(self._offsets[s][j]), int(self._offsets[s][j + 1])
-        buf = bytearray(end - start)
+        start = int(self._offsets[s][j])
         if os.preadv(self._files[s], [buf], start) != len(buf):
             raise AlexNetError(f"packed shard {printable(self.root / self._names[s])}.bin is shorter than its index "
                                f"says (truncated after it was opened); {_rerun(self.root)}")
         if self._crcs[s] is not None and zlib.crc32(buf) != int(self._crcs[s][j]):
             raise AlexNetError(f"packed shard {printable(self.root / self._names[s])}.bin is damaged: image {j}'s "
                                f"bytes do not match the checksum written by prepare; {_rerun(self.root)}")
-        return buf
 
     def encoded(self, indices: list[int]) -> list[torch.Tensor]:
-        return [torch.frombuffer(self._bytes(i), dtype=torch.uint8) for i in indices]
+        return split_encoded(*self.encoded_batch(indices))
+
+    def encoded_batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images' stored bytes end to end in one uint8 tensor, and the B + 1 offsets where
+        each begins (and the last ends): a batch crosses from a loader process as two tensors
+        (two shared-memory blocks), not one per image."""
+        offsets = np.zeros(len(indices) + 1, np.int64)
+        np.cumsum([self._size(i) for i in indices], out=offsets[1:])
+        data = np.empty(int(offsets[-1]), np.uint8)
+        view = memoryview(data)
+        for k, i in enumerate(indices):
+            self._read_into(i, view[offsets[k]:offsets[k + 1]])
+        return torch.from_numpy(data), torch.from_numpy(offsets)
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded uint8 images (B, 3, S, S) and labels, decoded on the CPU."""
@@ -365,9 +391,10 @@ class PackedSplit(torch.utils.data.Dataset):
 
     def __getitem__(self, indices: list[int]):
         """Decoded (images, labels); with ``decode_later`` set, the still-encoded JPEGs
-        (a list of byte tensors) and labels instead, for decoding on the training device."""
+        (``encoded_batch``'s bytes and offsets) and labels instead, for decoding on the
+        training device."""
         if self.decode_later and self.encoding == "jpeg":
-            return self.encoded(indices), self.labels[indices]
+            return self.encoded_batch(indices), self.labels[indices]
         return self.batch(indices)
 
     decode_later: bool = False
