@@ -188,6 +188,43 @@ def test_a_batch_of_encoded_images_crosses_from_a_worker_as_one_buffer(tree, tmp
     assert offsets[-1] == data.numel() and torch.equal(labels, split.labels[idx])
 
 
+def test_device_decoding_runs_in_its_own_thread_one_batch_ahead_of_the_step(tree, tmp_path, monkeypatch):
+    """While the consumer holds batch k (its step), batch k + 1 is already being decoded, in the
+    decoder's thread; a decoding error reaches the consumer."""
+    import threading
+
+    import torchvision.io
+
+    from alexnet.data.loader import PackedBatches
+
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    events, real = [], torchvision.io.decode_jpeg
+
+    def decode(views, **kw):
+        events.append(("decode", threading.current_thread().name))
+        return real(views, **kw)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
+    b = PackedBatches(split, 0, True, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
+    submit = b.decoder.pool.submit
+    b.decoder.pool.submit = lambda *a: (events.append(("submit", None)), submit(*a))[1]
+    for _ in b:
+        events.append(("step", threading.current_thread().name))
+    decoded = [name for kind, name in events if kind == "decode"]
+    assert len(decoded) == 4 and all(name.startswith("alexnet-decode") for name in decoded)
+    # the second batch's decoding was handed to the thread before the first step ran
+    assert [kind for kind, _ in events if kind != "decode"][:3] == ["submit", "submit", "step"]
+
+    def broken(views, **kw):
+        raise RuntimeError("corrupt JPEG data")
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", broken)
+    with pytest.raises(RuntimeError, match="corrupt JPEG data"):
+        list(b)
+    b.close()
+
+
 def test_gpu_decode_is_refused_where_it_cannot_work(tree, tmp_path):
     packed.prepare(tree, tmp_path / "raw", size=32, encoding="raw", workers=1, progress=False)
     packed.prepare(tree, tmp_path / "jpeg", size=32, encoding="jpeg", workers=1, progress=False)

@@ -197,38 +197,84 @@ class PackedBatches(Batches):
     """A split of a packed dataset (``alexnet prepare``): whole batches are read from the
     shards and decoded by ``workers`` processes, or, with ``device_decode``,
     sent still encoded and decoded on the training device by torchvision's batched
-    ``decode_jpeg`` (nvJPEG on CUDA: ``--gpu-decode``)."""
+    ``decode_jpeg`` (nvJPEG on CUDA: ``--gpu-decode``), beside the training step
+    (``DeviceDecoder``)."""
 
     def __init__(self, split: "PackedSplit", workers: int, device_decode: bool = False, **kw) -> None:
         super().__init__(len(split), **kw)
         split.decode_later = device_decode
         # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
         self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
+        self.decoder = DeviceDecoder(self.device) if device_decode else None
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.decoder is not None:
+            yield from self.decoder.batches(self.loader)
+            return
         for images, labels in self.loader:
-            if isinstance(images, (tuple, list)):  # still-encoded JPEGs, one buffer: decode on the device
-                images = decode_on_device(split_encoded(*images), self.device)
             yield Batch(images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True))
 
     def close(self) -> None:
         close_loader(self.loader)
+        if self.decoder is not None:
+            self.decoder.close()
 
 
-def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """A batch of JPEGs decoded on ``device`` into one uint8 tensor (B, C, H, W).
+class DeviceDecoder:
+    """Decodes each batch's JPEGs on the device in a thread of its own, one batch ahead of the
+    one being trained on, so that decoding overlaps the step instead of preceding it.
 
-    On CUDA, nvJPEG's hardware engine writes its output before the work already queued on
-    the stream it is given has run (pytorch/vision pull request 9606), while PyTorch's
-    caching allocator may hand the decoder a block that queued kernels are still reading:
-    the result is silently wrong numbers elsewhere. So the caller's stream is drained first;
-    the decode itself is synchronous, so this costs the overlap of one decode with the
-    previous step, not a pass over the data."""
-    from torchvision.io import decode_jpeg
+    On CUDA the decoding runs on a stream of its own, and the step's stream waits for it on an
+    event (not the device): nvJPEG's hardware engine can write its output before work already
+    queued on the stream it is given has run (pytorch/vision pull request 9606), and PyTorch's
+    caching allocator hands out memory per stream, so draining the decoder's own stream before
+    each batch (which holds only the previous batch's stacking) keeps its output out of
+    anything queued work still reads, while the training stream runs on. Each batch's tensors
+    are recorded as used on the training stream, so the decoder cannot reuse them early."""
 
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
-    return torch.stack(decode_jpeg(encoded, device=device))
+    def __init__(self, device: torch.device) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="alexnet-decode")
+
+    def batches(self, loader) -> Iterator[Batch]:
+        pending = None
+        for encoded, labels in loader:
+            job = self.pool.submit(self._decode, encoded, labels)
+            if pending is not None:
+                yield self._ready(pending)
+            pending = job
+        if pending is not None:
+            yield self._ready(pending)
+
+    def _decode(self, encoded: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor):
+        from torchvision.io import decode_jpeg
+
+        views = split_encoded(*encoded)
+        if not self.cuda:
+            return torch.stack(decode_jpeg(views)), labels, None
+        with torch.cuda.stream(self.stream):
+            self.stream.synchronize()  # this stream's own queued work, not the training step's
+            images = torch.stack(decode_jpeg(views, device=self.device))
+            labels = labels.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        return images, labels, done
+
+    def _ready(self, job) -> Batch:
+        images, labels, done = job.result()
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            images.record_stream(current)
+            labels.record_stream(current)
+        return Batch(images, labels)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 # Images held out of a training set that comes without a validation split: a fixed choice
