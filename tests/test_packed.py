@@ -130,13 +130,15 @@ def test_packed_loader_is_deterministic_and_sharded(tree, tmp_path):
         assert keys(r0[step]) | keys(r1[step]) == keys(a[step]) and not keys(r0[step]) & keys(r1[step])
 
 
-def test_train_from_packed_data(tree, tmp_path):
+@pytest.mark.parametrize("cache", ["none", "auto"])
+def test_train_from_packed_data(tree, tmp_path, cache):
     from alexnet.config import TrainConfig, apply_overrides
     from alexnet.train import fit
 
     packed.prepare(tree, tmp_path / "dst", size=76, encoding="jpeg", workers=1, progress=False)
     cfg = apply_overrides(TrainConfig(), dict(data=str(tmp_path / "dst"), resize=76, crop=67, epochs=1,
-                                              batch_size=6, workers=0, out=str(tmp_path / "run"), init="kaiming"))
+                                              batch_size=6, workers=0, out=str(tmp_path / "run"), init="kaiming",
+                                              cache=cache))
     result = fit(cfg)
     assert result["history"][0]["train_images"] == 18 and result["final"]["images"] == 18
     with pytest.raises(AlexNetError, match="holds 76-px images"):

@@ -90,6 +90,10 @@ class DataConfig:
     mean_samples: int = _f(10000, "training images used to estimate the mean image")
     workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
     gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
+    cache: str = _f("none", "packed data: decode every image once into memory and gather batches from it: gpu "
+                            "(GPU memory), host (pinned host memory), auto (the first that holds them with half its "
+                            "free memory to spare, else none), none (read and decode every epoch)",
+                    ("none", "auto", "gpu", "host"))
     holdout: int = _f(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
                           "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
     limit_train: int = _f(0, "use only this many training images, a random choice by --seed (0 = all); for quick "

@@ -352,6 +352,7 @@ class Request:
     limit_val: int = 0  # also limits test
     workers: int = -1
     gpu_decode: bool = False
+    cache: str = "none"  # packed data: decode once into memory (cache.py): none, auto, gpu, host
     seed: int = 0
     rank: int = 0
     world: int = 1
@@ -428,9 +429,16 @@ def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -
     if meta["size"] != resize:
         raise AlexNetError(f"packed dataset {root} holds {meta['size']}-px images, but --resize is {resize}")
 
-    def batches(split: str, train: bool, indices: torch.Tensor | None) -> PackedBatches:
-        return PackedBatches(PackedSplit(root, split), req.workers, req.gpu_decode, indices=indices,
-                             **_batching(req, device, train))
+    def batches(split: str, train: bool, indices: torch.Tensor | None) -> Batches:
+        from . import cache
+
+        data = PackedSplit(root, split)
+        indices = torch.arange(len(data)) if indices is None else indices
+        where = cache.choose(req.cache, len(indices), meta["size"], device)
+        if where != "none":  # decoded once, gathered from memory every epoch
+            images = cache.decode_all(data, indices, where, device, req.workers)
+            return cache.CachedBatches(images, data.labels[indices], **_batching(req, device, train))
+        return PackedBatches(data, req.workers, req.gpu_decode, indices=indices, **_batching(req, device, train))
 
     has_val = "val" in meta["splits"]
     train = val = test = None
