@@ -188,9 +188,10 @@ stage_bench() {
     local b
     for b in ${GPU_CHECK_BENCH:-jpeg gpu-decode raw split compile}; do
         case "$b" in
-        jpeg)  # model, decode, loader, end-to-end from packed JPEGs (CPU decode) and the plain baseline
+        jpeg)  # model, decode, loader, end-to-end from packed JPEGs (CPU decode) and from the decoded
+               # cache (GPU memory where it fits), and the plain baseline
             run_step bench-jpeg 420 "${ALEXNET[@]}" bench --json "${DEVICE[@]}" "${BENCH_ARGS[@]}" \
-                $([ $SMOKE = 1 ] && echo --variant paper) --images "$img" --packed "$jpeg" ;;
+                $([ $SMOKE = 1 ] && echo --variant paper) --images "$img" --packed "$jpeg" --cache auto ;;
         gpu-decode)
             [ $SMOKE = 1 ] || run_step bench-gpu-decode 300 "${ALEXNET[@]}" bench --json "${BENCH_ARGS[@]}" --packed "$jpeg" --gpu-decode --no-baseline ;;
         raw)  # the smoke run measures one network in each step: paper here, torchvision there

@@ -11,14 +11,17 @@ def test_bench_reports_every_figure(image_tree, monkeypatch):
     reducers, real = [], bench.time_steps
     monkeypatch.setattr(bench, "time_steps", lambda *a, **kw: reducers.append(kw.get("reduce")) or real(*a, **kw))
     result = run(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
-                 images=str(image_tree), workers=0, log=lambda _: None)
+                 images=str(image_tree), workers=0, cache="host", log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
-    assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "baseline"}
+    assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "cached", "baseline"}
     assert figures[("model", "torchvision")]["settings"]["precision"] == "float32"
-    assert set(result["ratios"]) == {"torchvision: end-to-end / model", "torchvision: end-to-end / baseline"}
-    assert set(result["projection"]) == {"torchvision: 90 ImageNet epochs (hours)"}
-    # images over time for the three rows that loader processes feed (loader, end to end, baseline)
-    assert reducers.count(bench.throughput) == 3
+    assert figures[("cached", "torchvision")]["settings"]["cache"] == "host"
+    assert set(result["ratios"]) == {"torchvision: end-to-end / model", "torchvision: cached / model",
+                                     "torchvision: end-to-end / baseline"}
+    assert set(result["projection"]) == {"torchvision: 90 ImageNet epochs (hours)",
+                                         "torchvision (cached): 90 ImageNet epochs (hours)"}
+    # images over time for the four rows that loader processes feed (loader, end to end, cached, baseline)
+    assert reducers.count(bench.throughput) == 4
 
 
 def test_training_flops_are_three_forward_passes():

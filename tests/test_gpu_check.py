@@ -45,7 +45,7 @@ def test_bench_stage_measures_every_row(smoke):
     out, _ = smoke
     results = json.loads((out / "bench.json").read_text())["results"]
     rows = {(f["what"], f["variant"]) for f in results["bench-jpeg"]["figures"]}
-    assert rows == {("model", "paper"), ("decode", "-"), ("loader", "-"), ("end-to-end", "paper"),
+    assert rows == {("model", "paper"), ("decode", "-"), ("loader", "-"), ("end-to-end", "paper"), ("cached", "paper"),
                     ("baseline", "torchvision (eager fp32, ImageFolder+PIL)")}  # the smoke run: one network a step
     raw = {(f["what"], f["variant"]) for f in results["bench-raw"]["figures"]}
     assert {("model", "torchvision"), ("end-to-end", "torchvision")} <= raw

@@ -45,7 +45,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 @dataclass
 class Figure:
-    what: str  # model | decode | loader | end-to-end | baseline | inference
+    what: str  # model | decode | loader | end-to-end | cached | baseline | inference
     variant: str
     device: str
     images_per_sec: float
@@ -170,12 +170,13 @@ def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, 
 
 @contextlib.contextmanager
 def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_decode: bool,
-                    crop: int) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
+                    crop: int, cache: str = "none") -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
     """A function returning the next augmented training batch (images, labels) from a
     packed dataset, epoch after epoch: the input side of the loader and end-to-end runs.
     Its loader processes stop when the ``with`` block ends, before the next row starts its own."""
     size = read_meta(packed_dir)["size"]
-    req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode)
+    req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode,
+                              cache=cache)
     splits = data_loader.build(packed_dir, size, rt.device, req)
     augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
     gen = torch.Generator(device=rt.device).manual_seed(0)
@@ -241,16 +242,19 @@ def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure
 
 
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
-                     workers: int, gpu_decode: bool, compile: bool) -> Figure:
+                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none") -> Figure:
+    """Training from the packed JPEGs, or (``cache``) from the split decoded once into memory
+    (row ``cached``; the decoding itself is not timed)."""
     crop = variant_info(variant).input_size
-    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop) as next_batch:
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache) as next_batch:
         model, optimizer = _model_and_optimizer(variant, rt, compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
         rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(warmup, workers),
                           reduce=throughput)
-    return Figure("end-to-end", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
-                  {"workers": workers, "gpu_decode": gpu_decode, "data": "packed"})
+    return Figure("end-to-end" if cache == "none" else "cached", variant, device_name(rt.device), rate, batch, steps,
+                  _peak_mib(rt.device), {"workers": workers, "gpu_decode": gpu_decode, "data": "packed",
+                                         "cache": cache})
 
 
 def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, warmup: int, workers: int) -> Figure:
@@ -327,6 +331,7 @@ class _Plan:
     workers: int
     compile: bool
     gpu_decode: bool
+    cache: str = "none"
 
     def settings(self) -> dict:
         dtype = self.rt.dtype or torch.float32
@@ -359,6 +364,9 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
             for v in p.variants:
                 add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
                                      p.compile))
+            for v in p.variants if p.cache != "none" else ():
+                add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
+                                     p.compile, p.cache))
         if images and baseline:
             add(bench_baseline(images, p.rt.device, p.batch, p.steps, p.warmup, p.workers))
 
@@ -368,22 +376,22 @@ def _derived(figures: list[Figure], variants: list[str]) -> dict[str, dict[str, 
     end-to-end rate means for the paper's run (90 epochs of ILSVRC-2012's 1,281,167 images)."""
     by = {(f.what, f.variant): f.images_per_sec for f in figures}
     base = next((f.images_per_sec for f in figures if f.what == "baseline"), None)
-    ratios = {f"{v}: end-to-end / model": by[("end-to-end", v)] / by[("model", v)]
-              for v in variants if ("end-to-end", v) in by and ("model", v) in by}
+    ratios = {f"{v}: {what} / model": by[(what, v)] / by[("model", v)]
+              for what in ("end-to-end", "cached") for v in variants if (what, v) in by and ("model", v) in by}
     if base and ("end-to-end", "torchvision") in by:  # the same network on the same images
         ratios["torchvision: end-to-end / baseline"] = by[("end-to-end", "torchvision")] / base
     decode = by.get(("decode", "-"))
     cores = {f"{v}: CPU cores to decode at the model-only rate": by[("model", v)] / decode
              for v in variants if decode and ("model", v) in by}
-    projection = {f"{f.variant}: 90 ImageNet epochs (hours)": 90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600
-                  for f in figures if f.what == "end-to-end"}
+    projection = {f"{f.variant}{' (cached)' if f.what == 'cached' else ''}: 90 ImageNet epochs (hours)":
+                  90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600 for f in figures if f.what in ("end-to-end", "cached")}
     return {"ratios": ratios, "decode_cores": cores, "projection": projection}
 
 
 def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
         compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
         packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
-        model_parallel: str = "", log: Callable[[str], None] = print) -> dict:
+        model_parallel: str = "", cache: str = "none", log: Callable[[str], None] = print) -> dict:
     """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}, ...}.
     With ``model_parallel`` (two devices, or 'auto'), the ``paper`` network runs split in two towers."""
     _check_inputs(variants, model_parallel, images, packed, gpu_decode, batch_size=batch_size, steps=steps,
@@ -392,7 +400,7 @@ def run(variants: list[str], device: str = "auto", precision: str = "auto", chan
                                      model_parallel=model_parallel))
     cuda = rt.device.type == "cuda"
     plan = _Plan(rt, variants, batch_size or (256 if cuda else 64), steps or (50 if cuda else 5),
-                 warmup or (10 if cuda else 2), resolve_workers(workers), compile, gpu_decode)
+                 warmup or (10 if cuda else 2), resolve_workers(workers), compile, gpu_decode, cache)
     figures: list[Figure] = []
 
     def add(fig: Figure) -> None:

@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
                      steps=args.steps, warmup=args.warmup, images=args.images, packed=args.packed,
                      workers=args.workers, gpu_decode=args.gpu_decode, baseline=args.baseline,
-                     model_parallel=args.model_parallel, log=log)
+                     model_parallel=args.model_parallel, cache=args.cache, log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -482,6 +482,8 @@ def _bench(sub) -> None:
     p.add_argument("--warmup", type=int, default=0, help="untimed steps first; 0: 10 on GPU, 2 on CPU")
     _workers(p)
     p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
+    p.add_argument("--cache", default="none", choices=("none", "auto", "gpu", "host"),
+                   help="also train end to end from the packed split decoded once into memory (row 'cached')")
     p.add_argument("--model-parallel", default="", metavar="DEVICES",
                    help="the paper network split in two towers: 'auto' or two devices, e.g. cuda:0,cuda:1")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
