@@ -256,3 +256,15 @@ def test_graphed_steps_train_as_the_eager_steps_do(variant):
     assert graphed.graph is not None
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fused_augmentation_on_the_gpu_is_the_tensor_path():
+    """The Triton augmentation pass compiled for the device (the suite checks it interpreted)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 256, 256), dtype=torch.uint8, device="cuda")
+    norm = Normalizer.mean_image(torch.rand(3, 256, 256, device="cuda")).to("cuda")
+    plain = TrainAugment(norm, 227, fused=False)(x, torch.Generator(device="cuda").manual_seed(1))
+    fused = TrainAugment(norm, 227, dtype=torch.bfloat16, channels_last=True)(
+        x, torch.Generator(device="cuda").manual_seed(1))
+    assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
+    assert ((fused.float() - plain).abs().max() / plain.abs().max()).item() < 8e-3

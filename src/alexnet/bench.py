@@ -178,7 +178,7 @@ def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_
     req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode,
                               cache=cache)
     splits = data_loader.build(packed_dir, size, rt.device, req)
-    augment = TrainAugment(Normalizer.channel().to(rt.device), crop)
+    augment = TrainAugment(Normalizer.channel().to(rt.device), crop, dtype=rt.dtype, channels_last=rt.channels_last)
     gen = torch.Generator(device=rt.device).manual_seed(0)
 
     def cycle() -> Iterator[data_loader.Batch]:

@@ -506,7 +506,8 @@ class Run:
                               resize=cfg.data.resize)
         dev_norm = self.normalizer.to(self.rt.device)
         d = cfg.data
-        self.augment = TrainAugment(dev_norm, crop_size(cfg), d.random_crop, d.flip, d.lighting)
+        self.augment = TrainAugment(dev_norm, crop_size(cfg), d.random_crop, d.flip, d.lighting, self.rt.dtype,
+                                    self.rt.channels_last)
         self.center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
         self.final_crops = EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop)
         self.scaler = make_scaler(self.rt)

@@ -105,18 +105,23 @@ def lighting_offsets(batch: int, sigma: float, generator: torch.Generator | None
 
 
 class TrainAugment:
-    """Random crop + horizontal flip + PCA lighting + normalisation, batched."""
+    """Random crop + horizontal flip + PCA lighting + normalisation, batched.
+
+    On CUDA (where Triton is installed) the four run as one kernel (``augment_triton``), which
+    also writes the ``dtype`` and memory format the network reads; elsewhere as tensor
+    operations, in fp32. Both draw the same random numbers in the same order."""
 
     def __init__(self, normalizer: Normalizer, crop: int, random_crop: bool = True, flip: bool = True,
-                 lighting: float = 0.1) -> None:
+                 lighting: float = 0.1, dtype: torch.dtype | None = None, channels_last: bool = False,
+                 fused: bool | None = None) -> None:
         self.normalizer, self.crop = normalizer, crop
         self.random_crop, self.flip, self.lighting = random_crop, flip, lighting
         device = normalizer.mean.device  # the PCA constants live where the batches are: no copy per step
         self.eigval, self.eigvec = IMAGENET_EIGVAL.to(device), IMAGENET_EIGVEC.to(device)
+        self.dtype, self.channels_last, self.fused = dtype or torch.float32, channels_last, fused
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B, C, S, S) -> float (B, 3, crop, crop)."""
-        b, size, dev = x.shape[0], x.shape[-1], x.device
+    def draws(self, b: int, size: int, dev: torch.device, generator: torch.Generator | None):
+        """Each image's crop corner, whether it is mirrored, and its colour offset (B, 3) or None."""
         if self.random_crop:
             span = size - self.crop + 1
             top = torch.randint(0, span, (b,), generator=generator, device=dev)
@@ -127,13 +132,34 @@ class TrainAugment:
             flip = torch.rand(b, generator=generator, device=dev) < 0.5
         else:
             flip = torch.zeros(b, dtype=torch.bool, device=dev)
+        rgb = lighting_offsets(b, self.lighting, generator, dev, self.eigval, self.eigvec) if self.lighting > 0 \
+            else None
+        return top, left, flip, rgb
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B, C, S, S) -> (B, 3, crop, crop): float32 on the tensor path, ``dtype`` fused."""
+        b, size, dev = x.shape[0], x.shape[-1], x.device
+        top, left, flip, rgb = self.draws(b, size, dev, generator)
+        if self._fused(x):
+            from . import augment_triton
+
+            n = self.normalizer
+            rgb = torch.zeros(b, 3, device=dev) if rgb is None else rgb
+            return augment_triton.augment(x, n.mean, n.std, top, left, flip, rgb, self.crop, self.dtype,
+                                          self.channels_last)
         rows, cols = crop_indices(self.crop, top, left, flip)
         out = self.normalizer.crops(x, rows, cols)
-        if self.lighting > 0:
+        if rgb is not None:
             # The noise lives in [0, 1] RGB space; after normalisation it is divided by std.
-            rgb = lighting_offsets(b, self.lighting, generator, dev, self.eigval, self.eigvec)
             out += (rgb / self.normalizer.std.view(1, 3)).view(b, 3, 1, 1)
         return out
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        if self.fused is not None:
+            return self.fused
+        from . import augment_triton
+
+        return x.is_cuda and augment_triton.available()
 
 
 def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:

@@ -1,0 +1,76 @@
+"""The training augmentation in one pass over the pixels, as a Triton kernel: each output value
+is read once from the uint8 batch at its crop's (possibly mirrored) position, scaled to [0, 1],
+has the mean (image or per channel) subtracted, is divided by the std, takes the image's PCA
+colour offset, and is written in the dtype and memory format the network reads. The unfused
+path (``transforms.TrainAugment``) does the same in some ten passes and a layout copy.
+
+The random draws (crops, flips, colour noise) are ``TrainAugment``'s own, from the same
+generator in the same order, so the fused and unfused paths give the same batch; the suite
+checks it on the CPU through Triton's interpreter. Plain Triton only, as ``lrn_triton``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+BLOCK = 256  # output pixels per program
+
+
+def available() -> bool:
+    return triton is not None
+
+
+if triton is not None:
+    @triton.jit
+    def _augment(x_ptr, mean_ptr, std_ptr, top_ptr, left_ptr, flip_ptr, rgb_ptr, out_ptr, crop,
+                 sxb, sxc, sxh, sxw, smc, smh, smw, sob, soc, soh, sow, BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = p < crop * crop
+        i = p // crop
+        j = p % crop
+        top = tl.load(top_ptr + b)
+        left = tl.load(left_ptr + b)
+        flip = tl.load(flip_ptr + b)
+        row = top + i
+        col = left + tl.where(flip != 0, crop - 1 - j, j)
+        for c in tl.static_range(3):
+            v = tl.load(x_ptr + b * sxb + c * sxc + row * sxh + col * sxw, mask=inside, other=0).to(tl.float32)
+            m = tl.load(mean_ptr + c * smc + row * smh + col * smw, mask=inside, other=0.0)
+            s = tl.load(std_ptr + c)
+            r = tl.load(rgb_ptr + b * 3 + c)
+            y = (v / 255.0 - m) / s + r / s
+            tl.store(out_ptr + b * sob + c * soc + i * soh + j * sow, y.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+            flip: torch.Tensor, rgb: torch.Tensor, crop: int, dtype: torch.dtype = torch.float32,
+            channels_last: bool = False) -> torch.Tensor:
+    """uint8 images (B, 1 or 3, S, S) -> (B, 3, crop, crop) in ``dtype``: crop at (top, left),
+    mirrored where ``flip``, ``(x / 255 - mean) / std + rgb / std``. ``mean``: (3, S, S) or
+    (3, 1, 1); ``std``: (3, 1, 1); ``rgb``: (B, 3) colour offsets in [0, 1] units."""
+    b = x.shape[0]
+    out = torch.empty(b, 3, crop, crop, dtype=dtype, device=x.device)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    sxb, sxc, sxh, sxw = x.stride()
+    if x.shape[1] == 1:
+        sxc = 0  # grayscale: the one channel read three times
+    mean = mean.float()
+    smc, smh, smw = mean.stride()
+    if mean.shape[-1] == 1:
+        smh = smw = 0  # per-channel means: the same value at every pixel
+    grid = (b, triton.cdiv(crop * crop, BLOCK))
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _augment[grid](x, mean, std.float().reshape(3).contiguous(), top.to(torch.int32), left.to(torch.int32),
+                       flip.to(torch.int32), rgb.float().contiguous(), out, crop, sxb, sxc, sxh, sxw, smc, smh, smw,
+                       *out.stride(), BLOCK=BLOCK)
+    return out
