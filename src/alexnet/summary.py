@@ -1,4 +1,8 @@
-"""A per-layer table: output shape, parameters and multiply-accumulates."""
+"""A per-layer table: output shape, parameters, multiply-accumulates, and each layer's
+receptive field on the input (its size and stride), worked out from the layers themselves:
+a layer of kernel k and stride s makes the field k - 1 input strides wider and multiplies the
+stride by s; layers that read the whole map (fully connected, a pool to another grid) see the
+whole image."""
 
 from __future__ import annotations
 
@@ -17,6 +21,38 @@ class LayerRow:
     output: tuple[int, ...]  # without the batch dimension
     params: int
     macs: int
+    field: int | None = None  # receptive field on the input, in pixels (None: the whole image)
+    field_stride: int | None = None  # input pixels between neighbouring outputs (None: one output)
+
+
+def _window(module: nn.Module) -> tuple[int, int] | None:
+    """(kernel, stride) of a layer that slides a window over the map; None for one that does
+    not move the field (elementwise, normalisation across channels) or reads everything."""
+    from .convnet import LocallyConnected2d
+
+    if isinstance(module, LocallyConnected2d):
+        return module.kernel_size, 1
+    if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        k, st = module.kernel_size, module.stride
+        return (k if isinstance(k, int) else k[0]), (st if isinstance(st, int) else st[0])
+    return None
+
+
+class Field:
+    """The receptive field so far, updated layer by layer in the order the input flows."""
+
+    def __init__(self) -> None:
+        self.size, self.stride = 1, 1  # a pixel of the input
+
+    def step(self, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int | None, int | None]:
+        window = _window(module)
+        if window is not None and self.size is not None:
+            k, s = window
+            self.size, self.stride = self.size + (k - 1) * self.stride, self.stride * s
+        elif isinstance(module, (nn.Linear, nn.Flatten)) or (
+                isinstance(module, nn.AdaptiveAvgPool2d) and tuple(out.shape[-2:]) != tuple(inp.shape[-2:])):
+            self.size = self.stride = None  # every output reads the whole map
+        return self.size, self.stride
 
 
 def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
@@ -39,11 +75,13 @@ def summarize(model: AlexNet, input_size: int | None = None) -> list[LayerRow]:
     size = input_size or model.info.input_size
     rows: list[LayerRow] = []
     hooks = []
+    field = Field()
     for name, module in model.named_modules():
         if name and not list(module.children()):
-            def hook(mod, _inp, out, name=name):
+            def hook(mod, inp, out, name=name):
+                size, stride = field.step(mod, inp[0], out)
                 rows.append(LayerRow(name, type(mod).__name__, tuple(out.shape[1:]),
-                                     sum(p.numel() for p in mod.parameters()), layer_macs(mod, out)))
+                                     sum(p.numel() for p in mod.parameters()), layer_macs(mod, out), size, stride))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -61,11 +99,13 @@ def summarize(model: AlexNet, input_size: int | None = None) -> list[LayerRow]:
 
 
 def format_table(rows: list[LayerRow], title: str) -> str:
-    lines = [title, f"{'layer':<22}{'type':<20}{'output':>18}{'params':>14}{'MACs':>16}"]
+    lines = [title, f"{'layer':<22}{'type':<20}{'output':>18}{'params':>14}{'MACs':>16}{'field':>8}{'stride':>8}"]
     lines.append("-" * len(lines[1]))
     for r in rows:
         shape = "x".join(str(s) for s in r.output)
-        lines.append(f"{r.name:<22}{r.kind:<20}{shape:>18}{r.params:>14,}{r.macs:>16,}")
+        field = "all" if r.field is None else str(r.field)
+        stride = "-" if r.field_stride is None else str(r.field_stride)
+        lines.append(f"{r.name:<22}{r.kind:<20}{shape:>18}{r.params:>14,}{r.macs:>16,}{field:>8}{stride:>8}")
     lines.append("-" * len(lines[1]))
     total_p, total_m = sum(r.params for r in rows), sum(r.macs for r in rows)
     lines.append(f"{'total':<60}{total_p:>14,}{total_m:>16,}")
