@@ -203,6 +203,23 @@ def cmd_features(args: argparse.Namespace) -> int:
     return _unreadable_status(args.inputs, skipped, len(found.paths))
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    summary = explain(args.weights, args.image, args.out, layer=args.layer, device=args.device, topk=args.topk,
+                      ig_steps=args.ig_steps)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for t in summary["top"]:
+        print(f"{t['prob']:6.1%}  {t['class']}")
+    for s in summary["stages"]:
+        sparsity = "" if s["sparsity"] is None else f", {s['sparsity']:.0%} of its ReLU outputs zero"
+        print(f"{s['name']}: {'x'.join(map(str, s['shape']))}{sparsity} -> {s['file']}")
+    print(f"evidence for {summary['target']['class']!r}: " + ", ".join(summary["files"].values()) + f" in {args.out}")
+    return 0
+
+
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from .infer import neighbors
 
@@ -415,6 +432,22 @@ def _features(sub) -> None:
     p.set_defaults(func=cmd_features)
 
 
+def _explain(sub) -> None:
+    p = sub.add_parser("explain", help="one image through the network: top-5, each stage's maps and sparsity, "
+                                       "occlusion, Grad-CAM and integrated gradients (PNGs + summary.json)",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("image", help="an image file")
+    p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
+    p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
+                                                "always shown)")
+    p.add_argument("--topk", type=int, default=5, help="classes listed")
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps from the mean image")
+    _device(p)
+    _json(p)
+    p.set_defaults(func=cmd_explain)
+
+
 def _neighbors(sub) -> None:
     p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)",
                        formatter_class=_Help)
@@ -610,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "train, evaluate and inspect the paper's network and torchvision's.")
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_summary, _train, _prepare, _predict, _features, _neighbors, _finetune, _export, _import,
+    for add in (_summary, _train, _prepare, _predict, _features, _explain, _neighbors, _finetune, _export, _import,
                 _visualize, _bench, _evaluate, _reproduce, _serve):
         add(sub)
     return parser

@@ -1,0 +1,224 @@
+"""See inside a network for one image (``alexnet explain RUN IMAGE --out DIR``): its top-5, what
+each stage of the network responds with, and where the evidence for the top class lies.
+
+- **Stages**: for each convolutional stage (conv1, conv2, ... of any variant, counted in the
+  order the input meets them) the maps after its nonlinearity: the most active channels as
+  one grid, and the stage's sparsity (the fraction of its ReLU outputs that are zero).
+- **Occlusion** (Zeiler and Fergus 2014): the drop in the top class's score when a gray square
+  (the mean, 0 after normalisation) covers each place of the crop.
+- **Grad-CAM** (Selvaraju et al. 2017) at the last convolutional stage and at ``layer``: the
+  stage's maps weighted by their gradients' spatial means, positive part, upsampled.
+- **Integrated gradients** (Sundararajan et al. 2017) from the mean image.
+
+The three attribution methods are Captum's (PyTorch's interpretability library, pinned in
+constraints.txt), not written here. Every picture is a PNG in DIR, and ``summary.json`` lists
+them with the figures they show.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import AlexNetError
+from .files import atomic_write, atomic_write_text, printable
+
+TOP_CHANNELS = 16  # maps shown per stage
+
+
+@dataclass
+class Stage:
+    name: str  # conv1, conv2, ...
+    module: str  # its module path (features.conv1, features.3, ...)
+    conv: nn.Module
+    act: nn.Module | None  # the nonlinearity after it (its output is the stage's maps)
+
+
+def stages(model: nn.Module) -> list[Stage]:
+    """The convolutional stages in the order the input meets them: each convolution (or
+    locally connected layer) of ``features`` and the nonlinearity that follows it."""
+    from .convnet import LocallyConnected2d
+
+    children = list(model.features.named_children())
+    out = []
+    for i, (name, m) in enumerate(children):
+        if isinstance(m, (nn.Conv2d, LocallyConnected2d)):
+            act = next((c for _, c in children[i + 1:] if not isinstance(c, (nn.Conv2d, LocallyConnected2d))
+                        and _is_activation(c)), None)
+            out.append(Stage(f"conv{len(out) + 1}", f"features.{name}", m, act))
+    return out
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return isinstance(m, (nn.ReLU, nn.Tanh)) or type(m).__name__ in ("ScaledTanh",)
+
+
+def stage_named(model: nn.Module, name: str) -> Stage:
+    found = {s.name: s for s in stages(model)}
+    if name not in found:
+        raise AlexNetError(f"--layer {name!r}: this network's stages are {', '.join(found)}")
+    return found[name]
+
+
+def explanation_copy(model: nn.Module) -> nn.Module:
+    """The network in eval mode with out-of-place ReLUs (attribution hooks read activations
+    that an in-place ReLU would overwrite)."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    model._fc6_first = False  # the plain fc6, whose hooks and gradients are the ordinary ones
+    return model
+
+
+# ---------------------------------------------------------------------------
+# The computations, on a normalised crop x (1, 3, h, w) and a target class.
+
+
+@torch.no_grad()
+def stage_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each stage's maps (C, h, w) after its nonlinearity (or the convolution's, without one)."""
+    seen, hooks = {}, []
+
+    def keep(name: str):
+        def hook(module, inputs, output) -> None:  # returns nothing: the output stays the module's
+            seen.setdefault(name, output[0].detach())
+        return hook
+
+    for s in stages(model):
+        where = s.act if s.act is not None else s.conv
+        hooks.append(where.register_forward_hook(keep(s.name)))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def occlusion(model: nn.Module, x: torch.Tensor, target: int, window: int, stride: int) -> torch.Tensor:
+    from captum.attr import Occlusion
+
+    attr = Occlusion(model).attribute(x, target=target, sliding_window_shapes=(3, window, window),
+                                      strides=(3, stride, stride), baselines=0.0)
+    return attr[0].sum(0).detach()  # (h, w): positive where covering lowers the score
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target: int, stage: Stage) -> torch.Tensor:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    where = stage.act if stage.act is not None else stage.conv
+    cam = LayerGradCam(model, where).attribute(x, target=target, relu_attributions=True)
+    return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0].detach()
+
+
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: int, steps: int) -> torch.Tensor:
+    from captum.attr import IntegratedGradients
+
+    attr = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=target, n_steps=steps)
+    return attr[0].abs().sum(0).detach()
+
+
+# ---------------------------------------------------------------------------
+# Pictures.
+
+
+def heat_png(crop_rgb: np.ndarray, heat: torch.Tensor, out: Path) -> None:
+    """The crop with ``heat`` (h, w; its positive part, scaled to its maximum) laid over it in red."""
+    from PIL import Image
+
+    h = heat.clamp_min(0).float().cpu().numpy()
+    h = h / h.max() if h.max() > 0 else h
+    base = crop_rgb.astype(np.float32) * 0.55
+    overlay = np.stack([255 * h, 40 * h, 40 * h], -1)
+    img = np.clip(base + 0.45 * overlay * 2, 0, 255).astype(np.uint8)
+    atomic_write(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+
+
+def maps_png(maps: torch.Tensor, channels: list[int], out: Path, cell: int = 64) -> None:
+    """The chosen channels' maps side by side in rows of 8, each stretched to [0, 255] on its own."""
+    from PIL import Image
+
+    cols = min(8, len(channels))
+    rows = -(-len(channels) // cols)
+    grid = np.full((rows * (cell + 2) + 2, cols * (cell + 2) + 2), 255, np.uint8)
+    for k, c in enumerate(channels):
+        m = maps[c].float().cpu()
+        m = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        tile = torch.nn.functional.interpolate(m[None, None], size=(cell, cell), mode="nearest")[0, 0]
+        r, q = divmod(k, cols)
+        grid[2 + r * (cell + 2): 2 + r * (cell + 2) + cell, 2 + q * (cell + 2): 2 + q * (cell + 2) + cell] = \
+            (tile.numpy() * 255).astype(np.uint8)
+    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+# ---------------------------------------------------------------------------
+# The command.
+
+
+def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", device: str = "cpu",
+            topk: int = 5, ig_steps: int = 32) -> dict:
+    """Everything of the module docstring for one image; returns (and writes) summary.json."""
+    from . import __version__
+    from .classes import class_names
+    from .data.folder import UnreadableImage, load_image
+    from .infer import Loaded
+
+    try:
+        import captum
+    except ImportError:
+        raise AlexNetError("alexnet explain needs Captum: pip install captum (or the package's [explain] extra)") \
+            from None
+    net = Loaded.from_path(weights, device)
+    try:
+        img = load_image(str(image), net.meta["resize"])
+    except UnreadableImage as e:
+        raise AlexNetError(f"{printable(image)}: {e}") from None
+    except FileNotFoundError:
+        raise AlexNetError(f"{printable(image)}: no such file") from None
+    model = explanation_copy(net.model)
+    chosen = stage_named(model, layer) if layer else None
+    x = net.crops(False)(img[None].to(net.device))[:, 0]  # (1, 3, crop, crop), normalised
+    crop = x.shape[-1]
+    mid = (img.shape[-1] - crop) // 2
+    crop_rgb = img[:, mid:mid + crop, mid:mid + crop].permute(1, 2, 0).numpy()
+    names = class_names(net.meta["num_classes"], net.meta.get("classes"))
+    with torch.no_grad():
+        probs = model(x).softmax(1)[0]
+    top = probs.topk(min(topk, len(names)))
+    target = int(top.indices[0])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"image": printable(image), "weights": printable(weights), "variant": net.meta["variant"],
+               "crop": crop, "top": [{"index": int(i), "class": names[int(i)], "prob": float(p)}
+                                     for p, i in zip(top.values, top.indices)],
+               "target": {"index": target, "class": names[target]},
+               "library": {"attribution": f"captum {captum.__version__}", "alexnet": __version__},
+               "stages": [], "files": {}}
+    for name, maps in stage_maps(model, x).items():
+        strength = maps.flatten(1).mean(1)
+        channels = strength.topk(min(TOP_CHANNELS, len(strength))).indices.tolist()
+        relu = isinstance(next(s for s in stages(model) if s.name == name).act, nn.ReLU)
+        maps_png(maps, channels, out / f"maps_{name}.png")
+        summary["stages"].append({"name": name, "shape": list(maps.shape), "channels_shown": channels,
+                                  "sparsity": float((maps == 0).float().mean()) if relu else None,
+                                  "file": f"maps_{name}.png"})
+    window = max(2, crop // 8)
+    methods = {"occlusion": occlusion(model, x, target, window, max(1, window // 2)),
+               "gradcam_" + stages(model)[-1].name: grad_cam(model, x, target, stages(model)[-1]),
+               "integrated_gradients": integrated_gradients(model, x, target, ig_steps)}
+    if chosen is not None and chosen.name != stages(model)[-1].name:
+        methods[f"gradcam_{chosen.name}"] = grad_cam(model, x, target, chosen)
+    for key, heat in methods.items():
+        heat_png(crop_rgb, heat, out / f"{key}.png")
+        summary["files"][key] = f"{key}.png"
+    summary["occlusion"] = {"window": window, "stride": max(1, window // 2), "baseline": "the mean (0 normalised)"}
+    summary["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

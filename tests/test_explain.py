@@ -1,0 +1,108 @@
+"""alexnet explain: the attribution methods light up the only region that can change the
+output, and the command writes its pictures for every variant."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from alexnet import explain as ex
+
+pytest.importorskip("captum")
+
+
+class OneRegion(nn.Module):
+    """A network whose output depends only on the pixels of rows 8-15, columns 16-23 of a
+    32x32 input (everything else is multiplied by 0 first), with bias-free convolutions so that
+    no map is non-zero outside that region's reach."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        mask = torch.zeros(1, 1, 32, 32)
+        mask[..., 8:16, 16:24] = 1
+        self.register_buffer("mask", mask)
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU())
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.features(x * self.mask).mean((2, 3)))
+
+
+def _outside(heat, grow):
+    """The share of |heat| outside the region grown by ``grow`` pixels (what it can reach)."""
+    inside = torch.zeros_like(heat, dtype=torch.bool)
+    inside[max(8 - grow, 0):16 + grow, max(16 - grow, 0):24 + grow] = True
+    total = heat.abs().sum()
+    return (heat.abs()[~inside].sum() / total).item(), total.item()
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = OneRegion().eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    target = int(model(x).argmax())
+    return model, x, target
+
+
+def test_occlusion_lights_up_the_region_and_nothing_else(planted):
+    model, x, target = planted
+    outside, total = _outside(ex.occlusion(model, x, target, window=4, stride=2), grow=3)  # a window's reach
+    assert total > 0 and outside == 0
+
+
+def test_grad_cam_lights_up_the_region_and_nothing_else(planted):
+    model, x, target = planted
+    stage = ex.stages(model)[-1]
+    assert stage.name == "conv2" and isinstance(stage.act, nn.ReLU)
+    outside, total = _outside(ex.grad_cam(model, x, target, stage), grow=2)  # two 3x3 convolutions
+    assert total > 0 and outside < 1e-6
+
+
+def test_integrated_gradients_light_up_the_region_and_nothing_else(planted):
+    model, x, target = planted
+    outside, total = _outside(ex.integrated_gradients(model, x, target, steps=16), grow=0)
+    assert total > 0 and outside == 0
+
+
+def test_a_wrong_region_would_be_caught(planted):
+    """The check itself: a heat map shifted off the region fails it."""
+    model, x, target = planted
+    heat = ex.integrated_gradients(model, x, target, steps=16).roll(8, dims=1)
+    assert _outside(heat, grow=0)[0] > 0.5
+
+
+@pytest.mark.parametrize("variant", ["paper", "torchvision", "lenet5", "cifar-11pct"])
+def test_explain_writes_every_picture_for_every_variant(tmp_path, photo, variant, capsys):
+    from alexnet import create_model
+    from alexnet.checkpoint import metadata_record, save_weights
+    from alexnet.cli import main
+    from alexnet.data.transforms import Normalizer
+
+    model = create_model(variant, num_classes=3, init="kaiming" if variant != "lenet5" else "torchvision")
+    size = model.info.input_size if variant in ("lenet5", "cifar-11pct") else 67
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, model, Normalizer.channel(),
+                 metadata_record(model, variant, ["cat", "dog", "fish"], crop=size, resize=size + 8))
+    out = tmp_path / "explain"
+    assert main(["explain", str(weights), str(photo), "--out", str(out), "--layer", "conv2", "--ig-steps", "4",
+                 "--device", "cpu", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [t["class"] for t in summary["top"]] and summary["target"]["class"] in ("cat", "dog", "fish")
+    names = [s["name"] for s in summary["stages"]]
+    assert names[:2] == ["conv1", "conv2"] and len(names) == {"paper": 5, "torchvision": 5, "lenet5": 2,
+                                                              "cifar-11pct": 4}[variant]
+    relu = variant != "lenet5"
+    assert all((s["sparsity"] is not None) == relu for s in summary["stages"])
+    for f in [*summary["files"].values(), *(s["file"] for s in summary["stages"])]:
+        assert (out / f).stat().st_size > 0
+    assert "gradcam_conv2" in summary["files"] and (out / "summary.json").is_file()
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, photo, capsys):
+    from alexnet.cli import main
+
+    assert main(["explain", str(tmp_path / "none.safetensors"), str(photo), "--out", str(tmp_path / "o")]) == 2
+    assert "alexnet: error:" in capsys.readouterr().err
