@@ -106,3 +106,69 @@ def test_bad_requests_are_one_line_errors(tmp_path, photo, capsys):
 
     assert main(["explain", str(tmp_path / "none.safetensors"), str(photo), "--out", str(tmp_path / "o")]) == 2
     assert "alexnet: error:" in capsys.readouterr().err
+
+
+class Detector(nn.Module):
+    """conv1: one 5x5 kernel equal to a planted cross (so it answers most where the cross is),
+    pool 3/2, conv2: 1x1 copy; a linear head to have logits."""
+
+    def __init__(self, cross: torch.Tensor) -> None:
+        super().__init__()
+        self.features = nn.Sequential()
+        self.features.add_module("conv1", nn.Conv2d(3, 1, 5, bias=False))
+        self.features.add_module("relu1", nn.ReLU())
+        self.features.add_module("pool1", nn.MaxPool2d(3, 2))
+        self.features.add_module("conv2", nn.Conv2d(1, 1, 1, bias=False))
+        self.features.add_module("relu2", nn.ReLU())
+        with torch.no_grad():
+            self.features.conv1.weight.copy_(cross.expand(1, 3, 5, 5))
+            self.features.conv2.weight.fill_(1.0)
+        self.head = nn.Linear(1, 2)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def test_the_top_patches_of_a_unit_are_the_planted_patterns():
+    """Ten 40-px noise images, a bright cross planted in three of them at known places: the
+    cross detector's top three patches are those three images, each box holding its cross
+    whole, at conv1 (field 5, stride 1) and after the pool (field 7, stride 2)."""
+    cross = torch.zeros(5, 5)
+    cross[2, :] = cross[:, 2] = 1.0
+    torch.manual_seed(1)
+    images = torch.rand(10, 3, 40, 40) * 0.3 - 0.15
+    planted = {2: (5, 7), 5: (20, 30), 8: (31, 3)}  # image -> top-left of its cross
+    for i, (r, c) in planted.items():
+        images[i, :, r:r + 5, c:c + 5] += 3 * cross
+    model = Detector(cross).eval()
+    for name, size, stride in (("conv1", 5, 1), ("conv2", 7, 2)):
+        stage = ex.stage_named(model, name)
+        assert ex.field_geometry(model, stage) == (size, stride, 0)
+        found = ex.top_patches(model, [images[:4], images[4:]], stage, [0], k=3)[0]  # two batches
+        assert sorted(h["image"] for h in found) == sorted(planted)
+        for h in found:
+            r, c = planted[h["image"]]
+            t, l, b, rt = h["box"]
+            assert t <= r and l <= c and b >= r + 5 and rt >= c + 5, (name, h)
+
+
+def test_units_search_a_folder_into_one_picture(tmp_path, photo, capsys):
+    from alexnet import create_model
+    from alexnet.checkpoint import metadata_record, save_weights
+    from alexnet.cli import main
+    from alexnet.data.transforms import Normalizer
+    from conftest import write_tree
+
+    tree = write_tree(tmp_path / "imgs", per_class=3, size=48)
+    model = create_model("lenet5", num_classes=3, init="torchvision")
+    weights = tmp_path / "w.safetensors"
+    save_weights(weights, model, Normalizer.channel(), metadata_record(model, "lenet5", ["a", "b", "c"], 32, 36))
+    assert main(["explain", str(weights), "--units", "conv2:0,5", "--data", str(tree), "--k", "4",
+                 "--out", str(tmp_path / "u"), "--device", "cpu", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    files = sum(1 for p in tree.rglob("*") if p.is_file())
+    assert found["stage"] == "conv2" and found["images"] == files and set(found["units"]) == {"0", "5"}
+    assert all(len(hits) == 4 for hits in found["units"].values())
+    assert (tmp_path / "u" / found["file"]).stat().st_size > 0
+    assert main(["explain", str(weights), "--units", "conv2:99", "--data", str(tree), "--out", str(tmp_path)]) == 2
+    assert "conv2 has channels 0-15, not 99" in capsys.readouterr().err

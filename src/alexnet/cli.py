@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import AlexNetError, one_line
@@ -204,8 +205,20 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .explain import explain, explain_units
 
+    if args.units:
+        if not args.data:
+            raise AlexNetError("--units searches the images of --data DIR for the patches that excite them")
+        found = explain_units(args.weights, args.units, args.data, args.out, k=args.k, device=args.device)
+        if args.json:
+            print(json.dumps(found, indent=2))
+        else:
+            print(f"{found['stage']}: {len(found['units'])} units, {found['images']} images, receptive field "
+                  f"{found['field']['size']} px -> {Path(args.out) / found['file']}")
+        return 0
+    if not args.image:
+        raise AlexNetError("alexnet explain needs an IMAGE (or --units STAGE --data DIR)")
     summary = explain(args.weights, args.image, args.out, layer=args.layer, device=args.device, topk=args.topk,
                       ig_steps=args.ig_steps)
     if args.json:
@@ -437,12 +450,17 @@ def _explain(sub) -> None:
                                        "occlusion, Grad-CAM and integrated gradients (PNGs + summary.json)",
                        formatter_class=_Help)
     _weights(p)
-    p.add_argument("image", help="an image file")
+    p.add_argument("image", nargs="?", help="an image file")
     p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
     p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
                                                 "always shown)")
     p.add_argument("--topk", type=int, default=5, help="classes listed")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps from the mean image")
+    p.add_argument("--units", default="", metavar="STAGE[:C,C,...]",
+                   help="instead of one image: the patches of --data's images that excite these units most, e.g. "
+                        "conv5 (its first 8 channels) or conv5:3,7,12")
+    p.add_argument("--data", help="with --units: a folder of images (searched recursively)")
+    p.add_argument("--k", type=int, default=9, help="with --units: patches per unit")
     _device(p)
     _json(p)
     p.set_defaults(func=cmd_explain)

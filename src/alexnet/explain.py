@@ -222,3 +222,129 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
     summary["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# ---------------------------------------------------------------------------
+# The image patches that excite chosen units most (Zeiler and Fergus's Fig. 2).
+
+
+def field_geometry(model: nn.Module, stage: Stage) -> tuple[int, int, int]:
+    """(size, stride, start) of the receptive field of ``stage``'s units on the input: unit
+    (i, j) sees rows start + i * stride .. + size (and the same for columns), worked out layer
+    by layer up to the stage: k - 1 strides wider, the stride times s, the start moved back by
+    the padding."""
+    from .summary import _window
+
+    size, stride, start = 1, 1, 0
+    for name, m in model.features.named_children():
+        window = _window(m)
+        if window is not None:
+            k, s = window
+            pad = m.padding if isinstance(m.padding, int) else m.padding[0]
+            start -= pad * stride
+            size += (k - 1) * stride
+            stride *= s
+        if m is (stage.act if stage.act is not None else stage.conv):
+            return size, stride, start
+    raise AlexNetError(f"stage {stage.name} is not in the network's features")
+
+
+@torch.no_grad()
+def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k: int = 9) -> dict[int, list[dict]]:
+    """For each channel of ``stage``, the ``k`` strongest responses over ``batches`` (an iterable
+    of normalised crops (B, 3, h, w)): image number, the unit's position, its value and its
+    receptive field's box on the crop (top, left, bottom, right), clipped to the crop."""
+    size, stride, start = field_geometry(model, stage)
+    where = stage.act if stage.act is not None else stage.conv
+    best: dict[int, list[tuple[float, int, int, int]]] = {c: [] for c in channels}
+    seen = {}
+    hook = where.register_forward_hook(lambda m, i, o: seen.__setitem__("maps", o.detach()) and None)
+    offset, crop = 0, None
+    try:
+        for x in batches:
+            model(x)
+            maps = seen["maps"][:, channels]  # (B, len(channels), h, w)
+            w = maps.shape[-1]
+            flat = maps.flatten(2)
+            values, where_max = flat.max(2)  # each image's strongest unit per channel
+            for n, c in enumerate(channels):
+                for b in range(x.shape[0]):
+                    best[c].append((values[b, n].item(), offset + b, *divmod(where_max[b, n].item(), w)))
+                best[c] = sorted(best[c], reverse=True)[:k]
+            offset += x.shape[0]
+            crop = x.shape[-1]
+    finally:
+        hook.remove()
+    if crop is None:
+        raise AlexNetError("no images to search")
+    out = {}
+    for c, found in best.items():
+        out[c] = [{"value": v, "image": img, "unit": [i, j],
+                   "box": [max(start + i * stride, 0), max(start + j * stride, 0),
+                           min(start + i * stride + size, crop), min(start + j * stride + size, crop)]}
+                  for v, img, i, j in found]
+    return out
+
+
+def patches_png(crops: list[np.ndarray], found: dict[int, list[dict]], out: Path, cell: int = 48) -> None:
+    """One row per unit, its top patches left to right, each resized to ``cell`` px."""
+    from PIL import Image
+
+    rows, cols = len(found), max(len(v) for v in found.values())
+    grid = np.full((rows * (cell + 2) + 2, cols * (cell + 2) + 2, 3), 255, np.uint8)
+    for r, hits in enumerate(found.values()):
+        for q, hit in enumerate(hits):
+            t, l, b, rgt = hit["box"]
+            patch = Image.fromarray(crops[hit["image"]][t:b, l:rgt]).resize((cell, cell), Image.NEAREST)
+            grid[2 + r * (cell + 2): 2 + r * (cell + 2) + cell, 2 + q * (cell + 2): 2 + q * (cell + 2) + cell] = \
+                np.asarray(patch)
+    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+def parse_units(text: str, model: nn.Module) -> tuple[Stage, list[int]]:
+    """'conv5' (its first 8 channels) or 'conv5:3,7,12' -> the stage and its channels."""
+    name, _, picks = text.partition(":")
+    stage = stage_named(model, name)
+    count = stage.conv.out_channels
+    try:
+        channels = [int(c) for c in picks.split(",")] if picks else list(range(min(8, count)))
+    except ValueError:
+        raise AlexNetError(f"--units {text!r}: channels are numbers separated by commas, e.g. conv5:3,7,12") from None
+    bad = [c for c in channels if not 0 <= c < count]
+    if bad:
+        raise AlexNetError(f"--units {text!r}: {name} has channels 0-{count - 1}, not {bad[0]}")
+    return stage, channels
+
+
+def explain_units(weights: str | Path, units: str, data: str, out: str | Path, k: int = 9, device: str = "cpu",
+                  batch_size: int = 32, workers: int = 0) -> dict:
+    """The ``k`` patches of the images under ``data`` that excite each of ``units`` most, as
+    ``units_STAGE.png`` (a row per unit) and ``units.json``."""
+    from .infer import Loaded, expand_inputs, iterate_images
+
+    net = Loaded.from_path(weights, device)
+    model = explanation_copy(net.model)
+    stage, channels = parse_units(units, model)
+    paths = expand_inputs([data])
+    if not paths:
+        raise AlexNetError(f"--data {printable(data)}: no images found")
+    crop_rgb, names = [], []  # uint8 crops (kept to cut the patches from) and their files
+    crops, size = net.crops(False), net.meta["input_size"]
+
+    def views():  # normalised crops, a batch at a time
+        for images, batch_paths in iterate_images(paths, net.meta["resize"], batch_size, workers, "units", False):
+            mid = (images.shape[-1] - size) // 2
+            crop_rgb.extend(im[:, mid:mid + size, mid:mid + size].permute(1, 2, 0).numpy() for im in images)
+            names.extend(printable(p) for p in batch_paths)
+            yield crops(images.to(net.device))[:, 0]
+
+    found = top_patches(model, views(), stage, channels, k)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    patches_png(crop_rgb, found, out / f"units_{stage.name}.png")
+    result = {"stage": stage.name, "field": dict(zip(("size", "stride", "start"), field_geometry(model, stage))),
+              "images": len(names), "units": {str(c): [{**h, "path": names[h["image"]]} for h in hits]
+                                             for c, hits in found.items()},
+              "file": f"units_{stage.name}.png"}
+    atomic_write_text(out / "units.json", json.dumps(result, indent=2) + "\n")
+    return result
