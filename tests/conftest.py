@@ -205,3 +205,17 @@ def photo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("photo") / "chelsea.jpg"
     Image.fromarray(data.chelsea()).save(path, quality=90)
     return path
+
+
+def run_interpreted(code: str) -> dict:
+    """Run ``code`` in a child Python with TRITON_INTERPRET=1 (Triton reads it before compiling
+    anything, so it cannot be set in this process) and return the JSON its last line prints."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+

@@ -1,13 +1,10 @@
 """The fused augmentation kernel (data/augment_triton.py) against TrainAugment's tensor path,
 on the CPU through Triton's interpreter (set before Triton compiles anything: a child process)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -44,10 +41,7 @@ CHECKS = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def results():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", CHECKS], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_interpreted(CHECKS)
 
 
 def test_the_fused_pass_is_the_tensor_path_in_every_setting(results):

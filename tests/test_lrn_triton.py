@@ -2,13 +2,10 @@
 interpreter (TRITON_INTERPRET=1, which must be set before Triton compiles anything: the
 checks run in a child process)."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -75,10 +72,7 @@ CHECKS = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def results():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", CHECKS], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_interpreted(CHECKS)
 
 
 # Relative to the largest value: fp32 arithmetic inside; bf16 and fp16 also round the inputs,
