@@ -179,3 +179,22 @@ def test_a_failing_forward_pass_is_a_json_500_and_the_server_goes_on(serve_run, 
     with TestClient(create_app(cfg, model), raise_server_exceptions=False) as client:
         _error(client.post("/predict", content=photo.read_bytes()), 500, "internal error (RuntimeError): out of memory")
         assert client.post("/predict", content=photo.read_bytes()).status_code == 200
+
+
+def test_the_explanation_answers_as_json_and_as_png(serve_run, photo):
+    """/explain: the top class, Grad-CAM at the last stage and each stage's maps as PNG data URLs,
+    the same class as /predict's first; ?image=NAME gives one picture as a PNG."""
+    import base64
+
+    data = photo.read_bytes()
+    with _client(serve_run) as client:
+        top = client.post("/predict", content=data).json()["top"][0]
+        body = client.post("/explain", files={"file": ("chelsea.jpg", data, "image/jpeg")}).json()
+        png = client.post("/explain?image=gradcam_conv2", content=data)
+        bad = client.post("/explain?image=nothing", content=data)
+    assert body["target"]["index"] == top["index"] and body["top"][0]["prob"] == pytest.approx(top["prob"], abs=1e-4)
+    assert body["gradcam"]["stage"] == "conv2" and [s["name"] for s in body["stages"]] == ["conv1", "conv2"]
+    for url in [body["gradcam"]["png"], *(s["png"] for s in body["stages"])]:
+        assert base64.b64decode(url.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
+    _error(bad, 422, "image must be one of")

@@ -48,6 +48,12 @@ def test_the_page_classifies_a_photograph(serve_run, photo, browser):
         shown = [(r.find_element(By.CLASS_NAME, "name").text, r.find_element(By.CLASS_NAME, "prob").text) for r in rows]
         assert browser.find_element(By.ID, "preview").get_attribute("naturalWidth") == "451"  # the photo, shown
         widths = [r.find_element(By.CLASS_NAME, "fill").size["width"] for r in rows]
+        heat = browser.find_element(By.ID, "heat")  # Grad-CAM over the photo's crop, beside the bars
+        why_shown = browser.find_element(By.ID, "why").is_displayed()
+        heat_size = (heat.get_attribute("naturalWidth"), heat.size["width"])
+        caption = browser.find_element(By.ID, "heat-caption").text
+        strips = [(f.find_element(By.TAG_NAME, "figcaption").text, f.find_element(By.TAG_NAME, "img")
+                   .get_attribute("naturalWidth")) for f in browser.find_elements(By.CSS_SELECTOR, "#stages .stage")]
         origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "serve-page.png"))
@@ -58,6 +64,9 @@ def test_the_page_classifies_a_photograph(serve_run, photo, browser):
         stop_server(proc)
     assert shown == [(t["class"], f"{100 * t['prob']:.2f}%") for t in api]  # the API's answer, as bars
     assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1] > 0
+    assert why_shown and heat_size[0] == "32" and heat_size[1] > 100  # the 32-px crop, drawn large
+    assert f"\u201c{api[0]['class']}\u201d" in caption and "Grad-CAM at conv2" in caption
+    assert [name.split()[0] for name, _ in strips] == ["conv1", "conv2"] and all(int(w) > 0 for _, w in strips)
     assert origins and all(o.startswith(url) for o in origins)  # nothing from elsewhere
     png = (ARTIFACTS / "serve-page.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -17,7 +17,8 @@ them with the figures they show.
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +67,24 @@ def stage_named(model: nn.Module, name: str) -> Stage:
     return found[name]
 
 
-def explanation_copy(model: nn.Module) -> nn.Module:
+@contextlib.contextmanager
+def explainable(model: nn.Module):
     """The network in eval mode with out-of-place ReLUs (attribution hooks read activations
-    that an in-place ReLU would overwrite)."""
-    model = copy.deepcopy(model).eval()
-    for m in model.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
+    that an in-place ReLU would overwrite) and the plain fc6, restored afterwards: no copy of
+    the weights, so a server can explain with the network it serves (one thread at a time)."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    training = model.training
+    model.eval()
+    for m in relus:
+        m.inplace = False
     model._fc6_first = False  # the plain fc6, whose hooks and gradients are the ordinary ones
-    return model
+    try:
+        yield model
+    finally:
+        del model._fc6_first
+        for m in relus:
+            m.inplace = True
+        model.train(training)
 
 
 # ---------------------------------------------------------------------------
@@ -129,23 +139,33 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: int, steps: 
 # Pictures.
 
 
-def heat_png(crop_rgb: np.ndarray, heat: torch.Tensor, out: Path) -> None:
+def heat_image(crop_rgb: np.ndarray, heat: torch.Tensor) -> np.ndarray:
     """The crop with ``heat`` (h, w; its positive part, scaled to its maximum) laid over it in red."""
-    from PIL import Image
-
     h = heat.clamp_min(0).float().cpu().numpy()
     h = h / h.max() if h.max() > 0 else h
     base = crop_rgb.astype(np.float32) * 0.55
     overlay = np.stack([255 * h, 40 * h, 40 * h], -1)
-    img = np.clip(base + 0.45 * overlay * 2, 0, 255).astype(np.uint8)
-    atomic_write(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+    return np.clip(base + 0.45 * overlay * 2, 0, 255).astype(np.uint8)
 
 
-def maps_png(maps: torch.Tensor, channels: list[int], out: Path, cell: int = 64) -> None:
-    """The chosen channels' maps side by side in rows of 8, each stretched to [0, 255] on its own."""
+def save_png(image: np.ndarray, out: Path) -> None:
     from PIL import Image
 
-    cols = min(8, len(channels))
+    atomic_write(out, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def maps_image(maps: torch.Tensor, channels: list[int], cell: int = 64, columns: int = 8) -> np.ndarray:
+    """The chosen channels' maps side by side in rows of ``columns``, each stretched to [0, 255]
+    on its own."""
+    cols = min(columns, len(channels))
     rows = -(-len(channels) // cols)
     grid = np.full((rows * (cell + 2) + 2, cols * (cell + 2) + 2), 255, np.uint8)
     for k, c in enumerate(channels):
@@ -155,26 +175,81 @@ def maps_png(maps: torch.Tensor, channels: list[int], out: Path, cell: int = 64)
         r, q = divmod(k, cols)
         grid[2 + r * (cell + 2): 2 + r * (cell + 2) + cell, 2 + q * (cell + 2): 2 + q * (cell + 2) + cell] = \
             (tile.numpy() * 255).astype(np.uint8)
-    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    return grid
 
 
 # ---------------------------------------------------------------------------
 # The command.
 
 
-def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", device: str = "cpu",
-            topk: int = 5, ig_steps: int = 32) -> dict:
-    """Everything of the module docstring for one image; returns (and writes) summary.json."""
-    from . import __version__
-    from .classes import class_names
-    from .data.folder import UnreadableImage, load_image
-    from .infer import Loaded
-
+def _captum_version() -> str:
     try:
         import captum
     except ImportError:
         raise AlexNetError("alexnet explain needs Captum: pip install captum (or the package's [explain] extra)") \
             from None
+    return captum.__version__
+
+
+def describe(net, img: torch.Tensor, layer: str = "", topk: int = 5, ig_steps: int = 32,
+             methods: tuple[str, ...] = ("occlusion", "gradcam", "integrated_gradients"),
+             columns: int = 8) -> dict:
+    """One decoded image (uint8 3 x S x S) through a loaded network (``infer.Loaded``): the
+    figures of summary.json, and the pictures as arrays under ``images`` (stage maps as
+    ``maps_convN``, heat maps by method). Shared by the command and the server."""
+    from .classes import class_names
+
+    captum_version = _captum_version()
+    with explainable(net.model) as model:
+        chosen = stage_named(model, layer) if layer else None
+        last = stages(model)[-1]
+        x = net.crops(False)(img[None].to(net.device))[:, 0]  # (1, 3, crop, crop), normalised
+        crop = x.shape[-1]
+        mid = (img.shape[-1] - crop) // 2
+        crop_rgb = img[:, mid:mid + crop, mid:mid + crop].permute(1, 2, 0).cpu().numpy()
+        names = class_names(net.meta["num_classes"], net.meta.get("classes"))
+        with torch.no_grad():
+            probs = model(x).softmax(1)[0]
+        top = probs.topk(min(topk, len(names)))
+        target = int(top.indices[0])
+        result = {"variant": net.meta["variant"], "crop": crop,
+                  "top": [{"index": int(i), "class": names[int(i)], "prob": float(p)}
+                          for p, i in zip(top.values, top.indices)],
+                  "target": {"index": target, "class": names[target]},
+                  "library": {"attribution": f"captum {captum_version}"}, "stages": [], "images": {}}
+        for name, maps in stage_maps(model, x).items():
+            strength = maps.flatten(1).mean(1)
+            channels = strength.topk(min(TOP_CHANNELS, len(strength))).indices.tolist()
+            relu = isinstance(next(s for s in stages(model) if s.name == name).act, nn.ReLU)
+            result["images"][f"maps_{name}"] = maps_image(maps, channels, columns=columns)
+            result["stages"].append({"name": name, "shape": list(maps.shape), "channels_shown": channels,
+                                     "sparsity": float((maps == 0).float().mean()) if relu else None})
+        window = max(2, crop // 8)
+        heats = {}
+        if "occlusion" in methods:
+            heats["occlusion"] = occlusion(model, x, target, window, max(1, window // 2))
+            result["occlusion"] = {"window": window, "stride": max(1, window // 2),
+                                   "baseline": "the mean (0 normalised)"}
+        if "gradcam" in methods:
+            heats[f"gradcam_{last.name}"] = grad_cam(model, x, target, last)
+            if chosen is not None and chosen.name != last.name:
+                heats[f"gradcam_{chosen.name}"] = grad_cam(model, x, target, chosen)
+        if "integrated_gradients" in methods:
+            heats["integrated_gradients"] = integrated_gradients(model, x, target, ig_steps)
+            result["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
+        for key, heat in heats.items():
+            result["images"][key] = heat_image(crop_rgb, heat)
+    return result
+
+
+def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", device: str = "cpu",
+            topk: int = 5, ig_steps: int = 32) -> dict:
+    """Everything of the module docstring for one image: PNGs and summary.json in ``out``."""
+    from . import __version__
+    from .data.folder import UnreadableImage, load_image
+    from .infer import Loaded
+
+    _captum_version()
     net = Loaded.from_path(weights, device)
     try:
         img = load_image(str(image), net.meta["resize"])
@@ -182,44 +257,17 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
         raise AlexNetError(f"{printable(image)}: {e}") from None
     except FileNotFoundError:
         raise AlexNetError(f"{printable(image)}: no such file") from None
-    model = explanation_copy(net.model)
-    chosen = stage_named(model, layer) if layer else None
-    x = net.crops(False)(img[None].to(net.device))[:, 0]  # (1, 3, crop, crop), normalised
-    crop = x.shape[-1]
-    mid = (img.shape[-1] - crop) // 2
-    crop_rgb = img[:, mid:mid + crop, mid:mid + crop].permute(1, 2, 0).numpy()
-    names = class_names(net.meta["num_classes"], net.meta.get("classes"))
-    with torch.no_grad():
-        probs = model(x).softmax(1)[0]
-    top = probs.topk(min(topk, len(names)))
-    target = int(top.indices[0])
+    result = describe(net, img, layer, topk, ig_steps)
+    images = result.pop("images")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"image": printable(image), "weights": printable(weights), "variant": net.meta["variant"],
-               "crop": crop, "top": [{"index": int(i), "class": names[int(i)], "prob": float(p)}
-                                     for p, i in zip(top.values, top.indices)],
-               "target": {"index": target, "class": names[target]},
-               "library": {"attribution": f"captum {captum.__version__}", "alexnet": __version__},
-               "stages": [], "files": {}}
-    for name, maps in stage_maps(model, x).items():
-        strength = maps.flatten(1).mean(1)
-        channels = strength.topk(min(TOP_CHANNELS, len(strength))).indices.tolist()
-        relu = isinstance(next(s for s in stages(model) if s.name == name).act, nn.ReLU)
-        maps_png(maps, channels, out / f"maps_{name}.png")
-        summary["stages"].append({"name": name, "shape": list(maps.shape), "channels_shown": channels,
-                                  "sparsity": float((maps == 0).float().mean()) if relu else None,
-                                  "file": f"maps_{name}.png"})
-    window = max(2, crop // 8)
-    methods = {"occlusion": occlusion(model, x, target, window, max(1, window // 2)),
-               "gradcam_" + stages(model)[-1].name: grad_cam(model, x, target, stages(model)[-1]),
-               "integrated_gradients": integrated_gradients(model, x, target, ig_steps)}
-    if chosen is not None and chosen.name != stages(model)[-1].name:
-        methods[f"gradcam_{chosen.name}"] = grad_cam(model, x, target, chosen)
-    for key, heat in methods.items():
-        heat_png(crop_rgb, heat, out / f"{key}.png")
-        summary["files"][key] = f"{key}.png"
-    summary["occlusion"] = {"window": window, "stride": max(1, window // 2), "baseline": "the mean (0 normalised)"}
-    summary["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
+    for key, picture in images.items():
+        save_png(picture, out / f"{key}.png")
+    summary = {"image": printable(image), "weights": printable(weights), **result,
+               "library": {**result["library"], "alexnet": __version__},
+               "files": {k: f"{k}.png" for k in images if not k.startswith("maps_")}}
+    for stage in summary["stages"]:
+        stage["file"] = f"maps_{stage['name']}.png"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -286,7 +334,7 @@ def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k:
     return out
 
 
-def patches_png(crops: list[np.ndarray], found: dict[int, list[dict]], out: Path, cell: int = 48) -> None:
+def patches_image(crops: list[np.ndarray], found: dict[int, list[dict]], cell: int = 48) -> np.ndarray:
     """One row per unit, its top patches left to right, each resized to ``cell`` px."""
     from PIL import Image
 
@@ -298,7 +346,7 @@ def patches_png(crops: list[np.ndarray], found: dict[int, list[dict]], out: Path
             patch = Image.fromarray(crops[hit["image"]][t:b, l:rgt]).resize((cell, cell), Image.NEAREST)
             grid[2 + r * (cell + 2): 2 + r * (cell + 2) + cell, 2 + q * (cell + 2): 2 + q * (cell + 2) + cell] = \
                 np.asarray(patch)
-    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    return grid
 
 
 def parse_units(text: str, model: nn.Module) -> tuple[Stage, list[int]]:
@@ -320,10 +368,16 @@ def explain_units(weights: str | Path, units: str, data: str, out: str | Path, k
                   batch_size: int = 32, workers: int = 0) -> dict:
     """The ``k`` patches of the images under ``data`` that excite each of ``units`` most, as
     ``units_STAGE.png`` (a row per unit) and ``units.json``."""
-    from .infer import Loaded, expand_inputs, iterate_images
+    from .infer import Loaded
 
     net = Loaded.from_path(weights, device)
-    model = explanation_copy(net.model)
+    with explainable(net.model) as model:
+        return _units(net, model, units, data, out, k, batch_size, workers)
+
+
+def _units(net, model, units: str, data: str, out: str | Path, k: int, batch_size: int, workers: int) -> dict:
+    from .infer import expand_inputs, iterate_images
+
     stage, channels = parse_units(units, model)
     paths = expand_inputs([data])
     if not paths:
@@ -341,7 +395,7 @@ def explain_units(weights: str | Path, units: str, data: str, out: str | Path, k
     found = top_patches(model, views(), stage, channels, k)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    patches_png(crop_rgb, found, out / f"units_{stage.name}.png")
+    save_png(patches_image(crop_rgb, found), out / f"units_{stage.name}.png")
     result = {"stage": stage.name, "field": dict(zip(("size", "stride", "start"), field_geometry(model, stage))),
               "images": len(names), "units": {str(c): [{**h, "path": names[h["image"]]} for h in hits]
                                              for c, hits in found.items()},

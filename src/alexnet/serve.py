@@ -103,6 +103,15 @@ class Model:
         probs = average_views(self.net(views.flatten(0, 1)), views.shape[1])
         return list(probs.cpu())
 
+    def explanation(self, image: torch.Tensor) -> dict:
+        """Grad-CAM at the last stage and each stage's most active maps (``explain.describe``),
+        the pictures as PNG bytes. Runs in the inference thread, one image at a time."""
+        from .explain import describe, png_bytes
+
+        result = describe(self.net, image, methods=("gradcam",), columns=16)
+        result["images"] = {k: png_bytes(v) for k, v in result["images"].items()}
+        return result
+
     @torch.no_grad()
     def features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         x = self.net.crops(False)(torch.stack(images).to(self.net.device))[:, 0]
@@ -197,7 +206,7 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
 
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
@@ -218,7 +227,8 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
         executor.shutdown(wait=True)
 
     app = FastAPI(title="alexnet serve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="A trained AlexNet (or LeNet-5) network: top-k classes and features of an image.")
+                  description="A trained AlexNet (or LeNet-5) network: top-k classes, features and an explanation "
+                              "of an image.")
     app.state.model, app.state.cfg = model, cfg
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -263,6 +273,29 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
     async def features(request: Request) -> dict:
         vector, batch = await extractor.submit(await _arriving(extractor, request, model.info["resize"]))
         return {"layer": model.layer, "features": vector.tolist(), "model": model.identity, "batch": batch}
+
+    @app.post("/explain", dependencies=[Depends(authorised)], openapi_extra=upload,
+              summary="where the top class's evidence lies (Grad-CAM at the last stage) and each stage's most "
+                      "active maps, as PNG data URLs; ?image=NAME returns that picture as a PNG")
+    async def explain_image(request: Request, image: str | None = None):
+        import asyncio
+        import base64
+
+        picture = await _image(request, model.info["resize"])
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(executor, model.explanation, picture)
+        except AlexNetError as e:  # Captum not installed
+            raise Rejected(501, str(e)) from None
+        pngs = result.pop("images")
+        if image is not None:
+            if image not in pngs:
+                raise Rejected(422, f"image must be one of {', '.join(pngs)}")
+            return Response(pngs[image], media_type="image/png")
+        url = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
+        heat = next(k for k in pngs if k.startswith("gradcam_"))
+        return {**result, "gradcam": {"stage": heat.removeprefix("gradcam_"), "png": url[heat]},
+                "stages": [{**st, "png": url[f"maps_{st['name']}"]} for st in result["stages"]],
+                "model": model.identity}
 
     @app.get("/model", dependencies=[Depends(authorised)], summary="the network's metadata")
     async def info() -> dict:

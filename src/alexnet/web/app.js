@@ -58,9 +58,35 @@ async function classify(file) {
     if (!response.ok) { say(body.error || `error ${response.status}`, true); return; }
     bars(body.top);
     say(`${body.protocol} crop \u00b7 ${body.model.variant}`);
+    await explain(form);
     document.body.dataset.state = "done";
   } catch (e) {
     say(`the server did not answer (${e})`, true);
+  }
+}
+
+// Beside the bars: Grad-CAM over the crop, and a strip of each stage's most active maps.
+async function explain(form) {
+  $("why").hidden = true;
+  try {
+    const response = await fetch("/explain", { method: "POST", body: form, headers: headers() });
+    if (!response.ok) return;  // the classes are shown; the explanation is extra
+    const body = await response.json();
+    $("heat").src = body.gradcam.png;
+    $("heat-caption").textContent = `where the evidence for \u201c${body.target.class}\u201d lies (Grad-CAM at ${body.gradcam.stage})`;
+    const strips = $("stages");
+    strips.replaceChildren();
+    for (const st of body.stages) {
+      const row = Object.assign(document.createElement("figure"), { className: "stage" });
+      const img = Object.assign(document.createElement("img"), { src: st.png, alt: `${st.name}: its most active maps` });
+      const sparse = st.sparsity === null ? "" : `, ${(100 * st.sparsity).toFixed(0)}% zero`;
+      const cap = Object.assign(document.createElement("figcaption"), { textContent: `${st.name} ${st.shape.join("\u00d7")}${sparse}` });
+      row.append(cap, img);
+      strips.append(row);
+    }
+    $("why").hidden = false;
+  } catch (e) {
+    // the explanation is extra: the classes stand without it
   }
 }
 
