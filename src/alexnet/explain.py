@@ -148,9 +148,14 @@ def heat_image(crop_rgb: np.ndarray, heat: torch.Tensor) -> np.ndarray:
     return np.clip(base + 0.45 * overlay * 2, 0, 255).astype(np.uint8)
 
 
-def save_png(image: np.ndarray, out: Path) -> None:
+def save_png(image: np.ndarray, out: Path, min_side: int = 0) -> None:
+    """``image`` as a PNG, enlarged by a whole factor (pixels kept square and sharp) until its
+    shorter side is at least ``min_side``: a 24-px crop's heat map is drawn at 240 px."""
     from PIL import Image
 
+    factor = max(1, -(-min_side // min(image.shape[:2]))) if min_side else 1
+    if factor > 1:
+        image = np.kron(image, np.ones((factor, factor) + (1,) * (image.ndim - 2), np.uint8))
     atomic_write(out, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
@@ -262,7 +267,7 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for key, picture in images.items():
-        save_png(picture, out / f"{key}.png")
+        save_png(picture, out / f"{key}.png", min_side=0 if key.startswith("maps_") else 224)
     summary = {"image": printable(image), "weights": printable(weights), **result,
                "library": {**result["library"], "alexnet": __version__},
                "files": {k: f"{k}.png" for k in images if not k.startswith("maps_")}}
