@@ -172,3 +172,28 @@ def test_units_search_a_folder_into_one_picture(tmp_path, photo, capsys):
     assert (tmp_path / "u" / found["file"]).stat().st_size > 0
     assert main(["explain", str(weights), "--units", "conv2:99", "--data", str(tree), "--out", str(tmp_path)]) == 2
     assert "conv2 has channels 0-15, not 99" in capsys.readouterr().err
+
+
+def test_where_a_units_field_starts_counts_the_padding():
+    """torchvision's conv5 by hand: conv1 (11, stride 4, pad 2) starts at -2; pool1 keeps it;
+    conv2 (pad 2 at stride 8) -18; conv3, conv4, conv5 (pad 1 at stride 16) -34, -50, -66:
+    163 px, stride 16, from -66."""
+    from alexnet import create_model
+
+    model = create_model("torchvision", num_classes=10)
+    assert ex.field_geometry(model, ex.stage_named(model, "conv5")) == (163, 16, -66)
+    assert ex.field_geometry(model, ex.stage_named(model, "conv2")) == (51, 8, -18)
+
+
+def test_explaining_leaves_the_network_as_it_was_even_on_an_error():
+    from alexnet import create_model
+
+    model = create_model("paper", num_classes=10).train()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert all(m.inplace for m in relus) and model._fc6_first
+    with pytest.raises(RuntimeError, match="in the middle"):
+        with ex.explainable(model):
+            assert not model.training and not model._fc6_first and not any(m.inplace for m in relus)
+            raise RuntimeError("in the middle")
+    assert model.training and model._fc6_first and "_fc6_first" not in model.__dict__
+    assert all(m.inplace for m in relus)

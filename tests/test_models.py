@@ -450,7 +450,10 @@ def test_receptive_fields_are_the_hand_computed_ones():
                             "features.pool2": (19, 4), "features.local3": (27, 4), "features.local4": (35, 4),
                             "classifier.fc10": (None, None)},
             "lenet5": {"features.c1": (5, 1), "features.s2": (6, 2), "features.c3": (14, 2), "features.s4": (16, 4),
-                       "classifier.c5": (None, None)}}
+                       "classifier.c5": (None, None)},
+            # cifar-18pct: its rnorm reads a 3x3 window of each map: pool1 7/2, rnorm1 11/2, conv2 19/2,
+            # pool2 23/4, rnorm2 31/4, conv3 47/4
+            "cifar-18pct": {"features.rnorm1": (11, 2), "features.conv2": (19, 2), "features.conv3": (47, 4)}}
     for variant, fields in want.items():
         rows = {r.name: (r.field, r.field_stride) for r in summarize(create_model(variant, num_classes=10))}
         assert {k: rows.get(k) for k in fields} == fields, variant

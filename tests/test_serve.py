@@ -198,3 +198,14 @@ def test_the_explanation_answers_as_json_and_as_png(serve_run, photo):
         assert base64.b64decode(url.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
     _error(bad, 422, "image must be one of")
+
+
+def test_explanations_beyond_the_few_allowed_are_refused_not_queued(serve_run, photo, monkeypatch):
+    from alexnet import serve
+
+    monkeypatch.setattr(serve, "EXPLAIN_PENDING", 0)  # as if two were under way
+    with _client(serve_run) as client:
+        response = client.post("/explain", content=photo.read_bytes())
+        assert client.post("/predict", content=photo.read_bytes()).status_code == 200  # classes still answered
+    _error(response, 503, "explanations are already under way")
+    assert response.headers["retry-after"] == "1"

@@ -242,10 +242,18 @@ def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure
 
 
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
-                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none") -> Figure:
+                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none") -> Figure | None:
     """Training from the packed JPEGs, or (``cache``) from the split decoded once into memory
-    (row ``cached``; the decoding itself is not timed)."""
+    (row ``cached``, with where it went; the decoding itself is not timed; None where
+    ``auto`` finds no room)."""
     crop = variant_info(variant).input_size
+    if cache != "none":  # where the cache goes (auto may find no room: then there is no cached row)
+        from .data import cache as data_cache
+
+        meta = read_meta(packed_dir)
+        cache = data_cache.choose(cache, meta["splits"]["train"]["count"], meta["size"], rt.device)
+        if cache == "none":
+            return None
     with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache) as next_batch:
         model, optimizer = _model_and_optimizer(variant, rt, compile)
         train = _train_step(model, optimizer, rt)
@@ -365,8 +373,10 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
                 add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
                                      p.compile))
             for v in p.variants if p.cache != "none" else ():
-                add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
-                                     p.compile, p.cache))
+                fig = bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
+                                       p.compile, p.cache)
+                if fig is not None:
+                    add(fig)
         if images and baseline:
             add(bench_baseline(images, p.rt.device, p.batch, p.steps, p.warmup, p.workers))
 

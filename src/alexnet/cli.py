@@ -207,6 +207,9 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain, explain_units
 
+    for flag, value in (("--k", args.k), ("--topk", args.topk), ("--ig-steps", args.ig_steps)):
+        if value < 1:
+            raise AlexNetError(f"{flag} must be at least 1, got {value}")
     if args.units:
         if not args.data:
             raise AlexNetError("--units searches the images of --data DIR for the patches that excite them")

@@ -74,6 +74,7 @@ def explainable(model: nn.Module):
     the weights, so a server can explain with the network it serves (one thread at a time)."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
     training = model.training
+    own = model.__dict__.get("_fc6_first", _UNSET)  # an instance value to put back, or none
     model.eval()
     for m in relus:
         m.inplace = False
@@ -81,10 +82,16 @@ def explainable(model: nn.Module):
     try:
         yield model
     finally:
-        del model._fc6_first
+        if own is _UNSET:
+            del model._fc6_first
+        else:
+            model._fc6_first = own
         for m in relus:
             m.inplace = True
         model.train(training)
+
+
+_UNSET = object()
 
 
 # ---------------------------------------------------------------------------
@@ -292,8 +299,7 @@ def field_geometry(model: nn.Module, stage: Stage) -> tuple[int, int, int]:
     for name, m in model.features.named_children():
         window = _window(m)
         if window is not None:
-            k, s = window
-            pad = m.padding if isinstance(m.padding, int) else m.padding[0]
+            k, s, pad = window
             start -= pad * stride
             size += (k - 1) * stride
             stride *= s
@@ -319,10 +325,10 @@ def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k:
             maps = seen["maps"][:, channels]  # (B, len(channels), h, w)
             w = maps.shape[-1]
             flat = maps.flatten(2)
-            values, where_max = flat.max(2)  # each image's strongest unit per channel
+            values, where_max = (t.cpu().tolist() for t in flat.max(2))  # each image's strongest unit per channel
             for n, c in enumerate(channels):
                 for b in range(x.shape[0]):
-                    best[c].append((values[b, n].item(), offset + b, *divmod(where_max[b, n].item(), w)))
+                    best[c].append((values[b][n], offset + b, *divmod(where_max[b][n], w)))
                 best[c] = sorted(best[c], reverse=True)[:k]
             offset += x.shape[0]
             crop = x.shape[-1]
@@ -339,7 +345,7 @@ def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k:
     return out
 
 
-def patches_image(crops: list[np.ndarray], found: dict[int, list[dict]], cell: int = 48) -> np.ndarray:
+def patches_image(crops: dict[int, np.ndarray], found: dict[int, list[dict]], cell: int = 48) -> np.ndarray:
     """One row per unit, its top patches left to right, each resized to ``cell`` px."""
     from PIL import Image
 
@@ -352,6 +358,15 @@ def patches_image(crops: list[np.ndarray], found: dict[int, list[dict]], cell: i
             grid[2 + r * (cell + 2): 2 + r * (cell + 2) + cell, 2 + q * (cell + 2): 2 + q * (cell + 2) + cell] = \
                 np.asarray(patch)
     return grid
+
+
+def _center_crop(path: str, resize: int, size: int) -> np.ndarray:
+    """The uint8 center crop (size, size, 3) of an image file, as the network saw it."""
+    from .data.folder import load_image
+
+    img = load_image(path, resize)
+    mid = (img.shape[-1] - size) // 2
+    return img[:, mid:mid + size, mid:mid + size].permute(1, 2, 0).numpy()
 
 
 def parse_units(text: str, model: nn.Module) -> tuple[Stage, list[int]]:
@@ -387,22 +402,23 @@ def _units(net, model, units: str, data: str, out: str | Path, k: int, batch_siz
     paths = expand_inputs([data])
     if not paths:
         raise AlexNetError(f"--data {printable(data)}: no images found")
-    crop_rgb, names = [], []  # uint8 crops (kept to cut the patches from) and their files
+    files = []  # each searched image's file: the winners are read again at the end, nothing else is kept
     crops, size = net.crops(False), net.meta["input_size"]
 
     def views():  # normalised crops, a batch at a time
         for images, batch_paths in iterate_images(paths, net.meta["resize"], batch_size, workers, "units", False):
-            mid = (images.shape[-1] - size) // 2
-            crop_rgb.extend(im[:, mid:mid + size, mid:mid + size].permute(1, 2, 0).numpy() for im in images)
-            names.extend(printable(p) for p in batch_paths)
+            files.extend(batch_paths)
             yield crops(images.to(net.device))[:, 0]
 
     found = top_patches(model, views(), stage, channels, k)
+    winners = {h["image"] for hits in found.values() for h in hits}
+    crop_rgb = {i: _center_crop(files[i], net.meta["resize"], size) for i in winners}
+    names = {i: printable(files[i]) for i in winners}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_png(patches_image(crop_rgb, found), out / f"units_{stage.name}.png")
     result = {"stage": stage.name, "field": dict(zip(("size", "stride", "start"), field_geometry(model, stage))),
-              "images": len(names), "units": {str(c): [{**h, "path": names[h["image"]]} for h in hits]
+              "images": len(files), "units": {str(c): [{**h, "path": names[h["image"]]} for h in hits]
                                              for c, hits in found.items()},
               "file": f"units_{stage.name}.png"}
     atomic_write_text(out / "units.json", json.dumps(result, indent=2) + "\n")

@@ -76,6 +76,9 @@ class Rejected(Exception):
 # The network and the batcher.
 
 
+EXPLAIN_PENDING = 2  # explanations taken or waiting at once; more are refused with 503
+
+
 class Model:
     """The loaded network: identity, metadata and batched forward passes (one thread)."""
 
@@ -87,6 +90,9 @@ class Model:
         meta = self.net.meta
         self.names = class_names(meta["num_classes"], meta.get("classes"))
         self.layer = self.net.model.feature_layers[-1]
+        from .explain import stages
+
+        self.stages = [s.name for s in stages(self.net.model)]  # conv1, conv2, ...
         self.crops = self.net.crops(cfg.ten_crop)
         self.protocol = "ten-crop" if cfg.ten_crop else "center"
         self.sha256 = _sha256(self.path)
@@ -213,6 +219,7 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
     cfg.check()
     model = model or Model(cfg)
     executor = ThreadPoolExecutor(1, thread_name_prefix="alexnet-infer")  # one forward pass at a time
+    explaining = {"n": 0}  # explanations taken or waiting
     wait = cfg.max_wait_ms / 1000
     predictor = Batcher(model.probabilities, executor, cfg.max_batch, wait, cfg.max_queue)
     extractor = Batcher(model.features, executor, cfg.max_batch, wait, cfg.max_queue)
@@ -281,15 +288,24 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
         import asyncio
         import base64
 
-        picture = await _image(request, model.info["resize"])
+        names = [f"gradcam_{model.stages[-1]}", *(f"maps_{s}" for s in model.stages)]
+        if image is not None and image not in names:
+            raise Rejected(422, f"image must be one of {', '.join(names)}")
+        # an explanation takes the inference thread for several passes and a backward one:
+        # at most EXPLAIN_PENDING wait, so that /predict's batches are never held up by a crowd
+        if explaining["n"] >= EXPLAIN_PENDING:
+            raise Rejected(503, f"{EXPLAIN_PENDING} explanations are already under way; try again shortly",
+                           {"Retry-After": "1"})
+        explaining["n"] += 1
         try:
+            picture = await _image(request, model.info["resize"])
             result = await asyncio.get_running_loop().run_in_executor(executor, model.explanation, picture)
         except AlexNetError as e:  # Captum not installed
             raise Rejected(501, str(e)) from None
+        finally:
+            explaining["n"] -= 1
         pngs = result.pop("images")
         if image is not None:
-            if image not in pngs:
-                raise Rejected(422, f"image must be one of {', '.join(pngs)}")
             return Response(pngs[image], media_type="image/png")
         url = {k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in pngs.items()}
         heat = next(k for k in pngs if k.startswith("gradcam_"))
@@ -303,7 +319,7 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
 
     @app.get("/health", summary="liveness: 200 while the server takes requests")
     async def health() -> dict:
-        return {"status": "ok", "queued": predictor.queue.qsize() + extractor.queue.qsize()}
+        return {"status": "ok", "queued": predictor.queue.qsize() + extractor.queue.qsize() + explaining["n"]}
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

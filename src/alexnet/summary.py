@@ -25,16 +25,21 @@ class LayerRow:
     field_stride: int | None = None  # input pixels between neighbouring outputs (None: one output)
 
 
-def _window(module: nn.Module) -> tuple[int, int] | None:
-    """(kernel, stride) of a layer that slides a window over the map; None for one that does
-    not move the field (elementwise, normalisation across channels) or reads everything."""
-    from .convnet import LocallyConnected2d
+def _window(module: nn.Module) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) of a layer that slides a window over the map; None for one
+    that does not move the field (elementwise, normalisation across channels) or reads
+    everything."""
+    from .convnet import LocallyConnected2d, WithinMapNorm
+
+    def first(v) -> int:
+        return v if isinstance(v, int) else v[0]
 
     if isinstance(module, LocallyConnected2d):
-        return module.kernel_size, 1
+        return module.kernel_size, 1, module.padding
+    if isinstance(module, WithinMapNorm):  # cuda-convnet's rnorm: a size x size window in each map
+        return module.size, 1, module.size // 2
     if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        k, st = module.kernel_size, module.stride
-        return (k if isinstance(k, int) else k[0]), (st if isinstance(st, int) else st[0])
+        return first(module.kernel_size), first(module.stride), first(module.padding)
     return None
 
 
@@ -47,7 +52,7 @@ class Field:
     def step(self, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int | None, int | None]:
         window = _window(module)
         if window is not None and self.size is not None:
-            k, s = window
+            k, s, _ = window
             self.size, self.stride = self.size + (k - 1) * self.stride, self.stride * s
         elif isinstance(module, (nn.Linear, nn.Flatten)) or (
                 isinstance(module, nn.AdaptiveAvgPool2d) and tuple(out.shape[-2:]) != tuple(inp.shape[-2:])):

@@ -32,7 +32,7 @@ if triton is not None:
     @triton.jit
     def _augment(x_ptr, mean_ptr, std_ptr, top_ptr, left_ptr, flip_ptr, rgb_ptr, out_ptr, crop,
                  sxb, sxc, sxh, sxw, smc, smh, smw, sob, soc, soh, sow, BLOCK: tl.constexpr):
-        b = tl.program_id(0)
+        b = tl.program_id(0).to(tl.int64)  # offsets past 2^31 in large batches
         p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = p < crop * crop
         i = p // crop

@@ -12,6 +12,7 @@ with 128 GiB of memory; a subset (``--limit-train``), or a smaller packed size, 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterator
 
@@ -49,13 +50,16 @@ def choose(choice: str, count: int, size: int, device: torch.device) -> str:
     if choice == "none":
         return "none"
     need = cache_bytes(count, size)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine, each with its own copy
     if choice == "gpu" and device.type != "cuda":
         raise AlexNetError("--cache gpu keeps the images in GPU memory; this run has no GPU (--cache host or auto)")
     for where in (("gpu", "host") if choice == "auto" else (choice,)):
         if where == "gpu" and device.type != "cuda":
             continue
-        room = int(SHARE * free_bytes(where, device))
-        if need <= room:
+        room = int(SHARE * free_bytes(where, device) / (1 if where == "gpu" else local))
+        # pinned host memory comes in powers of two (PyTorch's host allocator rounds up)
+        held = 2 ** math.ceil(math.log2(need)) if where == "host" and device.type == "cuda" and need else need
+        if held <= room:
             return where
         if choice != "auto":
             raise AlexNetError(f"--cache {where} needs {need / 1e9:.1f} GB for {count:,} images of {size} px; "
@@ -103,9 +107,12 @@ class CachedBatches(Batches):
         self.labels = labels.to(images.device)
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self._chunks():
+        chunks = self._chunks()
+        if self.images.device.type == "cuda" and chunks:  # the epoch's order to the GPU in one copy
+            order = torch.cat(chunks).pin_memory().to(self.images.device, non_blocking=True)
+            chunks = list(order.split([len(c) for c in chunks]))
+        for idx in chunks:
             if self.images.device.type == self.device.type:  # on the GPU, or training on the CPU
-                idx = idx.to(self.images.device)
                 yield Batch(self.images[idx], self.labels[idx])
                 continue
             images = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=True)

@@ -45,6 +45,7 @@ function bars(top) {
 
 async function classify(file) {
   lastFile = file;
+  $("why").hidden = true;  // the last image's explanation goes with it
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("result").replaceChildren();
@@ -67,11 +68,12 @@ async function classify(file) {
 
 // Beside the bars: Grad-CAM over the crop, and a strip of each stage's most active maps.
 async function explain(form) {
-  $("why").hidden = true;
+  const asked = lastFile;
   try {
     const response = await fetch("/explain", { method: "POST", body: form, headers: headers() });
-    if (!response.ok) return;  // the classes are shown; the explanation is extra
+    if (!response.ok || asked !== lastFile) return;  // the classes are shown; the explanation is extra
     const body = await response.json();
+    if (asked !== lastFile) return;  // another image was picked meanwhile
     $("heat").src = body.gradcam.png;
     $("heat-caption").textContent = `where the evidence for \u201c${body.target.class}\u201d lies (Grad-CAM at ${body.gradcam.stage})`;
     const strips = $("stages");
