@@ -101,22 +101,22 @@ _UNSET = object()
 @torch.no_grad()
 def stage_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each stage's maps (C, h, w) after its nonlinearity (or the convolution's, without one)."""
-    seen, hooks = {}, []
-
-    def keep(name: str):
-        def hook(module, inputs, output) -> None:  # returns nothing: the output stays the module's
-            seen.setdefault(name, output[0].detach())
-        return hook
-
-    for s in stages(model):
-        where = s.act if s.act is not None else s.conv
-        hooks.append(where.register_forward_hook(keep(s.name)))
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [_keep_output(s.act if s.act is not None else s.conv, seen, s.name) for s in stages(model)]
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
-    return seen
+    return {name: maps[0] for name, maps in seen.items()}
+
+
+def _keep_output(module: nn.Module, store: dict, key: str):
+    """A forward hook that keeps ``module``'s output (detached) in ``store[key]`` and returns
+    nothing, so the output stays the module's; the handle, to remove it."""
+    def hook(mod, inputs, output) -> None:
+        store[key] = output.detach()
+    return module.register_forward_hook(hook)
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target: int, window: int, stride: int) -> torch.Tensor:
@@ -316,8 +316,8 @@ def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k:
     size, stride, start = field_geometry(model, stage)
     where = stage.act if stage.act is not None else stage.conv
     best: dict[int, list[tuple[float, int, int, int]]] = {c: [] for c in channels}
-    seen = {}
-    hook = where.register_forward_hook(lambda m, i, o: seen.__setitem__("maps", o.detach()) and None)
+    seen: dict[str, torch.Tensor] = {}
+    hook = _keep_output(where, seen, "maps")
     offset, crop = 0, None
     try:
         for x in batches:

@@ -155,11 +155,12 @@ class TrainAugment:
         return out
 
     def _fused(self, x: torch.Tensor) -> bool:
-        if self.fused is not None:
-            return self.fused
-        from . import augment_triton
+        """The fused kernel where asked, else on CUDA where Triton is installed (decided once)."""
+        if self.fused is None:
+            from . import augment_triton
 
-        return x.is_cuda and augment_triton.available()
+            self.fused = x.is_cuda and augment_triton.available()
+        return self.fused
 
 
 def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:
