@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexnet.config import TrainConfig, apply_overrides
-from alexnet.train import fit
+from alexnet.training.config import TrainConfig, apply_overrides
+from alexnet.training.train import fit
 
 
 def write_digits(root: Path, seed: int = 0) -> Path:

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from alexnet import create_model, fastconv, lrn  # noqa: E402
+from alexnet import create_model  # noqa: E402
+from alexnet.models import fastconv
+from alexnet.models import lrn
 
 
 class Timer:

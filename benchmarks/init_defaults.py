@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 
-from alexnet import stats
-from alexnet.config import TrainConfig, apply_overrides
+from alexnet.reproduce import stats
+from alexnet.training.config import TrainConfig, apply_overrides
 from alexnet.errors import AlexNetError
 from alexnet.files import atomic_write_text
 from alexnet.models import VARIANTS
-from alexnet.train import fit
+from alexnet.training.train import fit
 from alexnet.visualize import read_metrics
 
 INITS = ("kaiming", "paper", "caffe", "torchvision")

@@ -72,8 +72,8 @@ def _quiet_threads():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, fmnist_dir) -> Path:
     """A small paper network trained on a Fashion-MNIST subset (67-px input)."""
-    from alexnet.config import TrainConfig, apply_overrides
-    from alexnet.train import fit
+    from alexnet.training.config import TrainConfig, apply_overrides
+    from alexnet.training.train import fit
 
     out = tmp_path_factory.mktemp("trained") / "run"
     fit(apply_overrides(TrainConfig(), dict(resize=76, crop=67, epochs=3, batch_size=32, limit_train=512,
@@ -219,3 +219,36 @@ def run_interpreted(code: str) -> dict:
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
+
+# A paper network small enough to train in seconds on the CPU (67 px, 128 images).
+TINY = dict(variant="paper", resize=76, crop=67, batch_size=32, limit_train=128, limit_val=64, init="kaiming",
+            mean_samples=128, lr=0.01)
+
+
+def tiny_config(out, **kw):
+    from alexnet.training.config import TrainConfig, apply_overrides
+
+    return apply_overrides(TrainConfig(), {**TINY, "out": str(out), **kw})
+
+
+def write_cifar_release(folder, per_class_train=40, per_class_test=10):
+    """CIFAR-10's binary format; class k is a colour of its own plus noise, learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(30, 226, (10, 3))
+
+    def records(per_class):
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        images = colours[labels][:, :, None, None] + rng.normal(0, 25, (len(labels), 3, 32, 32))
+        images = images.clip(0, 255).astype(np.uint8)
+        return b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels))
+
+    folder.mkdir(parents=True)
+    train_raw = records(per_class_train)
+    size = len(train_raw) // 5
+    from alexnet.data import cifar10
+
+    for i, name in enumerate(cifar10.FILES["train"]):
+        (folder / name).write_bytes(train_raw[i * size:(i + 1) * size])
+    (folder / "test_batch.bin").write_bytes(records(per_class_test))
+    return folder

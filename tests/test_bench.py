@@ -38,7 +38,6 @@ def test_inference_bench_compares_with_the_baseline():
     assert len(result["figures"]) == 10 and len(result["ratios"]) == 8
 
 
-
 def test_bad_bench_input_fails_before_measuring(tmp_path):
     from alexnet import AlexNetError
 

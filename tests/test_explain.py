@@ -77,7 +77,7 @@ def test_a_wrong_region_would_be_caught(planted):
 @pytest.mark.parametrize("variant", ["paper", "torchvision", "lenet5", "cifar-11pct"])
 def test_explain_writes_every_picture_for_every_variant(tmp_path, photo, variant, capsys):
     from alexnet import create_model
-    from alexnet.checkpoint import metadata_record, save_weights
+    from alexnet.training.checkpoint import metadata_record, save_weights
     from alexnet.cli import main
     from alexnet.data.transforms import Normalizer
 
@@ -154,7 +154,7 @@ def test_the_top_patches_of_a_unit_are_the_planted_patterns():
 
 def test_units_search_a_folder_into_one_picture(tmp_path, photo, capsys):
     from alexnet import create_model
-    from alexnet.checkpoint import metadata_record, save_weights
+    from alexnet.training.checkpoint import metadata_record, save_weights
     from alexnet.cli import main
     from alexnet.data.transforms import Normalizer
     from conftest import write_tree

@@ -8,14 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet import create_model, distributed
-from alexnet.config import OptimConfig
+from alexnet import create_model
+from alexnet.training import distributed
+from alexnet.training.config import OptimConfig
 from alexnet.data import packed
 from alexnet.data.loader import Request, TensorBatches, build
 from alexnet.data.transforms import Normalizer, TrainAugment
-from alexnet.lrn import local_response_norm
-from alexnet.runtime import Runtime
-from alexnet.train import LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
+from alexnet.models.lrn import local_response_norm
+from alexnet.training.runtime import Runtime
+from alexnet.training.train import LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
 from conftest import write_tree
 
 pytestmark = pytest.mark.gpu
@@ -32,8 +33,8 @@ def test_compiled_lrn_matches_the_reference():
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fused_lrn_on_the_gpu_matches_the_fp64_formula_at_the_papers_shapes(dtype, groups):
     """The Triton kernels compiled for the device (the suite checks them interpreted on the CPU)."""
-    from alexnet import lrn_triton
-    from alexnet.lrn import local_response_norm_reference
+    from alexnet.models import lrn_triton
+    from alexnet.models.lrn import local_response_norm_reference
 
     torch.manual_seed(0)
     x64 = (torch.randn(4, 96, 55, 55, device="cuda", dtype=torch.float64) * 120).relu()
@@ -187,7 +188,7 @@ def test_gpu_decode_while_a_step_is_in_flight(tmp_path):
 @pytest.mark.parametrize("two_devices", [False, True])
 def test_two_tower_split_on_cuda_matches_one_device(two_devices):
     """The paper's model-parallel split: both towers on cuda:0, and on cuda:0 and cuda:1."""
-    from alexnet.towers import TwoTowerAlexNet
+    from alexnet.models.towers import TwoTowerAlexNet
 
     if two_devices and torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
@@ -208,20 +209,10 @@ def test_two_tower_split_on_cuda_matches_one_device(two_devices):
     assert F.cosine_similarity(reference, fast).min() > 0.99
 
 
-def test_a_run_stopped_inside_an_epoch_continues_on_cuda(tmp_path, fmnist_dir, monkeypatch):
-    """The mid-epoch checkpoint restores a CUDA generator's state (a host ByteTensor: moving it to
-    the device once made every resume on a GPU fail). The body is the CPU suite's, which checks the
-    continued run against the uninterrupted one; here the device is cuda:0. Both runs are in this
-    process, so cuDNN's autotuner keeps its kernels and the weights come out equal (H100, 2026-11-26)."""
-    from test_resilience import test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run_bit_for_bit as body
-
-    body(tmp_path, fmnist_dir, monkeypatch)
-
-
 def test_fp32_by_name_turns_tf32_off_and_the_other_precisions_on():
     """--precision fp32 promises full fp32 products on a GPU (the cifar preset relies on it)."""
-    from alexnet.config import TrainConfig, apply_overrides
-    from alexnet.runtime import resolve_runtime
+    from alexnet.training.config import TrainConfig, apply_overrides
+    from alexnet.training.runtime import resolve_runtime
 
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
@@ -236,8 +227,8 @@ def test_fp32_by_name_turns_tf32_off_and_the_other_precisions_on():
 def test_graphed_steps_train_as_the_eager_steps_do(variant):
     """--cuda-graphs: 3 eager steps, a capture, replays; the same weights as eager steps on the
     same batches (fp32, no dropout), the rate changed between steps read from its tensor."""
-    from alexnet.graphs import GraphedStep
-    from alexnet.train import set_lr, train_step
+    from alexnet.training.graphs import GraphedStep
+    from alexnet.training.train import set_lr, train_step
 
     torch.manual_seed(0)
     base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()

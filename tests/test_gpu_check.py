@@ -82,9 +82,9 @@ def test_unknown_stage_is_refused(tmp_path):
 def test_the_cifar_stage_stops_in_time_and_continues(tmp_path):
     """The cifar stage runs the CIFAR-10 study for GPU_CHECK_CIFAR_S seconds; time up is not a
     failure: the run in progress keeps its checkpoint, and the next call continues the study."""
-    from test_reproduce_cifar import _colour_release
+    from conftest import write_cifar_release
 
-    data = _colour_release(tmp_path / "cifar")
+    data = write_cifar_release(tmp_path / "cifar")
     study = tmp_path / "study"
     env = {"GPU_CHECK_CIFAR_DATA": str(data), "GPU_CHECK_CIFAR_S": "20", "GPU_CHECK_CIFAR_OUT": str(study)}
     proc = run_check(tmp_path / "out", "cifar", env_extra=env)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import load_model
+from alexnet.training.checkpoint import load_model
 from alexnet.cli import main
 from alexnet.data.folder import load_image
 from alexnet.data.transforms import EvalCrops
@@ -102,7 +102,7 @@ def test_nearest_is_euclidean():
 def test_visualize_kernels_and_curves(trained_run, tmp_path, capsys):
     from PIL import Image
 
-    from alexnet.visualize import kernel_grid
+    from alexnet.models.summary import kernel_grid
 
     assert main(["visualize", str(trained_run), "--kernels", str(tmp_path / "k.png"),
                  "--curves", str(tmp_path / "c.png")]) == 0

@@ -1,18 +1,56 @@
-"""AlexNet (Krizhevsky, Sutskever, Hinton 2012): the paper's network and recipe, done right and fast."""
+"""AlexNet (Krizhevsky, Sutskever, Hinton 2012): the paper's network and recipe, done right and fast.
 
-from .caffe import import_caffe
-from .checkpoint import load_model
-from .config import TrainConfig
-from .data.packed import prepare
-from .errors import AlexNetError
-from .export import export, import_torchvision
-from .infer import evaluate_weights, extract_features, neighbors, predict
-from .models import VARIANTS, AlexNet, create_model, variant_info
-from .towers import TwoTowerAlexNet
-from .train import fit
+The package in layers (each imports only from those above it):
+
+- ``errors``, ``files``, ``classes``, ``progress``: what every layer shares;
+- ``models``: the networks, their layers (LRN, towers) and the registry;
+- ``data``: datasets, packed files, the loader and the batched transforms;
+- ``training``: the configuration, the loop, checkpoints, evaluation, many devices;
+- ``reproduce``: the paper's claims, run and judged;
+- the applications: ``infer``, ``serve``, ``export``, ``caffe``, ``bench``, ``explain``,
+  ``visualize``, and ``cli`` over all of them.
+
+The public names below are imported when first used, so ``alexnet --help`` and
+``import alexnet`` stay fast and load torch only when a name needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["AlexNet", "AlexNetError", "TrainConfig", "VARIANTS", "create_model", "evaluate_weights", "export",
-           "extract_features", "fit", "import_caffe", "import_torchvision", "load_model", "neighbors", "predict",
-           "prepare", "TwoTowerAlexNet", "variant_info", "__version__"]
+# public name -> the module that defines it
+_EXPORTS = {
+    "AlexNet": "models.alexnet",
+    "TwoTowerAlexNet": "models.towers",
+    "VARIANTS": "models.registry",
+    "create_model": "models.registry",
+    "variant_info": "models.registry",
+    "AlexNetError": "errors",
+    "TrainConfig": "training.config",
+    "fit": "training.train",
+    "load_model": "training.checkpoint",
+    "prepare": "data.packed",
+    "evaluate_weights": "infer",
+    "extract_features": "infer",
+    "neighbors": "infer",
+    "predict": "infer",
+    "export": "exporter",
+    "import_torchvision": "exporter",
+    "import_caffe": "caffe",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -27,17 +27,17 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .config import OptimConfig, TrainConfig
+from .training.config import OptimConfig, TrainConfig
 from .data import loader as data_loader
 from .data.folder import resolve_workers
 from .data.packed import PackedSplit, read_meta
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .errors import AlexNetError
-from .models import create_model, variant_info
-from .summary import summarize
-from .towers import TwoTowerAlexNet
-from .runtime import Runtime, cpu_has_bf16, resolve_runtime
-from .train import build_optimizer, make_scaler, train_step
+from .models.registry import create_model, variant_info
+from .models.summary import summarize
+from .models.towers import TwoTowerAlexNet
+from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime
+from .training.train import build_optimizer, make_scaler, train_step
 
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -439,7 +439,7 @@ def bench_inference(batch_sizes: tuple[int, ...] = (1, 64), steps: int = 0, warm
     import onnxruntime as ort
     import torchvision
 
-    from .export import write_onnx
+    from .exporter import write_onnx
 
     device = torch.device("cpu")
     torch.manual_seed(0)

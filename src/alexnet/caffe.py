@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_state, metadata_record, save_weights
+from .training.checkpoint import load_state, metadata_record, save_weights
 from .classes import class_names
 from .data.transforms import Normalizer
 from .errors import AlexNetError
-from .models import PaperAlexNet, create_model
+from .models.alexnet import PaperAlexNet
+from .models.registry import create_model
 
 LAYERS = {path.split(".")[1]: path for path in PaperAlexNet.LAYERS}  # Caffe's layer name -> module path
 # Caffe's ilsvrc_2012_mean averaged over pixels (B, G, R), for when no mean file is given.

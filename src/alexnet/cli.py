@@ -13,12 +13,12 @@ from .errors import AlexNetError, one_line
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, generated from the dataclasses (see config.py).
+    """One flag per config field, generated from the dataclasses (see training/config.py).
 
     Defaults are suppressed, so the parsed namespace holds only what the user
     typed: those values override the defaults, or a resumed run's stored config.
     """
-    from .config import flat_fields
+    from .training.config import flat_fields
 
     groups = {}
     for section, f in flat_fields():
@@ -37,9 +37,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .config import DataConfig, ModelConfig, TrainConfig, model_options, resolve_defaults, validate
-    from .models import create_model, variant_info
-    from .summary import format_table, summarize
+    from .training.config import DataConfig, ModelConfig, TrainConfig, model_options, resolve_defaults, validate
+    from .models.registry import create_model, variant_info
+    from .models.summary import format_table, summarize
 
     info = variant_info(args.variant)
     size = args.input_size or info.input_size
@@ -66,18 +66,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, apply_overrides
-    from .train import fit
+    from .training.config import TrainConfig, apply_overrides
+    from .training.train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command", "overwrite")}
     if args.resume == "auto":  # restarted workers (torchrun --max-restarts), requeued jobs: one command for both
         if "out" not in overrides:
             raise AlexNetError("--resume auto continues the run in --out, or starts it there: pass --out")
-        from pathlib import Path
+        from .training.rundir import RunDir
 
-        from .checkpoint import CHECKPOINT_NAME
-
-        args.resume = overrides["out"] if (Path(overrides["out"]) / CHECKPOINT_NAME).is_file() else None
+        args.resume = overrides["out"] if RunDir(overrides["out"]).has_checkpoint() else None
     if args.resume:
         if "out" in overrides and overrides["out"] != args.resume:
             raise AlexNetError("--resume names the run directory; do not also pass --out")
@@ -254,8 +252,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .config import TrainConfig, apply_overrides
-    from .train import fit
+    from .training.config import TrainConfig, apply_overrides
+    from .training.train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
     # All layers train by default: on the measured transfer (docs/finetune.md) freezing the
@@ -267,7 +265,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .exporter import export
 
     report = export(args.weights, args.format, args.out, preprocess=args.preprocess)
     if args.json:
@@ -281,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     if args.source == "torchvision":
-        from .export import import_torchvision
+        from .exporter import import_torchvision
 
         meta = import_torchvision(args.file, args.out)
     else:
@@ -548,7 +546,7 @@ def _bench(sub) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from . import reproduce as rep
+    from .reproduce import study as rep
 
     if args.list:
         print(rep.list_claims())
@@ -562,7 +560,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.preset == "cifar":
         return _reproduce_cifar(args)
-    from .config import parse_setting
+    from .training.config import parse_setting
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("limit_train", args.limit_train),
                                    ("batch_size", args.batch_size)) if v is not None}
@@ -574,7 +572,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _reproduce_cifar(args: argparse.Namespace) -> int:
-    from .reproduce_cifar import run_study
+    from .reproduce.cifar import run_study
 
     if args.data == "fashion-mnist":
         raise AlexNetError("--preset cifar trains on CIFAR-10: name it with --data (its binary release, or a "

@@ -44,7 +44,7 @@ class Stage:
 def stages(model: nn.Module) -> list[Stage]:
     """The convolutional stages in the order the input meets them: each convolution (or
     locally connected layer) of ``features`` and the nonlinearity that follows it."""
-    from .convnet import LocallyConnected2d
+    from .models.convnet import LocallyConnected2d
 
     children = list(model.features.named_children())
     out = []
@@ -293,7 +293,7 @@ def field_geometry(model: nn.Module, stage: Stage) -> tuple[int, int, int]:
     (i, j) sees rows start + i * stride .. + size (and the same for columns), worked out layer
     by layer up to the stage: k - 1 strides wider, the stride times s, the start moved back by
     the padding."""
-    from .summary import _window
+    from .models.summary import _window
 
     size, stride, start = 1, 1, 0
     for name, m in model.features.named_children():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model
+from .training.checkpoint import load_model
 from .files import atomic_write, printable
 from .classes import class_names
 from .data import loader as data_loader
@@ -20,9 +20,9 @@ from .data.folder import UnreadableImage, image_files, load_image, load_or_reaso
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
-from .evaluate import EvalResult, average_views, evaluate
-from .runtime import Runtime, autocast_dtype, resolve_device
-from . import distributed
+from .training.evaluate import EvalResult, average_views, evaluate
+from .training.runtime import Runtime, autocast_dtype, resolve_device
+from .training import distributed
 
 
 def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: bool = False, split: str = "auto",

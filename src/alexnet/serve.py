@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoint import find_weights
+from .training.checkpoint import find_weights
 from .classes import class_names
 from .data.folder import UnreadableImage, decode_image
 from .errors import AlexNetError
-from .evaluate import average_views
+from .training.evaluate import average_views
 
 WEB = Path(__file__).with_name("web")
 TOKEN_ENV = "ALEXNET_TOKEN"

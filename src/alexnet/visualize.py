@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .checkpoint import load_model
+from .training.checkpoint import load_model
+from .training.rundir import RunDir
+from .models.summary import kernel_grid
 from .files import atomic_write
-from .errors import AlexNetError
-
-
-def kernel_grid(weight: torch.Tensor, columns: int = 16, scale: int = 4, pad: int = 2) -> np.ndarray:
-    """RGB uint8 image of conv1 kernels (out, 3, k, k), each stretched to [0, 255] on its own.
-
-    With the ``paper`` network's 96 kernels and 16 columns, the top three rows are
-    tower 1 (kernels 0-47) and the bottom three tower 2, as in the paper's Fig. 3."""
-    w = weight.detach().float().cpu()
-    n, _, k, _ = w.shape
-    rows = -(-n // columns)
-    cell = k * scale + pad
-    grid = np.full((rows * cell + pad, columns * cell + pad, 3), 255, np.uint8)
-    for i in range(n):
-        kern = w[i].permute(1, 2, 0).numpy()
-        lo, hi = kern.min(), kern.max()
-        kern = (kern - lo) / (hi - lo + 1e-12)
-        tile = np.kron((kern * 255).astype(np.uint8), np.ones((scale, scale, 1), np.uint8))
-        r, c = divmod(i, columns)
-        grid[pad + r * cell: pad + r * cell + k * scale, pad + c * cell: pad + c * cell + k * scale] = tile
-    return grid
 
 
 def conv1_kernels(source: str | Path, out: str | Path) -> None:
@@ -43,13 +22,7 @@ def conv1_kernels(source: str | Path, out: str | Path) -> None:
 
 
 def read_metrics(run: str | Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        raise AlexNetError(f"{path} not found: --curves needs a run directory")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not records:
-        raise AlexNetError(f"{path} has no epochs yet")
-    return records
+    return RunDir(run).read_metrics(required=True)
 
 
 def curves(run: str | Path, out: str | Path) -> None:

@@ -1,0 +1,392 @@
+"""Typed configuration with the paper's values as defaults.
+
+One ``TrainConfig`` flows through training: the command line fills it (every
+field is a flag, generated from these dataclasses), it is written as
+``config.json`` beside every run and stored in every checkpoint, so that a
+checkpoint rebuilds its own model and data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..errors import AlexNetError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN), 'torchvision' (single tower), "
+                               "'paper-half' (one tower, half of conv1-4: section 3.2), 'lenet5' (1998, 32 px), "
+                               "'cifar-18pct' and 'cifar-11pct' (cuda-convnet's CIFAR-10 nets, 32 and 24 px: "
+                               "the paper's Fig. 1 and section 3.3)",
+                      ("paper", "torchvision", "paper-half", "lenet5", "cifar-18pct", "cifar-11pct"))
+    num_classes: int = _f(0, "number of classes; 0 takes it from the data")
+    dropout: float = _f(-1.0, "dropout probability: in fc6/fc7 for the AlexNets, before fc10 for the cifar networks; "
+                              "-1 = the network's own: 0.5 for the AlexNets (the paper), none for the cifar networks "
+                              "(their layer files) and LeNet-5")
+    norm: str = _f("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
+                          "after every convolution (AlexNet-BN), or none; cifar networks: their layer file's "
+                          "normalisation (lrn) or none", ("lrn", "batch", "none"))
+    activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
+                         ("relu", "tanh"))
+    overlap_pool: bool = _f(True, "paper and cifar networks: overlapping 3x3 stride-2 pooling (the paper, the layer "
+                                  "files); off: 2x2 stride 2")
+    towers: int = _f(1, "cifar-11pct: 2 splits conv1 and conv2 into two towers, as the paper's two GPUs (Fig. 3); "
+                        "the paper network always has two")
+    pool5_grid: int = _f(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
+                            "0 = pool5's own size at --crop (1x1 below 99 px for paper, 95 for torchvision; 2x2 "
+                            "at 71 px with --ceil-pool); a larger grid copies each value and fc6 learns that many "
+                            "times too fast")
+    ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (the same 3x3/2 maps "
+                                "at 227 px); at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools "
+                                "then give the same maps and differ in overlap alone")
+    lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
+    lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
+                              "each tower, as the paper's two GPUs each normalised their own maps",
+                       ("all", "tower"))
+    # He's init, not the paper's: with the paper's N(0, 0.01) weights and biases of 1 the network
+    # stayed at chance through its first epoch in every seed (alexnet reproduce init,
+    # docs/reproduction.md), the stall Caffe's bvlc_alexnet also met. --init paper is the paper's.
+    init: str = _f("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks, "
+                           "torchvision for LeNet-5, the layer file's for the cifar networks), kaiming (He, fan-out; "
+                           "linear layers N(0,0.01); biases 0), paper (N(0,0.01), biases 1 in conv2/4/5, fc6/7; the cifar "
+                           "networks: their layer file's), zero-bias (the same, biases 0), caffe (biases 0.1, fc6/7 "
+                           "std 0.005), torchvision (PyTorch's layer defaults)",
+                   ("auto", "kaiming", "paper", "zero-bias", "caffe", "torchvision"))
+    weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "
+                          "count differs, and the weights' variant, input size and normaliser are used")
+    freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
+                     ("none", "features", "all-but-fc8"))
+
+
+@dataclass
+class DataConfig:
+    data: str = _f("fashion-mnist", "class-per-folder tree with train/ and val/, a packed dataset "
+                                    "(alexnet prepare), or 'fashion-mnist'")
+    fashion_mnist_dir: str = _f("", "directory of the Fashion-MNIST IDX files (default: $ALEXNET_FASHION_MNIST, "
+                                    "then /usr/share/datasets/fashion-mnist)")
+    resize: int = _f(256, "preprocessing: shorter side to this, then a center square crop of it (paper: 256)")
+    crop: int = _f(0, "network input: random crops of this size in training, center/10-crop in evaluation; "
+                      "0 = the variant's native size (paper 227, torchvision 224)")
+    random_crop: bool = _f(True, "random crops in training (off: center crop)")
+    flip: bool = _f(True, "random horizontal flips in training")
+    lighting: float = _f(0.1, "std of the PCA colour noise alpha (paper: 0.1; 0 disables)")
+    normalize: str = _f("auto", "mean-image: subtract the training set's mean image, 0-255 scale (the paper's and "
+                                "cuda-convnet's, which LRN's constants and the paper's init were made for); channel: "
+                                "torchvision's per-channel mean/std (unit scale, which He's and PyTorch's inits "
+                                "assume); auto: the network's own (mean-image for paper, paper-half and the cifar "
+                                "networks, channel for torchvision and lenet5)", ("auto", "mean-image", "channel"))
+    mean_samples: int = _f(10000, "training images used to estimate the mean image")
+    workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
+    gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
+    cache: str = _f("none", "packed data: decode every image once into memory and gather batches from it: gpu "
+                            "(GPU memory), host (pinned host memory), auto (the first that holds them with half its "
+                            "free memory to spare, else none), none (read and decode every epoch)",
+                    ("none", "auto", "gpu", "host"))
+    holdout: int = _f(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
+                          "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
+    limit_train: int = _f(0, "use only this many training images, a random choice by --seed (0 = all); for quick "
+                             "runs and small-data experiments")
+    limit_val: int = _f(0, "use only this many validation (and test) images (0 = all)")
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = _f(90, "epochs to train (paper: about 90)")
+    batch_size: int = _f(128, "images per step, across all processes (paper: 128)")
+    lr: float = _f(0.0, "initial learning rate; 0 = the network's own: 0.01 (the paper) for the ImageNet networks "
+                        "and LeNet-5, 0.001 for the cifar networks (cuda-convnet's epsW)")
+    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _f(-1.0, "weight decay; -1 = the network's own: 5e-4 (the paper); 0.004 for the cifar "
+                                   "networks (cuda-convnet's wc, each layer its own multiple of it)")
+    schedule: str = _f("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
+                                  "step: every --step-epochs; multistep: at each of --milestones (none: constant); "
+                                  "cosine: per-step cosine decay to zero",
+                       ("plateau", "step", "multistep", "cosine"))
+    patience: int = _f(5, "plateau: epochs without improvement before the lr is divided")
+    max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
+    step_epochs: int = _f(30, "step: epochs between divisions")
+    milestones: str = _f("", "multistep: the epochs after which the lr is divided by 10, e.g. '16,18' (as "
+                             "cuda-convnet's CIFAR-10 recipes lower it twice near the end)")
+    warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
+    head_lr_mult: float = _f(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
+    bias_lr_mult: float = _f(2.0, "learning-rate multiplier for biases: 2 as in the code the paper ran "
+                                  "(cuda-convnet epsB = 2 x epsW) and Caffe (lr_mult 2); 1 treats them as weights")
+    bias_decay_mult: float = _f(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
+                                     "(decay_mult 0); 1 decays them as weights")
+    scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
+    stop_at_train_error: float = _f(0.0, "end training after the epoch in which the training error, averaged "
+                                         "over a tenth of an epoch's steps, first reaches this (e.g. 0.25, "
+                                         "Fig. 1's mark); 0 = train every epoch")
+    skip_nonfinite: int = _f(0, "skip up to this many batches an epoch whose loss is not finite, leaving the "
+                                "weights untouched (costs a host sync per step); 0 = stop at the first")
+    fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out: str = _f("runs/alexnet", "run directory: config, metrics, checkpoints")
+    seed: int = _f(0, "random seed; with it, a CPU run is reproducible and resumes exactly")
+    device: str = _f("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    model_parallel: str = _f("", "the paper's two-GPU split of the paper network: 'auto' (towers on cuda:2r and "
+                                 "cuda:2r+1 for local rank r) or two devices, e.g. 'cuda:0,cuda:1'; '' = off")
+    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 (full fp32 "
+                                "arithmetic, no TF32 on GPUs), bf16, fp16",
+                        ("auto", "fp32", "bf16", "fp16"))
+    channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
+    compile: bool = _f(False, "torch.compile the model")
+    cuda_graphs: bool = _f(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
+                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step; off until measured "
+                                  "faster (benchmarks/gpu_profile.py)")
+    tower_conv: str = _f("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
+                                    "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
+                                    "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
+    pools: str = _f("native", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
+                              "instead of generating its own pooling backward); the same results",
+                    ("native", "opaque"))
+    conv1: str = _f("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
+                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); direct until measured "
+                              "otherwise (benchmarks/gpu_profile.py)", ("direct", "s2d"))
+    ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
+    checkpoint_every: str = _f("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
+                                    "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")
+    trace_steps: bool = _f(False, "record every step's training loss and error in metrics.jsonl (for curves)")
+    tensorboard: bool = _f(False, "write TensorBoard event files in RUN/tensorboard (rank 0): losses, accuracies, "
+                                  "learning rate, images/s, conv1 kernels, hyperparameters")
+    log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+NO_DROPOUT_BEFORE = ("lenet5", "cifar-18pct", "cifar-11pct")  # networks that had no dropout option
+
+
+def from_dict(d: dict) -> TrainConfig:
+    """Rebuild a config from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
+    kwargs = {}
+    top = {f.name for f in fields(TrainConfig)}
+    for key, value in d.items():
+        if key not in top:
+            raise AlexNetError(f"config has unknown field {key!r}")
+        if key in SECTIONS:
+            section = SECTIONS[key]
+            if key == "model" and "lrn" in value:  # configs from before --norm
+                value = {k: v for k, v in value.items() if k != "lrn"} | {"norm": "lrn" if value["lrn"] else "none"}
+            if key == "model" and "towers" not in value and value.get("variant") in NO_DROPOUT_BEFORE:
+                # configs from before --dropout reached these networks recorded the AlexNets' 0.5,
+                # which they ignored: they trained without dropout, and continue so
+                value = {**value, "dropout": 0.0}
+            known = {f.name for f in fields(section)}
+            bad = set(value) - known
+            if bad:
+                raise AlexNetError(f"config section {key!r} has unknown field(s) {', '.join(sorted(bad))}")
+            kwargs[key] = section(**value)
+        else:
+            kwargs[key] = value
+    return TrainConfig(**kwargs)
+
+
+def flat_fields() -> list[tuple[str | None, dataclasses.Field]]:
+    """Every leaf field as (section or None, field): the CLI turns each into a flag."""
+    out = []
+    for f in fields(TrainConfig):
+        if f.name in SECTIONS:
+            out.extend((f.name, sub) for sub in fields(SECTIONS[f.name]))
+        else:
+            out.append((None, f))
+    return out
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Set leaf fields by their flag name (``lr``, ``variant``, ``out`` ...)."""
+    index = {f.name: section for section, f in flat_fields()}
+    for name, value in overrides.items():
+        section = index[name]
+        target = getattr(cfg, section) if section else cfg
+        setattr(target, name, value)
+    return cfg
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``"gpu-decode=true"`` -> ``("gpu_decode", True)``: a config field by its flag name, the value
+    converted to the field's type."""
+    name, sep, raw = text.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    field_ = {f.name: f for _, f in flat_fields()}.get(name)
+    if not sep or field_ is None:
+        raise AlexNetError(f"--set wants FLAG=VALUE with a training flag (see alexnet train --help), got {text!r}")
+    kind = type(field_.default)
+    try:
+        if kind is bool:
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+        else:
+            value = kind(raw)
+    except (KeyError, ValueError):
+        raise AlexNetError(f"--set {name}: {raw!r} is not a {kind.__name__}") from None
+    choices = field_.metadata.get("choices")
+    if choices and value not in choices:
+        raise AlexNetError(f"--set {name}: choose one of {', '.join(choices)}, got {raw!r}")
+    return name, value
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """A copy of ``cfg`` with the settings left to the network (``--init auto``, ``--normalize
+    auto``, ``--lr 0``, ``--weight-decay -1``, ``--pool5-grid 0``) set to the network's own; the
+    run records these."""
+    from ..models.registry import VARIANTS
+
+    out = from_dict(to_dict(cfg))
+    net = VARIANTS.get(out.model.variant)
+    if net is None:
+        return out  # validate names the unknown variant
+    m, d, o = out.model, out.data, out.optim
+    m.init = net.DEFAULT_INIT if m.init == "auto" else m.init
+    d.normalize = net.DEFAULT_NORMALIZE if d.normalize == "auto" else d.normalize
+    o.lr = net.DEFAULT_LR if o.lr == 0 else o.lr
+    o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
+    m.dropout = net.DEFAULT_DROPOUT if m.dropout == -1 else m.dropout
+    if m.pool5_grid == 0 and m.variant in ("paper", "paper-half", "torchvision"):
+        from ..models.alexnet import pool5_size
+
+        crop = d.crop or net.info.input_size
+        paper = m.variant != "torchvision"  # torchvision's pools are fixed: 3x3/2, floor
+        m.pool5_grid = pool5_size(m.variant, crop, m.overlap_pool or not paper, m.ceil_pool and paper)
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject impossible combinations with a message naming the flag."""
+    from ..models.registry import variant_info
+
+    cfg = resolve_defaults(cfg)
+    d, o, m = cfg.data, cfg.optim, cfg.model
+    info = variant_info(m.variant)
+    crop = d.crop or info.input_size
+    checks = [
+        (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
+        (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
+        (o.lr > 0, f"--lr must be positive, got {o.lr}"),
+        (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),
+        (o.weight_decay >= 0, f"--weight-decay must be non-negative, got {o.weight_decay}"),
+        (0 <= m.dropout < 1, f"--dropout must be in [0, 1), got {m.dropout}"),
+        (m.num_classes >= 0, f"--num-classes must be non-negative, got {m.num_classes}"),
+        (d.lighting >= 0, f"--lighting must be non-negative, got {d.lighting}"),
+        (crop >= info.min_input_size,
+         f"--crop {crop} is too small for the {m.variant} network (at least {info.min_input_size})"),
+        (d.resize >= crop, f"--resize {d.resize} must be at least the crop size {crop}"),
+        (o.patience >= 0 and o.max_drops >= 0 and o.step_epochs >= 1, "schedule settings must be positive"),
+        (o.warmup_epochs >= 0, f"--warmup-epochs must be non-negative, got {o.warmup_epochs}"),
+        (0 <= o.stop_at_train_error < 1, f"--stop-at-train-error must be in [0, 1), got {o.stop_at_train_error}"),
+        (not o.stop_at_train_error or cfg.trace_steps, "--stop-at-train-error reads every step's error: add "
+                                                       "--trace-steps"),
+        (o.head_lr_mult > 0, f"--head-lr-mult must be positive, got {o.head_lr_mult}"),
+        (o.bias_lr_mult >= 0, f"--bias-lr-mult must be non-negative, got {o.bias_lr_mult}"),
+        (o.bias_decay_mult >= 0, f"--bias-decay-mult must be non-negative, got {o.bias_decay_mult}"),
+        (d.limit_train >= 0 and d.limit_val >= 0, "--limit-train/--limit-val must be non-negative"),
+        (d.holdout >= -1, f"--holdout must be -1 (the default) or a number of images, got {d.holdout}"),
+        (o.skip_nonfinite >= 0, f"--skip-nonfinite must be non-negative, got {o.skip_nonfinite}"),
+        (d.mean_samples >= 1, f"--mean-samples must be at least 1, got {d.mean_samples}"),
+        # torchvision's and LeNet-5's layers are fixed: an option they do not have is an error, not ignored
+        (m.variant not in ("torchvision", "lenet5") or (m.norm == "lrn" and m.activation == "relu" and m.overlap_pool),
+         f"--norm, --activation and --no-overlap-pool are for the paper and cifar networks; the {m.variant} "
+         "network's layers are fixed"),
+        (not m.variant.startswith("cifar") or m.norm != "batch",
+         f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
+        (m.pool5_grid >= 1 or m.variant not in ("paper", "paper-half", "torchvision"),
+         f"--pool5-grid must be at least 1, or 0 for pool5's own size (which is 0 at --crop {d.crop})"
+         if m.pool5_grid == 0 else f"--pool5-grid must be 0 or more, got {m.pool5_grid}"),
+        (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid in (0, 6),
+         f"--pool5-grid is for the paper and torchvision networks, not {m.variant}"),
+        (m.variant in ("paper", "paper-half") or not m.ceil_pool, f"--ceil-pool is for the paper networks, not {m.variant}"),
+        (m.towers in (1, 2), f"--towers must be 1 or 2, got {m.towers}"),
+        (m.towers == 1 or m.variant == "cifar-11pct",
+         f"--towers is for the cifar-11pct network; the {m.variant} network's layout is fixed"),
+        (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
+         f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
+        (not cfg.cuda_graphs or (cfg.precision != "fp16" and o.fused and not o.skip_nonfinite and not cfg.model_parallel),
+         "--cuda-graphs needs bf16 or fp32, --fused, no --skip-nonfinite and no --model-parallel (each checks on the "
+         "host or splits the step)"),
+        (not cfg.model_parallel or m.variant == "paper",
+         f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
+        (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"
+                                    and m.pool5_grid == 6 and not m.ceil_pool),
+         "--model-parallel builds the 2012 structure: ReLU, overlapping pooling, LRN or none, fc6 on a 6x6 grid"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise AlexNetError(message)
+    from .preempt import parse_every
+
+    parse_every(cfg.checkpoint_every)
+    milestones(o)
+
+
+def milestones(o: OptimConfig) -> list[int]:
+    """``--milestones`` as increasing whole epochs."""
+    try:
+        out = [int(m) for m in o.milestones.replace(" ", "").split(",") if m]
+    except ValueError:
+        raise AlexNetError(f"--milestones takes epochs separated by commas, e.g. '16,18'; got {o.milestones!r}") \
+            from None
+    if any(m < 1 for m in out) or out != sorted(set(out)):
+        raise AlexNetError(f"--milestones must be increasing positive epochs, got {o.milestones!r}")
+    return out
+
+
+def model_options(m: ModelConfig) -> dict[str, Any]:
+    """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
+    from ..models.registry import default_init
+
+    from ..models.registry import default_dropout
+
+    init = default_init(m.variant) if m.init == "auto" else m.init
+    dropout = default_dropout(m.variant) if m.dropout == -1 else m.dropout
+    if m.variant == "lenet5":
+        return {"init": init}
+    if m.variant.startswith("cifar"):
+        towers = {"towers": m.towers} if m.variant == "cifar-11pct" else {}
+        return {"init": init, "activation": m.activation, "norm": m.norm, "overlap_pool": m.overlap_pool,
+                "dropout": dropout, **towers}
+    options = {"dropout": dropout, "init": init, "pool5_grid": m.pool5_grid}
+    if m.variant in ("paper", "paper-half"):
+        options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
+                       overlap_pool=m.overlap_pool, ceil_pool=m.ceil_pool)
+    return options
+
+
+def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
+    """Take the network's structure (normalisation, activation, pooling) from a weights file's
+    record (``model.options()``); dropout stays a training choice."""
+    m.norm = options.get("norm", "lrn" if options.get("lrn", True) else "none")  # older files record lrn
+    m.activation = options.get("activation", "relu")
+    m.overlap_pool = options.get("overlap_pool", True)
+    m.pool5_grid = options.get("pool5_grid", 6)  # files from before the options: the paper's 6x6, floor pools
+    m.ceil_pool = options.get("ceil_pool", False)
+    m.towers = options.get("towers", 1)
+    m.lrn_k = options.get("lrn_k", m.lrn_k)
+    m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
+
+
+def crop_size(cfg: TrainConfig) -> int:
+    from ..models.registry import variant_info
+
+    return cfg.data.crop or variant_info(cfg.model.variant).input_size

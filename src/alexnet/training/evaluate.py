@@ -1,0 +1,100 @@
+"""Top-1 / top-5 accuracy under the paper's test protocols.
+
+``center``: one center crop per image. ``ten-crop``: the four corner and the
+center patches and their horizontal reflections; the softmax outputs of the ten
+are averaged (paper section 4.1) and that average is ranked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed
+from ..data.loader import Batches
+from ..data.transforms import EvalCrops
+from ..progress import Progress
+
+
+@dataclass
+class EvalResult:
+    top1: float  # accuracy in [0, 1]
+    top5: float
+    loss: float  # mean negative log-likelihood of the (averaged) softmax
+    images: int
+    skipped: int
+    protocol: str  # "center" or "ten-crop"
+    split: str
+
+    @property
+    def top1_error(self) -> float:
+        return 1.0 - self.top1
+
+    @property
+    def top5_error(self) -> float:
+        return 1.0 - self.top5
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "top1_error": self.top1_error, "top5_error": self.top5_error}
+
+    def summary(self) -> str:
+        return (f"{self.split} ({self.protocol}, {self.images} images): "
+                f"top-1 {100 * self.top1:.2f}% (error {100 * self.top1_error:.2f}%), "
+                f"top-5 {100 * self.top5:.2f}% (error {100 * self.top5_error:.2f}%)")
+
+
+def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Class probabilities of each image from the logits of its ``views`` crops (rows
+    image-major, (B * V, classes)): the mean of the views' softmax outputs, as the paper's
+    10-crop test does (section 4.1), not the softmax of the mean logits. (B, classes)."""
+    return F.softmax(logits.float(), dim=1).view(-1, views, logits.shape[1]).mean(dim=1)
+
+
+def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows have their label among the k highest scores, for each k
+    (k is capped at the number of classes)."""
+    kmax = min(max(ks), scores.shape[1])
+    top = scores.topk(kmax, dim=1).indices  # (B, kmax)
+    hit = top.eq(labels[:, None])
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = "val",
+             autocast: contextlib.AbstractContextManager | None = None, channels_last: bool = False,
+             progress: bool = True, log_every: float = 30.0) -> EvalResult:
+    """Accuracy of ``model`` over ``batches``; counts are summed across processes."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64)  # top1, top5, nll, images, skipped
+    bar = Progress(len(batches), f"eval {split}", enabled=progress, log_every=log_every)
+    for batch in batches:
+        totals[4] += len(batch.skipped)
+        if batch.labels.numel() == 0:
+            bar.update()
+            continue
+        views = crops(batch.images)  # (B, V, 3, crop, crop)
+        b, v = views.shape[:2]
+        x = views.flatten(0, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast or contextlib.nullcontext():
+            logits = model(x)
+        probs = average_views(logits, v)  # (B, classes)
+        c1, c5 = topk_correct(probs, batch.labels)
+        nll = -probs.gather(1, batch.labels[:, None]).clamp_min(1e-12).log().sum()
+        totals += torch.tensor([c1, c5, float(nll), b, 0], dtype=torch.float64)
+        bar.update(top1=totals[0].item() / max(totals[3].item(), 1))
+    bar.close()
+    if distributed.is_active():
+        device = batches.device if batches.device.type == "cuda" else torch.device("cpu")
+        totals = distributed.all_reduce_sum(totals.to(device)).cpu()
+    model.train(was_training)
+    n = max(int(totals[3]), 1)
+    return EvalResult(top1=float(totals[0]) / n, top5=float(totals[1]) / n, loss=float(totals[2]) / n,
+                      images=int(totals[3]), skipped=int(totals[4]),
+                      protocol="ten-crop" if crops.ten_crop else "center", split=split)

@@ -1,0 +1,116 @@
+"""The other ways to compute the same convolutions (fastconv.py): equal outputs and gradients
+in fp64, the same parameters and state dict."""
+
+import pytest
+import torch
+
+from alexnet import create_model
+from alexnet.models import fastconv
+
+
+def _grads(model, x):
+    x = x.clone().requires_grad_()
+    out = model(x)
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("variant,size", [("paper", 227), ("torchvision", 224), ("paper", 71), ("paper", 80),
+                                          ("paper", 229)])  # 229: pixels conv1 never reads, cut
+def test_space_to_depth_conv1_and_split_towers_give_the_same_outputs_and_gradients(variant, size):
+    torch.manual_seed(0)
+    model = create_model(variant, num_classes=10, dropout=0.0, init="kaiming").double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    before = dict(model.state_dict())
+    want = _grads(model, x)
+    fastconv.use(model, towers="split", conv1="s2d")
+    assert isinstance(model.features[0], fastconv.SpaceToDepthConv2d)  # conv1, in either naming
+    grouped = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert all(isinstance(m, fastconv.SplitConv2d) for m in grouped) and len(grouped) == (3 if variant == "paper"
+                                                                                            else 0)
+    got = _grads(model, x)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-10)
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-10, atol=1e-10)
+    after = model.state_dict()  # the same keys, shapes and tensors: checkpoints and imports see nothing
+    assert list(after) == list(before) and all(after[k] is before[k] or after[k].data_ptr() == before[k].data_ptr()
+                                               for k in before)
+    fastconv.use(model)  # and back
+    assert type(model.features[0]) is torch.nn.Conv2d
+    torch.testing.assert_close(_grads(model, x)[0], want[0], rtol=1e-10, atol=1e-10)
+
+
+def test_the_folded_kernel_is_the_kernel_rearranged_not_a_learned_copy():
+    """A single weight moved in the 11x11 kernel moves exactly one entry of the folded 3x3x48 one,
+    at (channel c*16 + r*4 + r', block a, a') for kernel row 4a + r, column 4a' + r'."""
+    conv = fastconv.SpaceToDepthConv2d(3, 2, 11, stride=4)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1, 2, 9, 6] = 1.0  # row 9 = 4*2 + 1, column 6 = 4*1 + 2
+    folded = conv.folded_weight()
+    assert folded.shape == (2, 48, 3, 3) and folded.sum() == 1
+    assert folded[1, 2 * 16 + 1 * 4 + 2, 2, 1] == 1
+
+
+def test_an_optimizer_built_before_the_swap_still_trains_the_swapped_model():
+    model = create_model("paper", num_classes=10, init="kaiming")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fastconv.use(model, towers="split", conv1="s2d")
+    w = model.features.conv1.weight.detach().clone()
+    model(torch.randn(2, 3, 227, 227)).sum().backward()
+    opt.step()
+    assert not torch.equal(model.features.conv1.weight, w)
+
+
+def test_cuda_graphs_are_refused_where_a_step_checks_on_the_host_or_there_is_no_gpu(tmp_path, capsys):
+    from alexnet.cli import main
+    from alexnet.training.config import TrainConfig, apply_overrides, validate
+    from alexnet.errors import AlexNetError
+
+    for bad in ({"precision": "fp16"}, {"fused": False}, {"skip_nonfinite": 3}):
+        with pytest.raises(AlexNetError, match="--cuda-graphs needs bf16 or fp32, --fused"):
+            validate(apply_overrides(TrainConfig(), {"cuda_graphs": True, **bad}))
+    if not torch.cuda.is_available():
+        assert main(["train", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "r"), "--epochs", "1",
+                     "--limit-train", "64", "--limit-val", "32", "--resize", "76", "--crop", "67"]) == 2
+        assert "--cuda-graphs needs a CUDA device and one process" in capsys.readouterr().err
+
+
+def test_a_rate_held_as_a_tensor_is_filled_in_place():
+    """What a CUDA graph needs: set_lr writes into the tensor the captured step reads."""
+    from alexnet.training.graphs import tensor_lr
+    from alexnet.training.train import set_lr
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [p], "lr_mult": 2.0}], lr=0.1)
+    tensor_lr(opt)
+    held = opt.param_groups[0]["lr"]
+    set_lr(opt, 0.05)
+    assert opt.param_groups[0]["lr"] is held and held.item() == pytest.approx(0.1)
+
+
+def test_opaque_pools_are_pytorchs_own_and_compile_keeps_them_whole():
+    """The same outputs and gradients, bit for bit (the same kernels), and a compiled graph in
+    which each pool is one alexnet::max_pool2d call, not max_pool2d_with_indices' own lowering."""
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming")
+    x = torch.randn(2, 3, 99, 99)
+    want = _grads(model, x)
+    fastconv.use(model, pools="opaque")
+    assert sum(isinstance(m, fastconv.OpaqueMaxPool2d) for m in model.modules()) == 3
+    got = _grads(model, x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    seen = []
+
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    torch.compile(model.features, backend=backend, fullgraph=True)(x)
+    assert sum("alexnet.max_pool2d" in t for t in seen) == 3 and not any("max_pool2d_with" in t for t in seen)
+    fastconv.use(model)
+    assert not any(isinstance(m, fastconv.OpaqueMaxPool2d) for m in model.modules())

@@ -1,0 +1,109 @@
+"""The package's shape: its layers import only downwards, and its public names stay where users
+find them (``import alexnet`` stays light until a name is used)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import alexnet
+
+SRC = Path(alexnet.__file__).resolve().parent
+
+# Lower layers first. A module may import from its own package and from the layers before its
+# own; the applications (the top-level modules) may also use each other.
+LAYERS = [
+    {"errors", "files", "classes", "progress", "__init__"},  # what every layer shares
+    {"models"},
+    {"data"},
+    {"training"},
+    {"infer", "exporter", "caffe", "explain", "visualize", "bench", "serve", "reproduce"},
+    {"cli"},
+    {"__main__"},
+]
+APPLICATIONS = 4
+
+
+def _layer(unit: str) -> int:
+    return next(i for i, names in enumerate(LAYERS) if unit in names)
+
+
+def _unit(module: str) -> str:
+    """The layer unit of ``alexnet.a.b``: its package or top-level module ``a``; a name that the
+    package's ``__init__`` itself defines (``alexnet.__version__``) belongs to ``__init__``."""
+    parts = module.split(".")
+    if len(parts) > 1 and ((SRC / parts[1]).is_dir() or (SRC / f"{parts[1]}.py").is_file()):
+        return parts[1]
+    return "__init__"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    package = parts[:-1]  # a module's package; for an __init__, the package itself
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            if node.module:
+                out.append((node.lineno, ".".join(base + [node.module])))
+            else:
+                out += [(node.lineno, ".".join(base + [a.name])) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alexnet"):
+            out.append((node.lineno, node.module))
+    return out
+
+
+def _violations() -> list[str]:
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = ".".join(path.relative_to(SRC.parent).with_suffix("").parts)
+        own = _unit(module)
+        for line, target in _imports(path):
+            theirs = _unit(target)
+            if theirs == own:
+                continue
+            mine, other = _layer(own), _layer(theirs)
+            if other < mine or (other == mine == APPLICATIONS):
+                continue
+            bad.append(f"{path.relative_to(SRC)}:{line} imports {target}")
+    return bad
+
+
+def test_every_module_imports_only_from_its_own_package_or_below():
+    assert _violations() == []
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check itself: a training module importing an application must be reported."""
+    bad = SRC / "training" / "_upward_probe.py"
+    bad.write_text("from ..infer import predict\n")
+    try:
+        assert _violations() == ["training/_upward_probe.py:1 imports alexnet.infer"]
+    finally:
+        bad.unlink()
+
+
+def test_import_alexnet_does_not_load_torch():
+    code = "import sys, alexnet; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("name", sorted(set(alexnet.__all__) - {"__version__"}))
+def test_every_public_name_resolves(name):
+    assert getattr(alexnet, name) is not None
+    assert name in dir(alexnet)
+
+
+def test_export_stays_the_function_after_its_module_is_imported():
+    import alexnet.exporter  # noqa: F401  (importing a submodule binds it on the package)
+
+    assert callable(alexnet.export) and alexnet.export.__module__ == "alexnet.exporter"
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        alexnet.nonesuch  # noqa: B018
