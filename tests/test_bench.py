@@ -22,6 +22,24 @@ def test_bench_reports_every_figure(image_tree, monkeypatch):
                                          "torchvision (cached): 90 ImageNet epochs (hours)"}
     # images over time for the four rows that loader processes feed (loader, end to end, cached, baseline)
     assert reducers.count(bench.throughput) == 4
+    _check_measured(result["figures"])
+    rate = {key: f["images_per_sec"] for key, f in figures.items()}
+    tv = "torchvision"
+    assert result["ratios"] == pytest.approx({f"{tv}: end-to-end / model": rate[("end-to-end", tv)] / rate[("model", tv)],
+                                              f"{tv}: cached / model": rate[("cached", tv)] / rate[("model", tv)],
+                                              f"{tv}: end-to-end / baseline": rate[("end-to-end", tv)] / next(r for (w, _), r in rate.items() if w == "baseline")})
+    hours = result["projection"][f"{tv}: 90 ImageNet epochs (hours)"]
+    assert hours * 3600 * rate[("end-to-end", tv)] == pytest.approx(90 * 1_281_167)  # ILSVRC-2012's training set
+
+
+def _check_measured(figures):
+    """Every figure was measured: a finite, positive rate over the steps asked for, and a peak memory."""
+    import math
+
+    for f in figures:
+        assert math.isfinite(f["images_per_sec"]) and f["images_per_sec"] > 0, f
+        assert f["steps"] >= 1 and f["batch_size"] >= 1, f
+        assert f["peak_memory_mib"] is None or f["peak_memory_mib"] > 0, f
 
 
 def test_training_flops_are_three_forward_passes():
@@ -33,9 +51,13 @@ def test_training_flops_are_three_forward_passes():
 
 def test_inference_bench_compares_with_the_baseline():
     result = bench_inference(batch_sizes=(1, 2), steps=1, warmup=1, log=lambda _: None)
-    names = {f["variant"] for f in result["figures"]}
-    assert "torchvision eager fp32 (baseline)" in names and "ONNX Runtime fp32 (alexnet export)" in names
-    assert len(result["figures"]) == 10 and len(result["ratios"]) == 8
+    _check_measured(result["figures"])
+    rate = {(f["batch_size"], f["variant"]): f["images_per_sec"] for f in result["figures"]}
+    baseline = "torchvision eager fp32 (baseline)"
+    assert {v for _, v in rate} >= {baseline, "alexnet eager fp32", "ONNX Runtime fp32 (alexnet export)"}
+    # one ratio per batch size and contender, each the contender's rate over the baseline's at that batch
+    expected = {f"batch {b}: {v} / baseline": r / rate[(b, baseline)] for (b, v), r in rate.items() if v != baseline}
+    assert {b for b, _ in rate} == {1, 2} and result["ratios"] == pytest.approx(expected)
 
 
 def test_bad_bench_input_fails_before_measuring(tmp_path):

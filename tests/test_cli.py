@@ -90,8 +90,10 @@ def test_every_flag_of_every_command_says_what_it_does_and_its_default():
     from alexnet.cli import build_parser
 
     parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert len(commands) == 15
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = subparsers.choices
+    described = {a.dest: a.help for a in subparsers._choices_actions}
+    assert set(described) == set(commands) and all(described.values())  # each listed in alexnet --help, with a line
     for name, p in commands.items():
         formatter = p._get_formatter()
         p.format_help()  # every help line formats (a stray % would raise here)

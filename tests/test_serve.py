@@ -6,6 +6,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -122,6 +123,21 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(serve_run,
     load = run_load(server, images, expected, concurrency=16, seconds=3)
     assert load["requests"] >= 48 and load["wrong"] == 0 and load["failed"] == 0
     assert load["mean_batch"] > 2  # gathered into shared forward passes
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_client_that_writes_its_whole_upload_first_still_reads_the_413(server, chunked):
+    """Python's urllib sends all 64 MiB before it reads: the server reads and drops the rest of a
+    refused body, so the client gets the 413 and its JSON, not a reset connection. Declared by
+    Content-Length (refused before any of it is read) or sent in chunks (refused on arrival)."""
+    body = bytes(64 * 2**20)
+    data = iter([body[i:i + 2**20] for i in range(0, len(body), 2**20)]) if chunked else body
+    request = urllib.request.Request(f"{server}/predict", data=data, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert "larger than the limit of 10 MiB" in json.loads(refused.value.read())["error"]
 
 
 def test_a_slow_client_cannot_hold_the_server(server):

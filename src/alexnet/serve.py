@@ -368,6 +368,7 @@ class BodyGuard:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            await _discard_body(receive, int(length))
             return await _send_error(send, 413, self._too_large())
         received, done = 0, False
 
@@ -383,6 +384,8 @@ class BodyGuard:
                 received += len(message.get("body", b""))
                 done = not message.get("more_body", False)
                 if received > self.limit:
+                    if not done:
+                        await _discard_body(receive, None)
                     raise Rejected(413, self._too_large())
             return message
 
@@ -394,6 +397,37 @@ class BodyGuard:
     @property
     def state(self):  # the wrapped application's state (tests, the command line)
         return self.app.state
+
+
+# Reading the rest of a refused upload before answering, as reverse proxies do (nginx's
+# lingering close): a client that writes its whole body before it reads (Python's urllib, many
+# others) would otherwise see the connection reset instead of the 413. Bounded, so that a
+# refused client cannot hold the server: at most this many bytes, this long in all, and this
+# long between two pieces; past a bound the connection closes as before.
+DISCARD_BYTES = 256 * 2**20
+DISCARD_SECONDS = 30.0
+DISCARD_GAP_SECONDS = 5.0
+
+
+async def _discard_body(receive, length: int | None) -> None:
+    """Read and drop the rest of a request body (``length``: its declared size, if any)."""
+    if length is not None and length > DISCARD_BYTES:
+        return  # too much to read: close at once
+    loop = asyncio.get_running_loop()
+    deadline, dropped = loop.time() + DISCARD_SECONDS, 0
+    while dropped <= DISCARD_BYTES:
+        wait = min(DISCARD_GAP_SECONDS, deadline - loop.time())
+        if wait <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), wait)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _send_error(send, status: int, message: str) -> None:
