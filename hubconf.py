@@ -5,8 +5,9 @@ or run directory from ``alexnet train`` / ``alexnet import-weights``, trained an
 mode, with ``model.preprocess`` (uint8 images (B, 3, S, S) at ``meta["resize"]``, e.g. from
 ``alexnet.data.folder.load_image``, to the normalised center crops the network takes:
 the preprocessing its weights were trained with) and ``model.meta`` (variant, classes,
-input size, measured accuracy). Nothing is downloaded:
-the weights are a local file you give. Keyword arguments go to ``create_model`` (e.g.
+input size, measured accuracy). ``weights=`` is a local file you give, or published weights
+by name (``alexnet_torchvision(weights="IMAGENET1K_V1")``: torchvision's file, from the torch
+hub cache or downloaded once, its hash checked). Keyword arguments go to ``create_model`` (e.g.
 ``num_classes=10``, ``norm="batch"``); with ``weights=`` they must agree with the file.
 """
 

@@ -319,7 +319,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="run directory, model.safetensors or checkpoint.pt")
+    p.add_argument("weights", help="run directory, model.safetensors, checkpoint.pt, or published weights by name "
+                   "(IMAGENET1K_V1: torchvision's, from the torch hub cache or downloaded once, hash checked)")
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -372,7 +373,8 @@ def _finetune(sub) -> None:
                                    "learning rate on the new layer, optionally frozen layers. Defaults: --epochs 10 "
                                    "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
                                    "flag applies.")
-    p.add_argument("source", metavar="WEIGHTS", help="run directory or weights file to start from")
+    p.add_argument("source", metavar="WEIGHTS", help="run directory, weights file, or published weights by name "
+                   "(IMAGENET1K_V1) to start from")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
     _add_config_flags(p)
     p.set_defaults(func=cmd_finetune)
@@ -499,7 +501,8 @@ def _import(sub) -> None:
     p = sub.add_parser("import-weights", help="convert torchvision's or Caffe's published AlexNet weights",
                        formatter_class=_Help)
     p.add_argument("source", choices=("torchvision", "caffe"), help="whose weights")
-    p.add_argument("file", help="torchvision: alexnet-owt-*.pth or .safetensors; caffe: bvlc_alexnet.caffemodel")
+    p.add_argument("file", help="torchvision: alexnet-owt-*.pth, .safetensors, or IMAGENET1K_V1 (from the torch hub "
+                   "cache, else downloaded, hash checked); caffe: bvlc_alexnet.caffemodel")
     p.add_argument("--mean", help="caffe: the mean image, imagenet_mean.binaryproto (default: Caffe's pixel mean)")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.set_defaults(func=cmd_import)

@@ -19,6 +19,7 @@ from .training.checkpoint import load_model, load_state, metadata_record, save_w
 from .classes import class_names
 from .data.transforms import Normalizer, normalized_window
 from .errors import AlexNetError
+from .models import pretrained
 from .models.registry import create_model
 
 FORMATS = ("onnx", "torch-export")
@@ -154,15 +155,18 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def import_torchvision(path: str | Path, out: str | Path) -> dict:
-    """torchvision's published ``alexnet`` weights (e.g. alexnet-owt-7be5be79.pth) -> our weights file."""
-
+    """torchvision's published ``alexnet`` weights -> our weights file: a file (e.g.
+    alexnet-owt-7be5be79.pth) or a published name ("IMAGENET1K_V1": from the hub cache, else
+    downloaded, its hash checked)."""
+    entry = pretrained.lookup(path) if not Path(path).exists() else None
+    if entry is not None:
+        path = pretrained.weights_file(entry)
     state = _read_state_dict(Path(path))
     state = {k.removeprefix("module."): v for k, v in state.items()}
     num_classes = state["classifier.6.weight"].shape[0] if "classifier.6.weight" in state else 1000
     model = create_model("torchvision", num_classes=num_classes)
     load_state(model, state, str(path))
     meta = metadata_record(model, "torchvision", class_names(num_classes), crop=224, resize=256, source=str(path),
-                           published_accuracy={"top1": 0.56522, "top5": 0.79066, "protocol": "center",
-                                               "split": "ILSVRC-2012 val", "by": "torchvision (not measured here)"})
+                           published_accuracy=pretrained.PUBLISHED["IMAGENET1K_V1"].accuracy)
     save_weights(out, model, Normalizer.channel(), meta)
     return meta

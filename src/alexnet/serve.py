@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from .models import pretrained
 from .training.checkpoint import find_weights
 from .classes import class_names
 from .data.folder import UnreadableImage, decode_image
@@ -85,8 +86,9 @@ class Model:
     def __init__(self, cfg: ServeConfig) -> None:
         from .infer import Loaded
 
-        self.path = find_weights(cfg.weights)
-        self.net = Loaded.from_path(self.path, cfg.device, cfg.precision)
+        published = pretrained.lookup(cfg.weights) if not Path(cfg.weights).exists() else None
+        self.path = pretrained.weights_file(published) if published else find_weights(cfg.weights)
+        self.net = Loaded.from_path(published.name if published else self.path, cfg.device, cfg.precision)
         meta = self.net.meta
         self.names = class_names(meta["num_classes"], meta.get("classes"))
         self.layer = self.net.model.feature_layers[-1]

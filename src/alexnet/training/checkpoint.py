@@ -31,6 +31,7 @@ from ..data.transforms import Normalizer
 from ..errors import AlexNetError
 from ..files import atomic_write
 from .rundir import RunDir
+from ..models import pretrained
 from ..models.registry import create_model
 
 CHECKPOINT_FORMAT = "alexnet-checkpoint/1"
@@ -157,8 +158,11 @@ def load_model(path: str | Path, variant: str | None = None, num_classes: int | 
     """Rebuild a trained network from a run directory, checkpoint or weights file.
 
     Returns ``(model in eval mode, Normalizer, metadata)``. ``variant`` and
-    ``num_classes``, when given, must match what the file holds.
+    ``num_classes``, when given, must match what the file holds. A published name that is not
+    a file here ("IMAGENET1K_V1") loads those weights (``models.pretrained``).
     """
+    if not Path(path).exists() and pretrained.lookup(path) is not None:
+        return load_published(path, variant, num_classes)
     p = find_weights(path)
     if p.suffix == ".safetensors":
         state, norm, meta = read_weights(p)
@@ -172,3 +176,17 @@ def load_model(path: str | Path, variant: str | None = None, num_classes: int | 
     model = create_model(meta["variant"], meta["num_classes"], **meta.get("model_kwargs", {}))
     load_state(model, state, str(p))
     return model.eval(), Normalizer.from_state_dict(norm), meta
+
+
+def load_published(name, variant: str | None = None, num_classes: int | None = None):
+    """Published weights as ``load_model`` returns a file's: the model in eval mode, the
+    normaliser they were trained with, and a metadata record (ImageNet's class names, the
+    evaluation crop, the accuracy as published)."""
+    from ..classes import class_names
+
+    entry = pretrained.require(name)
+    model = create_model(variant or entry.variant, num_classes or entry.num_classes, weights=entry.name)
+    meta = metadata_record(model, entry.variant, class_names(entry.num_classes), crop=entry.crop,
+                           resize=entry.resize, source=f"{entry.name} ({entry.url})",
+                           published_accuracy=entry.accuracy)
+    return model.eval(), Normalizer.channel(), meta

@@ -64,7 +64,8 @@ class ModelConfig:
                            "networks: their layer file's), zero-bias (the same, biases 0), caffe (biases 0.1, fc6/7 "
                            "std 0.005), torchvision (PyTorch's layer defaults)",
                    ("auto", "kaiming", "paper", "zero-bias", "caffe", "torchvision"))
-    weights: str = _f("", "start from these trained weights (fine-tuning); fc8 is replaced when the class "
+    weights: str = _f("", "start from these trained weights (a run, a weights file, or a published name such as "
+                          "IMAGENET1K_V1); fc8 is replaced when the class "
                           "count differs, and the weights' variant, input size and normaliser are used")
     freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
                      ("none", "features", "all-but-fc8"))
