@@ -2,7 +2,7 @@
 
 import pytest
 
-from alexnet.bench import bench_inference, run, train_flops_per_image
+from alexnet.bench import BenchConfig, bench_inference, run, train_flops_per_image
 
 
 def test_bench_reports_every_figure(image_tree, monkeypatch):
@@ -10,8 +10,8 @@ def test_bench_reports_every_figure(image_tree, monkeypatch):
 
     reducers, real = [], bench.time_steps
     monkeypatch.setattr(bench, "time_steps", lambda *a, **kw: reducers.append(kw.get("reduce")) or real(*a, **kw))
-    result = run(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
-                 images=str(image_tree), workers=0, cache="host", log=lambda _: None)
+    result = run(BenchConfig(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
+                             images=str(image_tree), workers=0, cache="host"), log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
     assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "cached", "baseline"}
     assert figures[("model", "torchvision")]["settings"]["precision"] == "float32"
@@ -69,7 +69,7 @@ def test_bad_bench_input_fails_before_measuring(tmp_path):
                             (dict(packed=str(tmp_path)), "not a packed dataset"),
                             (dict(gpu_decode=True), "--gpu-decode needs packed data")]:
         with pytest.raises(AlexNetError, match=message):
-            run(["torchvision"], device="cpu", log=lambda _: None, **kwargs)
+            run(BenchConfig(["torchvision"], device="cpu", **kwargs), log=lambda _: None)
     with pytest.raises(AlexNetError, match="--warmup must not be negative"):
         bench_inference(warmup=-1, log=lambda _: None)
 

@@ -16,7 +16,7 @@ from alexnet.data.loader import Request, TensorBatches, build
 from alexnet.data.transforms import Normalizer, TrainAugment
 from alexnet.models.lrn import local_response_norm
 from alexnet.training.runtime import Runtime
-from alexnet.training.train import LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
+from alexnet.training.train import Learner, LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
 from conftest import write_tree
 
 pytestmark = pytest.mark.gpu
@@ -126,9 +126,10 @@ def test_training_steps_do_not_wait_for_the_host():
     opt, schedule, scaler = build_optimizer(model, cfg), LRSchedule(cfg, len(batches)), make_scaler(rt)
     augment = TrainAugment(Normalizer.mean_image(torch.full((3, 76, 76), 0.5)).to(CUDA), 67)
 
+    learner = Learner(model, opt, schedule, scaler, augment, rt)
+
     def epoch(e):
-        return train_one_epoch(model, batches, augment, opt, schedule, e, rt,
-                               torch.Generator(device=CUDA).manual_seed(e), scaler, progress=False)
+        return train_one_epoch(learner, batches, e, torch.Generator(device=CUDA).manual_seed(e), progress=False)
 
     epoch(0)  # warm-up: cuDNN's algorithm search may synchronise
     torch.cuda.set_sync_debug_mode("warn")

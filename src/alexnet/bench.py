@@ -398,19 +398,37 @@ def _derived(figures: list[Figure], variants: list[str]) -> dict[str, dict[str, 
     return {"ratios": ratios, "decode_cores": cores, "projection": projection}
 
 
-def run(variants: list[str], device: str = "auto", precision: str = "auto", channels_last: str = "auto",
-        compile: bool = False, batch_size: int = 0, steps: int = 0, warmup: int = 0, images: str | None = None,
-        packed: str | None = None, workers: int = -1, gpu_decode: bool = False, baseline: bool = True,
-        model_parallel: str = "", cache: str = "none", log: Callable[[str], None] = print) -> dict:
-    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}, ...}.
-    With ``model_parallel`` (two devices, or 'auto'), the ``paper`` network runs split in two towers."""
-    _check_inputs(variants, model_parallel, images, packed, gpu_decode, batch_size=batch_size, steps=steps,
-                  warmup=warmup)
-    rt = resolve_runtime(TrainConfig(device=device, precision=precision, channels_last=channels_last,
-                                     model_parallel=model_parallel))
+@dataclass
+class BenchConfig:
+    """What ``alexnet bench`` measures and how (its flags; 0 and -1 mean the device's default)."""
+
+    variants: tuple[str, ...] = ("paper", "torchvision")
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    batch_size: int = 0  # 256 on a GPU, 64 on the CPU
+    steps: int = 0  # 50 on a GPU, 5 on the CPU
+    warmup: int = 0  # 10 on a GPU, 2 on the CPU
+    images: str | None = None  # a class-per-folder tree: the loader, end-to-end and baseline rows
+    packed: str | None = None  # a packed dataset: the same rows from its shards
+    workers: int = -1
+    gpu_decode: bool = False
+    baseline: bool = True  # the plain PyTorch recipe on the same images
+    model_parallel: str = ""  # two devices, or 'auto': the paper network split in two towers
+    cache: str = "none"
+
+
+def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the benchmarks; returns {"device", "settings", "figures": [...], "ratios": {...}, ...}."""
+    variants, images, packed, baseline = list(cfg.variants), cfg.images, cfg.packed, cfg.baseline
+    _check_inputs(variants, cfg.model_parallel, images, packed, cfg.gpu_decode, batch_size=cfg.batch_size,
+                  steps=cfg.steps, warmup=cfg.warmup)
+    rt = resolve_runtime(TrainConfig(device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
+                                     model_parallel=cfg.model_parallel))
     cuda = rt.device.type == "cuda"
-    plan = _Plan(rt, variants, batch_size or (256 if cuda else 64), steps or (50 if cuda else 5),
-                 warmup or (10 if cuda else 2), resolve_workers(workers), compile, gpu_decode, cache)
+    plan = _Plan(rt, variants, cfg.batch_size or (256 if cuda else 64), cfg.steps or (50 if cuda else 5),
+                 cfg.warmup or (10 if cuda else 2), resolve_workers(cfg.workers), cfg.compile, cfg.gpu_decode, cfg.cache)
     figures: list[Figure] = []
 
     def add(fig: Figure) -> None:

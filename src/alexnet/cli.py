@@ -137,18 +137,15 @@ def _verify_packed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_inference, run
+    from .bench import BenchConfig, bench_inference, run
 
     log = (lambda _: None) if args.json else print
     if args.inference:
         result = bench_inference(steps=args.steps, warmup=args.warmup, log=log)
     else:
         variants = args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"])
-        result = run(variants, device=args.device, precision=args.precision,
-                     channels_last=args.channels_last, compile=args.compile, batch_size=args.batch_size,
-                     steps=args.steps, warmup=args.warmup, images=args.images, packed=args.packed,
-                     workers=args.workers, gpu_decode=args.gpu_decode, baseline=args.baseline,
-                     model_parallel=args.model_parallel, cache=args.cache, log=log)
+        fields = {k: v for k, v in vars(args).items() if k in BenchConfig.__dataclass_fields__}
+        result = run(BenchConfig(**{**fields, "variants": tuple(variants)}), log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

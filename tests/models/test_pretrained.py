@@ -122,7 +122,6 @@ def test_names_and_networks_that_do_not_fit_are_clear_errors(fake):
 
 def test_commands_take_the_published_name_where_they_take_weights(fake, tmp_path, capsys):
     state, _, _ = fake
-    from alexnet.data.folder import load_image  # noqa: F401  (the predict path reads real images)
     from PIL import Image
     from skimage import data as skdata
 

@@ -161,7 +161,7 @@ def _empty_batch_worker(rank, init_file, out_dir):
     from alexnet.data.loader import Batch
     from alexnet.data.transforms import Normalizer, TrainAugment
     from alexnet.training.runtime import Runtime
-    from alexnet.training.train import LRSchedule, build_optimizer, make_scaler, train_one_epoch
+    from alexnet.training.train import Learner, LRSchedule, build_optimizer, make_scaler, train_one_epoch
 
     # a short timeout: a rank that skips a step leaves the other waiting in its all-reduce
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
@@ -178,9 +178,9 @@ def _empty_batch_worker(rank, init_file, out_dir):
         items = [empty, full[1]] if rank == 1 else full  # rank 1's first batch was all unreadable
         rt = Runtime(torch.device("cpu"), None, False, distributed.Env(rank, rank, 2))
         cfg = OptimConfig(lr=0.01, epochs=1)
-        stats = train_one_epoch(ddp, _Fixed(items), TrainAugment(Normalizer.channel(), 67, False, False, 0.0),
-                                build_optimizer(model, cfg), LRSchedule(cfg, 2), 0, rt, torch.Generator(),
-                                make_scaler(rt), progress=False)
+        learner = Learner(ddp, build_optimizer(model, cfg), LRSchedule(cfg, 2), make_scaler(rt),
+                          TrainAugment(Normalizer.channel(), 67, False, False, 0.0), rt)
+        stats = train_one_epoch(learner, _Fixed(items), 0, torch.Generator(), progress=False)
         torch.save({"weights": model.state_dict(), "stats": stats}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -267,3 +267,20 @@ def test_new_networks_train_save_and_come_back(tmp_path, fmnist_dir, flags, kind
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     if kind == "BatchNorm2d":
         assert meta["model_kwargs"]["norm"] == "batch" and not torch.all(model.features.bn1.running_mean == 0)
+
+
+def test_the_configuration_is_resolved_once_and_the_callers_is_left_alone(trained_run, tmp_path, fmnist_dir):
+    """Fine-tuning from weights: the run takes the weights' network and sizes, the networks'
+    defaults and the data's class count, and records exactly that; the config the caller
+    passed in is not touched (it once was, field by field, while the run started)."""
+    from alexnet.training.config import to_dict
+    from alexnet.training.rundir import RunDir
+
+    cfg = tiny_config(tmp_path / "tuned", variant="torchvision", resize=0, crop=0, epochs=1, limit_train=64,
+                      weights=str(trained_run), fashion_mnist_dir=fmnist_dir)
+    before = to_dict(cfg)
+    fit(cfg)
+    assert to_dict(cfg) == before
+    saved = RunDir(tmp_path / "tuned").read_config()
+    assert (saved["model"]["variant"], saved["data"]["resize"], saved["data"]["crop"]) == ("paper", 76, 67)
+    assert saved["model"]["num_classes"] == 10 and saved["model"]["dropout"] == 0.5  # the data's; the network's own

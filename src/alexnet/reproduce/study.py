@@ -335,7 +335,7 @@ def _check_same_setting(run: Path, cfg: TrainConfig) -> None:
     saved = RunDir(run).read_config()
     if saved is None:
         return
-    want, have = to_dict(resolve_defaults(cfg)), to_dict(from_dict(saved))
+    want, have = to_dict(resolve_defaults(cfg)), to_dict(resolve_defaults(from_dict(saved)))
     diff = [f"{k}.{f}: {have.get(k, {}).get(f)!r} here, {v!r} now" for k in ("model", "data", "optim")
             for f, v in want[k].items() if f in have.get(k, {}) and have[k][f] != v
             and f not in ("workers", "num_classes")]  # run-time choices, and what the data decide

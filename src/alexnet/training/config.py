@@ -265,12 +265,32 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     o.lr = net.DEFAULT_LR if o.lr == 0 else o.lr
     o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
     m.dropout = net.DEFAULT_DROPOUT if m.dropout == -1 else m.dropout
+    d.crop = d.crop or net.info.input_size
     if m.pool5_grid == 0 and m.variant in ("paper", "paper-half", "torchvision"):
         from ..models.alexnet import pool5_size
 
-        crop = d.crop or net.info.input_size
         paper = m.variant != "torchvision"  # torchvision's pools are fixed: 3x3/2, floor
-        m.pool5_grid = pool5_size(m.variant, crop, m.overlap_pool or not paper, m.ceil_pool and paper)
+        m.pool5_grid = pool5_size(m.variant, d.crop, m.overlap_pool or not paper, m.ceil_pool and paper)
+    return out
+
+
+def adopt_weights(cfg: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` that agrees with the weights it starts from (fine-tuning): their
+    network, input sizes and structure; dropout and everything else stay the run's choice."""
+    out = from_dict(to_dict(cfg))
+    out.model.variant = meta["variant"]
+    out.data.resize, out.data.crop = meta["resize"], meta["input_size"]
+    adopt_model_options(out.model, meta.get("model_kwargs", {}))
+    return out
+
+
+def adopt_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
+    """A copy of ``cfg`` with the class count the data have (``--num-classes 0``), or an error
+    when the flag says otherwise."""
+    if cfg.model.num_classes not in (0, len(classes)):
+        raise AlexNetError(f"--num-classes {cfg.model.num_classes} does not match the data's {len(classes)} classes")
+    out = from_dict(to_dict(cfg))
+    out.model.num_classes = len(classes)
     return out
 
 
@@ -385,9 +405,3 @@ def adopt_model_options(m: ModelConfig, options: dict[str, Any]) -> None:
     m.towers = options.get("towers", 1)
     m.lrn_k = options.get("lrn_k", m.lrn_k)
     m.lrn_span = options.get("lrn_span", "all")  # files from before the option normalised over all maps
-
-
-def crop_size(cfg: TrainConfig) -> int:
-    from ..models.registry import variant_info
-
-    return cfg.data.crop or variant_info(cfg.model.variant).input_size

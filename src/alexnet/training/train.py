@@ -29,7 +29,7 @@ from ..models import fastconv
 from .board import Board
 from .checkpoint import (load_checkpoint, load_model, load_state, metadata_record,
                          save_checkpoint, save_weights, unwrap)
-from .config import (OptimConfig, TrainConfig, adopt_model_options, apply_overrides, crop_size, from_dict,
+from .config import (OptimConfig, TrainConfig, adopt_classes, adopt_weights, apply_overrides, from_dict,
                      milestones, model_options, resolve_defaults, to_dict, validate)
 from ..data import loader as data_loader
 from ..data.transforms import EvalCrops, Normalizer, TrainAugment
@@ -259,27 +259,40 @@ class EpochState:
                    list(d["skipped_files"]), d["elapsed"], d.get("nonfinite", 0))
 
 
-def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: TrainAugment,
-                    optimizer: torch.optim.Optimizer, schedule: LRSchedule, epoch: int, rt: Runtime,
-                    generator: torch.Generator, scaler: torch.amp.GradScaler, progress: bool = True,
-                    log_every: float = 30.0, trace: bool = False, state: EpochState | None = None,
-                    after_step: Callable[[EpochState], None] | None = None, skip_nonfinite: int = 0,
-                    step_fn: Callable = None) -> dict:
+@dataclass
+class Learner:
+    """What every training step uses, built once per run: the network as the loop calls it
+    (under DDP and torch.compile), its optimiser, schedule and loss scaler, the augmentation,
+    the runtime, and how a step runs. ``skip_nonfinite`` N > 0: a batch whose loss is not finite
+    is skipped (the weights untouched), up to N an epoch. ``step_fn``: ``train_step`` or its
+    CUDA-graphed replay (``graphs.GraphedStep``)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    augment: TrainAugment
+    rt: Runtime
+    step_fn: Callable = train_step
+    skip_nonfinite: int = 0
+
+
+def train_one_epoch(learner: Learner, batches: data_loader.Batches, epoch: int, generator: torch.Generator,
+                    state: EpochState | None = None, after_step: Callable[[EpochState], None] | None = None,
+                    trace: bool = False, progress: bool = True, log_every: float = 30.0) -> dict:
     """One pass over ``batches``, from ``state``'s step when resuming inside the epoch; with
     ``trace`` the record also holds every step's training loss and error (``trace_loss``,
     ``trace_error``: the curves of the paper's Fig. 1). ``after_step(state)`` runs after
-    every step (mid-epoch checkpoints, stopping on a signal). ``skip_nonfinite`` N > 0: a batch
-    whose loss is not finite is skipped (the weights untouched), up to N an epoch. ``step_fn``:
-    ``train_step`` or its CUDA-graphed replay (``graphs.GraphedStep``)."""
-    model.train()
+    every step (mid-epoch checkpoints, stopping on a signal)."""
+    rt = learner.rt
+    learner.model.train()
     state = state or EpochState.fresh(len(batches), trace, rt.device)
     batches.set_epoch(epoch, state.step)
     bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
     bar.count = state.step
     start = time.perf_counter() - state.elapsed
     for batch in batches:
-        _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state, skip_nonfinite,
-                  step_fn or train_step)
+        _one_step(learner, batch, epoch, generator, state)
         state.step += 1
         if state.step % 10 == 0 or state.step == len(batches):
             state.check_finite(epoch)
@@ -293,27 +306,27 @@ def train_one_epoch(model: nn.Module, batches: data_loader.Batches, augment: Tra
             after_step(state)
     bar.close()
     return (_epoch_stats(state.sums, state.images, state.skipped, state.skipped_files, start, epoch, rt)
-            | _trace(state.trace) | ({"nonfinite_skipped": state.nonfinite} if skip_nonfinite else {}))
+            | _trace(state.trace) | ({"nonfinite_skipped": state.nonfinite} if learner.skip_nonfinite else {}))
 
 
-def _one_step(model, batch, augment, optimizer, schedule, epoch, rt, generator, scaler, state: EpochState,
-              skip_nonfinite: int = 0, step_fn: Callable = train_step) -> None:
+def _one_step(learner: Learner, batch, epoch: int, generator: torch.Generator, state: EpochState) -> None:
+    model, optimizer, scaler, rt = learner.model, learner.optimizer, learner.scaler, learner.rt
     step = state.step
     state.skipped += len(batch.skipped)
     state.skipped_files += batch.skipped[: 10 - len(state.skipped_files)]
-    set_lr(optimizer, schedule.lr(epoch, step))
+    set_lr(optimizer, learner.schedule.lr(epoch, step))
     if batch.labels.numel() == 0:
         if distributed.is_active():
-            _idle_step(model, optimizer, scaler, rt, augment.crop)
+            _idle_step(model, optimizer, scaler, rt, learner.augment.crop)
         return
-    x = rt.prepare(augment(batch.images, generator))  # (B, 3, crop, crop)
-    if skip_nonfinite:
+    x = rt.prepare(learner.augment(batch.images, generator))  # (B, 3, crop, crop)
+    if learner.skip_nonfinite:
         loss, logits, applied = guarded_step(model, optimizer, scaler, rt, x, batch.labels)
         if not applied:
-            _skip_nonfinite(state, epoch, step, skip_nonfinite, rt)
+            _skip_nonfinite(state, epoch, step, learner.skip_nonfinite, rt)
             return
     else:
-        loss, logits = step_fn(model, optimizer, scaler, rt, x, batch.labels)
+        loss, logits = learner.step_fn(model, optimizer, scaler, rt, x, batch.labels)
     state.bad = torch.where((state.bad < 0) & ~torch.isfinite(loss), step, state.bad)  # no host sync
     state.images += batch.labels.numel()
     step_stats = torch.stack([loss.double() * batch.labels.numel(), (logits.argmax(1) == batch.labels).sum()])
@@ -380,20 +393,6 @@ def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tupl
     return cfg, ckpt
 
 
-def _start_from(cfg: TrainConfig) -> tuple[nn.Module, Normalizer]:
-    """Load ``cfg.model.weights`` (fine-tuning) and make the config agree with them:
-    variant, input sizes and network structure come from the weights."""
-    model, normalizer, meta = load_model(cfg.model.weights)
-    cfg.model.variant = meta["variant"]
-    cfg.data.resize, cfg.data.crop = meta["resize"], meta["input_size"]
-    adopt_model_options(cfg.model, meta.get("model_kwargs", {}))
-    dropout = resolve_defaults(cfg).model.dropout  # the network's own where not given
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = dropout
-    return model, normalizer
-
-
 def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
     if resumed or overwrite:
         return
@@ -404,6 +403,37 @@ def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
                            "or pass --overwrite or another --out")
 
 
+@dataclass
+class Start:
+    """What a run starts from, resolved once before anything is built (``resolve``)."""
+
+    cfg: TrainConfig  # final: the run records it, and nothing changes it afterwards
+    ckpt: dict | None  # the checkpoint a resumed run continues from
+    pretrained: tuple[nn.Module, Normalizer] | None  # the weights a fine-tuning run starts from
+    rt: Runtime
+    splits: data_loader.Splits
+
+
+def resolve(cfg: TrainConfig, resume: bool, overrides: dict | None, overwrite: bool) -> Start:
+    """The configuration in one pass, each step on a copy: a resumed run's own (with
+    ``overrides``); then what the weights it starts from fix (network, sizes, structure); then
+    the networks' defaults; every flag checked before any data are read; then the data, which
+    fix the class count."""
+    cfg, ckpt = _prepare_run(cfg, resume, overrides)
+    pretrained = None
+    if cfg.model.weights and ckpt is None:
+        model, normalizer, meta = load_model(cfg.model.weights)
+        cfg, pretrained = adopt_weights(cfg, meta), (model, normalizer)
+    cfg = resolve_defaults(cfg)
+    validate(cfg)
+    rt = resolve_runtime(cfg)
+    if cfg.cuda_graphs and (rt.device.type != "cuda" or rt.env.world > 1):
+        raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
+    _check_out(Path(cfg.out), ckpt is not None, overwrite)
+    splits = _splits(cfg, rt)
+    return Start(adopt_classes(cfg, splits.classes), ckpt, pretrained, rt, splits)
+
+
 def _splits(cfg: TrainConfig, rt: Runtime) -> data_loader.Splits:
     d, o = cfg.data, cfg.optim
     req = data_loader.Request(splits=("train", "val"), batch_size=o.batch_size, holdout=d.holdout,
@@ -412,11 +442,8 @@ def _splits(cfg: TrainConfig, rt: Runtime) -> data_loader.Splits:
                               fashion_mnist_dir=d.fashion_mnist_dir or None)
     splits = data_loader.build(d.data, d.resize, rt.device, req)
     if len(splits.train) == 0:
+        splits.close()
         raise AlexNetError(f"too few training images for one batch of {o.batch_size}")
-    num_classes = cfg.model.num_classes or len(splits.classes)
-    if num_classes != len(splits.classes):
-        raise AlexNetError(f"--num-classes {num_classes} does not match the data's {len(splits.classes)} classes")
-    cfg.model.num_classes = num_classes
     return splits
 
 
@@ -443,6 +470,9 @@ def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
     torch.manual_seed(cfg.seed)
     if pretrained is not None:
         model, normalizer = pretrained
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = cfg.model.dropout  # a training choice: the run's, not the weights'
         if model.num_classes != cfg.model.num_classes:
             model.reset_classifier(cfg.model.num_classes)  # a new fc8 for the new classes
     else:
@@ -484,17 +514,11 @@ class Run:
     ``model`` is the plain network (what is saved); ``train_model`` what the loop calls (under
     DDP and torch.compile); ``position`` where a mid-epoch checkpoint left ``start_epoch``."""
 
-    def __init__(self, cfg: TrainConfig, ckpt: dict | None, overwrite: bool) -> None:
-        pretrained = _start_from(cfg) if cfg.model.weights and ckpt is None else None
-        cfg = resolve_defaults(cfg)
-        validate(cfg)
-        self.cfg, self.rt, self.out, self.resumed = cfg, resolve_runtime(cfg), Path(cfg.out), ckpt is not None
-        self.rundir = RunDir(self.out)
-        if cfg.cuda_graphs and (self.rt.device.type != "cuda" or self.rt.env.world > 1):
-            raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
-        _check_out(self.out, self.resumed, overwrite)
-        self.splits = _splits(cfg, self.rt)
-        model, self.normalizer = _model(cfg, self.splits, ckpt, pretrained)
+    def __init__(self, start: Start) -> None:
+        cfg, ckpt = start.cfg, start.ckpt
+        self.cfg, self.rt, self.splits, self.resumed = cfg, start.rt, start.splits, ckpt is not None
+        self.out, self.rundir = Path(cfg.out), RunDir(cfg.out)
+        model, self.normalizer = _model(cfg, self.splits, ckpt, start.pretrained)
         self.model = fastconv.use(_place(model, self.rt), cfg.tower_conv, cfg.conv1, cfg.pools)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
@@ -502,16 +526,14 @@ class Run:
         if ckpt is not None:
             self._load_state(ckpt)
         self.train_model = _wrap(self.model, cfg, self.rt)
-        self.meta_base = dict(variant=cfg.model.variant, classes=self.splits.classes, crop=crop_size(cfg),
+        self.meta_base = dict(variant=cfg.model.variant, classes=self.splits.classes, crop=cfg.data.crop,
                               resize=cfg.data.resize)
-        dev_norm = self.normalizer.to(self.rt.device)
-        d = cfg.data
-        self.augment = TrainAugment(dev_norm, crop_size(cfg), d.random_crop, d.flip, d.lighting, self.rt.dtype,
-                                    self.rt.channels_last)
-        self.center = EvalCrops(dev_norm, crop_size(cfg), ten_crop=False)
-        self.final_crops = EvalCrops(dev_norm, crop_size(cfg), ten_crop=cfg.ten_crop)
-        self.scaler = make_scaler(self.rt)
-        self.step_fn = GraphedStep(train_step) if cfg.cuda_graphs else train_step
+        d, norm = cfg.data, self.normalizer.to(self.rt.device)
+        augment = TrainAugment(norm, d.crop, d.random_crop, d.flip, d.lighting, self.rt.dtype, self.rt.channels_last)
+        self.learner = Learner(self.train_model, self.optimizer, self.schedule, make_scaler(self.rt), augment, self.rt,
+                               GraphedStep(train_step) if cfg.cuda_graphs else train_step, cfg.optim.skip_nonfinite)
+        self.center = EvalCrops(norm, d.crop, ten_crop=False)
+        self.final_crops = EvalCrops(norm, d.crop, ten_crop=cfg.ten_crop)
         self.board: Board | None = None  # TensorBoard (--tensorboard), opened with the run directory
 
     def _load_state(self, ckpt: dict) -> None:
@@ -544,7 +566,7 @@ class Run:
 
     def _announce(self) -> None:
         cfg, rt, d = self.cfg, self.rt, self.cfg.data
-        crop = crop_size(cfg)
+        crop = d.crop
         where = ", ".join(map(str, rt.towers)) + " (two towers)" if rt.towers else str(rt.device)
         if self.position:
             state = f"resuming in epoch {self.start_epoch + 1} after step {self.position['ranks'][0]['state']['step']}"
@@ -565,10 +587,9 @@ class Run:
         state = self._restore(generator) if self.position else None
         self.position = None
         lr = self.schedule.lr(epoch, 0)
-        stats = train_one_epoch(self.train_model, self.splits.train, self.augment, self.optimizer, self.schedule,
-                                epoch, rt, generator, self.scaler, log_every=cfg.log_every, trace=cfg.trace_steps,
-                                state=state, after_step=lambda st: self._after_step(epoch, generator, st, cadence),
-                                skip_nonfinite=cfg.optim.skip_nonfinite, step_fn=self.step_fn)
+        stats = train_one_epoch(self.learner, self.splits.train, epoch, generator, state=state,
+                                after_step=lambda st: self._after_step(epoch, generator, st, cadence),
+                                trace=cfg.trace_steps, log_every=cfg.log_every)
         val = self.validate(self.center)
         dropped = self.schedule.end_epoch(val.top1_error)
         record = {"epoch": epoch + 1, "lr": lr, **stats, "val_loss": val.loss, "val_top1": val.top1,
@@ -694,8 +715,8 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     """
-    cfg, ckpt = _prepare_run(cfg, resume, overrides)
-    run = Run(cfg, ckpt, overwrite)
+    run = Run(resolve(cfg, resume, overrides, overwrite))
+    cfg = run.cfg
     run.open()
     last_val = None
     try:
