@@ -47,7 +47,7 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     # The run's seed: with --limit, the training images a folder run drew are the ones evaluated.
     req = data_loader.Request(splits=(), batch_size=batch_size, holdout=config.get("data", {}).get("holdout", -1),
                               seed=config.get("seed", 0),
-                              limit_train=limit, limit_val=limit, workers=workers,
+                              limit_train=limit, limit_val=limit, workers=workers, train_in_order=True,
                               fashion_mnist_dir=fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None)
     splits = data_loader.build(data, meta["resize"], dev,
                                dataclasses.replace(req, splits=("test" if split == "auto" else split,)))
@@ -57,7 +57,6 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
             splits = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=("val",)))
     _check_classes(data, splits.classes, meta["classes"])
     batches = splits.get(split)
-    batches.shuffle, batches.drop_last = False, False  # every image once, also of the training split
     model.to(dev)
     try:
         return evaluate(model, batches, EvalCrops(normalizer.to(dev), meta["input_size"], ten_crop), split=split,
@@ -111,7 +110,7 @@ def iterate_images(paths: list[str], size: int, batch_size: int, workers: int, d
     on stderr with the reason, and added (printable) to ``skipped`` when given."""
     workers = min(resolve_workers(workers), max(len(paths) // batch_size, 0))  # no more than batches
     loader = torch.utils.data.DataLoader(_Paths(paths, size), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=data_loader._collate)
+                                         collate_fn=data_loader.collate_images)
     bar = Progress(len(paths), desc, enabled=progress, log_every=10)
     for images, index, unreadable in loader:
         for path, why in unreadable:

@@ -16,6 +16,7 @@ accepting connections, finishes the requests in flight, then exits (uvicorn's sh
 
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -161,6 +162,16 @@ class Batcher:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
+    @contextlib.contextmanager
+    def arrival(self):
+        """Count a request as arriving (being read or decoded) while the block runs: the batch
+        being gathered waits for it rather than leave at once."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
     async def submit(self, item: Any) -> tuple[Any, int]:
         future = asyncio.get_running_loop().create_future()
         try:
@@ -287,7 +298,6 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
               summary="where the top class's evidence lies (Grad-CAM at the last stage) and each stage's most "
                       "active maps, as PNG data URLs; ?image=NAME returns that picture as a PNG")
     async def explain_image(request: Request, image: str | None = None):
-        import asyncio
         import base64
 
         names = [f"gradcam_{model.stages[-1]}", *(f"maps_{s}" for s in model.stages)]
@@ -333,11 +343,8 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
 
 async def _arriving(batcher: Batcher, request, size: int) -> torch.Tensor:
     """The request's image, counted as arriving for ``batcher`` while it is read and decoded."""
-    batcher.arriving += 1
-    try:
+    with batcher.arrival():
         return await _image(request, size)
-    finally:
-        batcher.arriving -= 1
 
 
 async def _image(request, size: int) -> torch.Tensor:

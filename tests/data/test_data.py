@@ -180,3 +180,18 @@ def test_each_seed_draws_its_own_limited_training_set(fmnist_dir):
     (a, va), (b, vb), (c, _) = pick(0), pick(1), pick(0)
     assert len(a) == len(b) == 500 and torch.equal(a, c) and not torch.equal(a, b)
     assert torch.equal(va, vb)
+
+
+def test_the_mean_image_pass_reads_every_image_and_leaves_the_training_passes_alone():
+    """The mean image reads its own fixed order, every image (no batch dropped), even when the
+    split sits inside an epoch; the next training pass is the one it would have been."""
+    from alexnet.data.loader import TensorBatches, image_sum
+
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 8, 8).contiguous()
+    batches = TensorBatches(images, torch.arange(10), 8, batch_size=4, shuffle=True, drop_last=True,
+                            device=torch.device("cpu"))
+    batches.set_epoch(3, start=1)
+    expected = [b.labels.tolist() for b in batches]
+    total, count = image_sum(batches, 100)
+    assert count == 10 and total[0, 0, 0].item() == sum(range(10))
+    assert [b.labels.tolist() for b in batches] == expected and len(expected) == 1

@@ -157,8 +157,8 @@ def test_device_decode_path_delivers_the_same_batches(tree, tmp_path):
     from alexnet.data.loader import PackedBatches
 
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
-    split = packed.PackedSplit(tmp_path / "dst", "train")
-    b = PackedBatches(split, 2, True, batch_size=4, shuffle=True, drop_last=True, device=torch.device("cpu"),
+    split = packed.PackedSplit(tmp_path / "dst", "train", decode_later=True)
+    b = PackedBatches(split, 2, batch_size=4, shuffle=True, drop_last=True, device=torch.device("cpu"),
                       seed=3)
     b.set_epoch(1)
     chunks = b._chunks()
@@ -179,8 +179,8 @@ def test_a_batch_of_encoded_images_crosses_from_a_worker_as_one_buffer(tree, tmp
     from alexnet.data.loader import PackedBatches
 
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
-    split = packed.PackedSplit(tmp_path / "dst", "train")
-    b = PackedBatches(split, 1, True, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
+    split = packed.PackedSplit(tmp_path / "dst", "train", decode_later=True)
+    b = PackedBatches(split, 1, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
     (data, offsets), labels = next(iter(b.loader))
     b.close()
     assert data.dtype == torch.uint8 and data.dim() == 1 and offsets.tolist()[0] == 0 and len(offsets) == 5
@@ -200,7 +200,7 @@ def test_device_decoding_runs_in_its_own_thread_one_batch_ahead_of_the_step(tree
     from alexnet.data.loader import PackedBatches
 
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
-    split = packed.PackedSplit(tmp_path / "dst", "train")
+    split = packed.PackedSplit(tmp_path / "dst", "train", decode_later=True)
     events, real = [], torchvision.io.decode_jpeg
 
     def decode(views, **kw):
@@ -208,7 +208,7 @@ def test_device_decoding_runs_in_its_own_thread_one_batch_ahead_of_the_step(tree
         return real(views, **kw)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", decode)
-    b = PackedBatches(split, 0, True, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
+    b = PackedBatches(split, 0, batch_size=4, shuffle=False, drop_last=True, device=torch.device("cpu"))
     submit = b.decoder.pool.submit
     b.decoder.pool.submit = lambda *a: (events.append(("submit", None)), submit(*a))[1]
     for _ in b:

@@ -76,7 +76,8 @@ def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: to
                       device=device if where == "gpu" else "cpu", pin_memory=where == "host" and
                       torch.cuda.is_available())
     chunks = [c.tolist() for c in indices.split(batch)]
-    split.decode_later = False
+    if split.decode_later:
+        raise AlexNetError("the cache decodes on the CPU: give it a split that does not decode later")
     loader = _worker_loader(_Owner(device), split, workers, sampler=chunks, batch_size=None)
     at = 0
     try:

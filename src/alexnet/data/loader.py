@@ -13,6 +13,7 @@ its own shard of that order.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,16 @@ class Batches:
         an uninterrupted pass would have yielded from there."""
         self.epoch, self.start = epoch, start
 
+    def one_pass(self, shuffle: bool, epoch: int) -> Iterator[Batch]:
+        """Every image once (no batch dropped), in ``epoch``'s order, leaving the training passes'
+        settings and position as they were: a fixed order of the split's own (the mean image)."""
+        saved = (self.shuffle, self.drop_last, self.epoch, self.start)
+        self.shuffle, self.drop_last, self.epoch, self.start = shuffle, False, epoch, 0
+        try:
+            yield from iter(self)
+        finally:
+            self.shuffle, self.drop_last, self.epoch, self.start = saved
+
     def _order(self) -> torch.Tensor:
         order = epoch_order(self.num_images, self.shuffle, self.seed, self.epoch, self.rank, self.world)
         return order if self.indices is None else self.indices[order]
@@ -133,7 +144,7 @@ class TensorBatches(Batches):
             yield Batch(resize_batch(self.images[idx], self.size), self.labels[idx])
 
 
-def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
+def collate_images(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
     """Stack the (image, label, path) items that hold an image; the others hold the reason their
     file was skipped (a str), returned as (printable path, reason) pairs."""
     good = [(img, label) for img, label, _ in items if not isinstance(img, str)]
@@ -177,7 +188,7 @@ class FolderBatches(Batches):
     def __init__(self, dataset: ImageFolder, workers: int, **kw) -> None:
         super().__init__(len(dataset), **kw)
         self.dataset = dataset
-        self.loader = _worker_loader(self, dataset, workers, batch_sampler=_Sampler(self), collate_fn=_collate)
+        self.loader = _worker_loader(self, dataset, workers, batch_sampler=_Sampler(self), collate_fn=collate_images)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels, skipped in self.loader:
@@ -200,9 +211,9 @@ class PackedBatches(Batches):
     ``decode_jpeg`` (nvJPEG on CUDA: ``--gpu-decode``), beside the training step
     (``DeviceDecoder``)."""
 
-    def __init__(self, split: "PackedSplit", workers: int, device_decode: bool = False, **kw) -> None:
+    def __init__(self, split: "PackedSplit", workers: int, **kw) -> None:
         super().__init__(len(split), **kw)
-        split.decode_later = device_decode
+        device_decode = split.decode_later  # the split hands over its JPEGs still encoded
         # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
         self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
         self.decoder = DeviceDecoder(self.device) if device_decode else None
@@ -357,6 +368,7 @@ class Request:
     rank: int = 0
     world: int = 1
     fashion_mnist_dir: str | None = None
+    train_in_order: bool = False  # the training split read as an evaluation reads it: every image once, in order
 
 
 def build(data: str, resize: int, device: torch.device, req: Request) -> Splits:
@@ -387,7 +399,8 @@ def build(data: str, resize: int, device: torch.device, req: Request) -> Splits:
 
 def _batching(req: Request, device: torch.device, train: bool) -> dict:
     size = req.batch_size if train else (req.eval_batch_size or req.batch_size)
-    return dict(batch_size=size, shuffle=train, drop_last=train, device=device, seed=req.seed, rank=req.rank,
+    shuffled = train and not req.train_in_order  # training: a new order every epoch, whole batches only
+    return dict(batch_size=size, shuffle=shuffled, drop_last=shuffled, device=device, seed=req.seed, rank=req.rank,
                 world=req.world)
 
 
@@ -403,25 +416,55 @@ def _train_val_indices(n: int, has_val: bool, req: Request, limit_seed: int | No
     return _limit(train_idx, req.limit_train, limit_seed), _limit(val_idx, req.limit_val, val_seed), len(val_idx)
 
 
+@dataclass
+class _Source:
+    """What the three kinds of data differ in: their classes, which splits they hold and how
+    many images each, how a split's chosen images become batches, and how a limited val or test
+    split is drawn (the first N, or a fixed random choice for files in class order)."""
+
+    classes: list[str]
+    splits: Callable[[], set[str]]
+    count: Callable[[str], int]
+    batches: Callable[[str, torch.Tensor, bool], Batches]  # (split, its images' indices, train)
+    limit_seed: int | None = None
+
+
+def _assemble(src: _Source, req: Request) -> Splits:
+    """The splits ``req`` asks for, the same way for every source: without a val split of its
+    own, validation images are held out of the training split (and the limits applied)."""
+    have = src.splits()
+    train = val = test = None
+    holdout = 0
+    if "train" in req.splits or ("val" in req.splits and "val" not in have):
+        train_idx, val_idx, holdout = _train_val_indices(src.count("train"), "val" in have, req, req.seed)
+        if "train" in req.splits:
+            train = src.batches("train", train_idx, True)
+        if "val" in req.splits and "val" not in have:
+            val = src.batches("train", val_idx, False)
+
+    def whole(split: str) -> Batches:
+        return src.batches(split, _limit(torch.arange(src.count(split)), req.limit_val, src.limit_seed), False)
+
+    if "val" in req.splits and "val" in have:
+        val = whole("val")
+    if "test" in req.splits and "test" in have:
+        test = whole("test")
+    return Splits(src.classes, train, val, test, holdout)
+
+
 def _tensor_splits(load: Callable[[str], tuple[torch.Tensor, torch.Tensor]], classes: tuple[str, ...],
                    resize: int, device: torch.device, req: Request) -> Splits:
     """A dataset held in memory as a training and a test split (Fashion-MNIST: 60,000 and
-    10,000 images; CIFAR-10: 50,000 and 10,000): the validation images are held out of the
-    training split. ``load(split)`` gives uint8 images (N, C, h, w) and labels."""
-    train = val = test = None
-    holdout = 0
-    if {"train", "val"} & set(req.splits):
-        x, y = load("train")
-        train_idx, val_idx, holdout = _train_val_indices(len(x), False, req, req.seed)  # each seed its own subset
-        if "train" in req.splits:
-            train = TensorBatches(x[train_idx], y[train_idx], resize, **_batching(req, device, True))
-        if "val" in req.splits:
-            val = TensorBatches(x[val_idx], y[val_idx], resize, **_batching(req, device, False))
-    if "test" in req.splits:
-        x, y = load("test")
-        keep = _limit(torch.arange(len(x)), req.limit_val)
-        test = TensorBatches(x[keep], y[keep], resize, **_batching(req, device, False))
-    return Splits(list(classes), train, val, test, holdout)
+    10,000 images; CIFAR-10: 50,000 and 10,000). ``load(split)`` gives uint8 images (N, C, h, w)
+    and labels; each split is read once."""
+    loaded = functools.lru_cache(maxsize=None)(load)
+
+    def batches(split: str, indices: torch.Tensor, train: bool) -> Batches:
+        x, y = loaded(split)
+        return TensorBatches(x[indices], y[indices], resize, **_batching(req, device, train))
+
+    return _assemble(_Source(list(classes), lambda: {"train", "test"}, lambda split: len(loaded(split)[1]),
+                             batches), req)
 
 
 def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -> Splits:
@@ -429,68 +472,47 @@ def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -
     if meta["size"] != resize:
         raise AlexNetError(f"packed dataset {root} holds {meta['size']}-px images, but --resize is {resize}")
 
-    def batches(split: str, train: bool, indices: torch.Tensor | None) -> Batches:
+    def batches(split: str, indices: torch.Tensor, train: bool) -> Batches:
         from . import cache
 
-        data = PackedSplit(root, split)
-        indices = torch.arange(len(data)) if indices is None else indices
         where = cache.choose(req.cache, len(indices), meta["size"], device)
+        data = PackedSplit(root, split, decode_later=req.gpu_decode and where == "none")
         if where != "none":  # decoded once, gathered from memory every epoch
             images = cache.decode_all(data, indices, where, device, req.workers)
             return cache.CachedBatches(images, data.labels[indices], **_batching(req, device, train))
-        return PackedBatches(data, req.workers, req.gpu_decode, indices=indices, **_batching(req, device, train))
+        return PackedBatches(data, req.workers, indices=indices, **_batching(req, device, train))
 
-    has_val = "val" in meta["splits"]
-    train = val = test = None
-    holdout = 0
-    if "train" in req.splits or ("val" in req.splits and not has_val):
-        n = meta["splits"]["train"]["count"]  # a limit is a random choice by the run's seed, as everywhere
-        train_idx, val_idx, holdout = _train_val_indices(n, has_val, req, req.seed)
-        if "train" in req.splits:
-            train = batches("train", True, train_idx)
-        if "val" in req.splits and not has_val:
-            val = batches("train", False, val_idx)
-    if "val" in req.splits and has_val:
-        val = batches("val", False, _limit(torch.arange(meta["splits"]["val"]["count"]), req.limit_val))
-    if "test" in req.splits and "test" in meta["splits"]:
-        test = batches("test", False, _limit(torch.arange(meta["splits"]["test"]["count"]), req.limit_val))
-    return Splits(meta["classes"], train, val, test, holdout)
+    return _assemble(_Source(meta["classes"], lambda: set(meta["splits"]),
+                             lambda split: meta["splits"][split]["count"], batches), req)
 
 
 def _folder_splits(root: str, resize: int, device: torch.device, req: Request) -> Splits:
     classes = find_classes(Path(root) / "train")
-    has_val = os.path.isdir(os.path.join(root, "val"))
 
-    def batches(dataset: ImageFolder, train: bool, keep: torch.Tensor | None = None) -> FolderBatches:
-        # files are in class order: a limited val/test split is a fixed random choice, not the first classes
-        keep = _limit(torch.arange(len(dataset)), req.limit_val, HOLDOUT_SEED) if keep is None else keep
-        return FolderBatches(dataset, req.workers, indices=keep, **_batching(req, device, train))
+    @functools.lru_cache(maxsize=None)
+    def listed(split: str) -> ImageFolder:  # each split's files listed once
+        return ImageFolder(root, split, resize, classes=classes)
 
-    train = val = test = None
-    holdout = 0
-    if "train" in req.splits or ("val" in req.splits and not has_val):
-        train_set = ImageFolder(root, "train", resize, classes=classes)  # lists the files once
-        train_idx, val_idx, holdout = _train_val_indices(len(train_set), has_val, req, req.seed)
-        if "train" in req.splits:
-            train = batches(train_set, True, train_idx)
-        if "val" in req.splits and not has_val:
-            val = batches(train_set, False, val_idx)
-    if "val" in req.splits and has_val:
-        val = batches(ImageFolder(root, "val", resize, classes=classes), False)
-    if "test" in req.splits and os.path.isdir(os.path.join(root, "test")):
-        test = batches(ImageFolder(root, "test", resize, classes=classes), False)
-    return Splits([printable(c) for c in classes], train, val, test, holdout)  # names as recorded and shown
+    def batches(split: str, indices: torch.Tensor, train: bool) -> Batches:
+        return FolderBatches(listed(split), req.workers, indices=indices, **_batching(req, device, train))
+
+    def present() -> set[str]:
+        return {s for s in ("train", "val", "test") if os.path.isdir(os.path.join(root, s))}
+
+    # files are in class order: a limited val/test split is a fixed random choice, not the first classes
+    source = _Source([printable(c) for c in classes], present, lambda split: len(listed(split)), batches,
+                     limit_seed=HOLDOUT_SEED)  # names as recorded and shown
+    return _assemble(source, req)
 
 
 def image_sum(batches: Batches, max_images: int) -> tuple[torch.Tensor, int]:
     """The sum (float64, (3, S, S), 0-255 scale) and count of at most ``max_images`` of
     ``batches``' images, taken in a fixed shuffled order of their own: this process's part
     of the mean image (the trainer sums the parts of all processes)."""
-    saved = (batches.shuffle, batches.epoch, batches.drop_last)
-    batches.shuffle, batches.epoch, batches.drop_last = True, -1, False  # a fixed order of its own
     total, count = None, 0
+    passing = batches.one_pass(shuffle=True, epoch=-1)  # a fixed order of its own, not an epoch's
     try:
-        for batch in batches:
+        for batch in passing:
             if batch.labels.numel() == 0:
                 continue
             x = to_rgb(batch.images[: max_images - count]).to(torch.float64)
@@ -500,7 +522,7 @@ def image_sum(batches: Batches, max_images: int) -> tuple[torch.Tensor, int]:
             if count >= max_images:
                 break
     finally:
-        batches.shuffle, batches.epoch, batches.drop_last = saved
+        passing.close()  # restores the split's settings now, not when collected
     if total is None:
         raise AlexNetError("no readable training images to compute the mean image from")
     return total, count

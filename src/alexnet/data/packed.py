@@ -300,10 +300,13 @@ def split_encoded(data: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tenso
 
 
 class PackedSplit(torch.utils.data.Dataset):
-    """One split of a packed dataset; ``batch(indices)`` returns uint8 (B, 3, S, S)."""
+    """One split of a packed dataset; ``batch(indices)`` returns uint8 (B, 3, S, S).
+    ``decode_later``: the loader gets JPEG batches still encoded, to decode on the training
+    device (``--gpu-decode``)."""
 
-    def __init__(self, root: str | Path, split: str) -> None:
+    def __init__(self, root: str | Path, split: str, decode_later: bool = False) -> None:
         root = Path(root)
+        self.decode_later = decode_later
         self.meta = read_meta(root)
         if split not in self.meta["splits"]:
             raise AlexNetError(f"packed dataset {root} has no {split!r} split")
@@ -396,5 +399,3 @@ class PackedSplit(torch.utils.data.Dataset):
         if self.decode_later and self.encoding == "jpeg":
             return self.encoded_batch(indices), self.labels[indices]
         return self.batch(indices)
-
-    decode_later: bool = False
