@@ -153,6 +153,29 @@ class Loaded:
     def crops(self, ten_crop: bool) -> EvalCrops:
         return EvalCrops(self.normalizer, self.meta["input_size"], ten_crop)
 
+    @property
+    def names(self) -> list[str]:
+        return class_names(self.meta["num_classes"], self.meta.get("classes"))
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, ten_crop: bool = False) -> torch.Tensor:
+        """Class probabilities (B, classes) of uint8 images (B, 3, S, S) at the network's resize:
+        the center crop, or the mean over the 10 crops' softmax outputs (the paper's test)."""
+        views = self.crops(ten_crop)(images.to(self.device))  # (B, V, 3, crop, crop)
+        return average_views(self(views.flatten(0, 1)), views.shape[1])
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, layer: str) -> torch.Tensor:
+        """``layer``'s activations (B, D) of uint8 images (B, 3, S, S), from the center crop."""
+        return self(self.crops(False)(images.to(self.device))[:, 0], layer)
+
+    def top(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
+        """Each row's ``k`` most probable classes: index, name and probability."""
+        names = self.names
+        top = probs.topk(min(k, len(names)), dim=1)
+        return [[{"index": i, "class": names[i], "prob": q} for i, q in zip(idx, p)]
+                for p, idx in zip(top.values.tolist(), top.indices.tolist())]
+
     def __call__(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
         """Logits (or ``layer``'s activations) of normalised crops (N, 3, crop, crop), in fp32."""
         with self.runtime.autocast():
@@ -170,19 +193,11 @@ def predict(weights: str | Path, inputs: list[str], topk: int = 5, ten_crop: boo
     if topk < 1 or batch_size < 1:
         raise AlexNetError("--topk and --batch-size must be at least 1")
     net = Loaded.from_path(weights, device, precision)
-    names = class_names(net.meta["num_classes"], net.meta.get("classes"))
-    k = min(topk, len(names))
-    crops = net.crops(ten_crop)
     results = []
     for images, paths in iterate_images(expand_inputs(inputs, skipped), net.meta["resize"], batch_size, workers,
                                         "predict", progress, skipped):
-        views = crops(images.to(net.device))  # (B, V, 3, crop, crop)
-        v = views.shape[1]
-        probs = average_views(net(views.flatten(0, 1)), v)
-        top = probs.topk(k, dim=1)
-        for path, p, idx in zip(paths, top.values.tolist(), top.indices.tolist()):
-            results.append({"path": printable(path), "protocol": "ten-crop" if ten_crop else "center",
-                            "top": [{"index": i, "class": names[i], "prob": q} for i, q in zip(idx, p)]})
+        for path, top in zip(paths, net.top(net.probabilities(images, ten_crop), topk)):
+            results.append({"path": printable(path), "protocol": "ten-crop" if ten_crop else "center", "top": top})
     return results
 
 
@@ -206,12 +221,10 @@ def extract_features(weights: str | Path, inputs: list[str], layer: str | None =
     layer = layer or layers[-1]
     if layer not in layers:
         raise AlexNetError(f"{net.meta['variant']} has no layer {layer!r}; choose one of {', '.join(layers)}")
-    crops = net.crops(False)
     feats, kept = [], []
     for images, paths in iterate_images(expand_inputs(inputs, skipped), net.meta["resize"], batch_size, workers,
                                         f"features {layer}", progress, skipped):
-        x = crops(images.to(net.device))[:, 0]
-        feats.append(net(x, layer).cpu().numpy())
+        feats.append(net.features(images, layer).cpu().numpy())
         kept += paths
     if not feats:
         raise AlexNetError(f"none of the {len(inputs)} input(s) held a readable image")

@@ -32,10 +32,8 @@ import torch
 
 from .models import pretrained
 from .training.checkpoint import find_weights
-from .classes import class_names
 from .data.folder import UnreadableImage, decode_image
 from .errors import AlexNetError
-from .training.evaluate import average_views
 
 WEB = Path(__file__).with_name("web")
 TOKEN_ENV = "ALEXNET_TOKEN"
@@ -91,12 +89,12 @@ class Model:
         self.path = pretrained.weights_file(published) if published else find_weights(cfg.weights)
         self.net = Loaded.from_path(published.name if published else self.path, cfg.device, cfg.precision)
         meta = self.net.meta
-        self.names = class_names(meta["num_classes"], meta.get("classes"))
+        self.names = self.net.names
         self.layer = self.net.model.feature_layers[-1]
         from .explain import stages
 
         self.stages = [s.name for s in stages(self.net.model)]  # conv1, conv2, ...
-        self.crops = self.net.crops(cfg.ten_crop)
+        self.ten_crop = cfg.ten_crop
         self.protocol = "ten-crop" if cfg.ten_crop else "center"
         self.sha256 = _sha256(self.path)
         self.info = {"variant": meta["variant"], "weights": self.path.name, "sha256": self.sha256,
@@ -106,11 +104,8 @@ class Model:
                      "device": str(self.net.device)}
         self.identity = {"variant": meta["variant"], "weights": self.path.name, "sha256": self.sha256[:16]}
 
-    @torch.no_grad()
     def probabilities(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        views = self.crops(torch.stack(images).to(self.net.device))  # (B, V, 3, crop, crop)
-        probs = average_views(self.net(views.flatten(0, 1)), views.shape[1])
-        return list(probs.cpu())
+        return list(self.net.probabilities(torch.stack(images), self.ten_crop).cpu())
 
     def explanation(self, image: torch.Tensor) -> dict:
         """Grad-CAM at the last stage and each stage's most active maps (``explain.describe``),
@@ -121,10 +116,8 @@ class Model:
         result["images"] = {k: png_bytes(v) for k, v in result["images"].items()}
         return result
 
-    @torch.no_grad()
     def features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = self.net.crops(False)(torch.stack(images).to(self.net.device))[:, 0]
-        return list(self.net(x, self.layer).cpu())
+        return list(self.net.features(torch.stack(images), self.layer).cpu())
 
 
 def _sha256(path: Path) -> str:
@@ -281,12 +274,9 @@ def create_app(cfg: ServeConfig, model: Model | None = None):
         k = cfg.topk if topk is None else topk
         if k < 1:
             raise Rejected(422, "topk must be at least 1")
-        k = min(k, len(model.names))
         probs, batch = await predictor.submit(await _arriving(predictor, request, model.info["resize"]))
-        top = probs.topk(k)
-        return {"top": [{"index": i, "class": model.names[i], "prob": p}
-                        for p, i in zip(top.values.tolist(), top.indices.tolist())],
-                "protocol": model.protocol, "model": model.identity, "batch": batch}
+        return {"top": model.net.top(probs[None], k)[0], "protocol": model.protocol, "model": model.identity,
+                "batch": batch}
 
     @app.post("/features", dependencies=[Depends(authorised)], openapi_extra=upload,
               summary="the image's activations in the last hidden layer (fc7; LeNet-5: f6)")
