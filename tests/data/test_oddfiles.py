@@ -1,4 +1,4 @@
-"""The file policy (data/folder.py, README "Odd and hostile files"): one generated tree of every
+"""The file policy (data/folder.py, docs/data.md "Odd and hostile files"): one generated tree of every
 odd and hostile kind of file, through every command that reads images."""
 
 import json
