@@ -105,3 +105,20 @@ def test_every_flag_of_every_command_says_what_it_does_and_its_default():
             meaningful = not (action.default is None or action.default is False)
             if action.option_strings and meaningful:
                 assert "(default" in formatter._get_help_string(action), what
+
+
+def test_serve_and_bench_flags_default_to_their_settings_defaults():
+    """The flags are generated from the settings' dataclasses: with no flags given, the command
+    line asks for exactly what the library's defaults are, and every field has its flag."""
+    import dataclasses
+
+    from alexnet.cli import build_parser
+    from alexnet.options import BenchConfig, ServeConfig
+
+    parser = build_parser()
+    serve = vars(parser.parse_args(["serve", "runs/x"]))
+    assert ServeConfig(**{f.name: serve[f.name] for f in dataclasses.fields(ServeConfig)}) == ServeConfig("runs/x")
+    bench = vars(parser.parse_args(["bench"]))
+    fields = {f.name for f in dataclasses.fields(BenchConfig)} - {"variants"}
+    assert BenchConfig(**{k: bench[k] for k in fields}) == BenchConfig()
+    assert vars(parser.parse_args(["bench", "--no-baseline"]))["baseline"] is False

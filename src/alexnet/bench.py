@@ -34,6 +34,7 @@ from .data.packed import PackedSplit, read_meta
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalizer, TrainAugment
 from .errors import AlexNetError
 from .models.registry import create_model, variant_info
+from .options import BenchConfig
 from .models.summary import summarize
 from .models.towers import TwoTowerAlexNet
 from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime
@@ -396,27 +397,6 @@ def _derived(figures: list[Figure], variants: list[str]) -> dict[str, dict[str, 
     projection = {f"{f.variant}{' (cached)' if f.what == 'cached' else ''}: 90 ImageNet epochs (hours)":
                   90 * IMAGENET_TRAIN_IMAGES / f.images_per_sec / 3600 for f in figures if f.what in ("end-to-end", "cached")}
     return {"ratios": ratios, "decode_cores": cores, "projection": projection}
-
-
-@dataclass
-class BenchConfig:
-    """What ``alexnet bench`` measures and how (its flags; 0 and -1 mean the device's default)."""
-
-    variants: tuple[str, ...] = ("paper", "torchvision")
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: str = "auto"
-    compile: bool = False
-    batch_size: int = 0  # 256 on a GPU, 64 on the CPU
-    steps: int = 0  # 50 on a GPU, 5 on the CPU
-    warmup: int = 0  # 10 on a GPU, 2 on the CPU
-    images: str | None = None  # a class-per-folder tree: the loader, end-to-end and baseline rows
-    packed: str | None = None  # a packed dataset: the same rows from its shards
-    workers: int = -1
-    gpu_decode: bool = False
-    baseline: bool = True  # the plain PyTorch recipe on the same images
-    model_parallel: str = ""  # two devices, or 'auto': the paper network split in two towers
-    cache: str = "none"
 
 
 def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:

@@ -11,6 +11,8 @@ from typing import Sequence
 
 from .errors import AlexNetError, one_line
 
+# -------------------------------------------------------------------------------------
+# Shared by the commands' parsers.
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, generated from the dataclasses (see training/config.py).
@@ -25,15 +27,103 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         title = section or "run"
         if title not in groups:
             groups[title] = parser.add_argument_group(f"{title} options")
-        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         help_line = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats with %
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_line)
-        if isinstance(default, bool):
-            groups[title].add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        else:
-            groups[title].add_argument(flag, type=type(default), choices=f.metadata.get("choices"),
-                                       metavar=None if f.metadata.get("choices") else f.name.upper(), **kw)
+        _flag(groups[title], f, dest=f.name, default=argparse.SUPPRESS, help=help_line)
+
+
+def _flag(parser, f: dataclasses.Field, **kw) -> None:
+    """One flag for a dataclass field: its help text, choices and default come from the field."""
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else None
+    choices = f.metadata.get("choices")
+    if isinstance(default, bool):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    else:
+        kind = type(default) if default is not None else str
+        parser.add_argument(flag, type=kind, choices=choices, metavar=None if choices else f.name.upper(), **kw)
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """A flag per field of an application's settings (``options``), its default the field's."""
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            _flag(parser, f, dest=f.name, default=f.default, help=f.metadata.get("help", "").replace("%", "%%"))
+
+
+def _fields_of(args: argparse.Namespace, cls) -> dict:
+    return {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cls)}}
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' after every flag's help (not for flags whose default is None or off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="run directory, model.safetensors, checkpoint.pt, or published weights by name "
+                   "(IMAGENET1K_V1: torchvision's, from the torch hub cache or downloaded once, hash checked)")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+
+
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=-1, help="image-decoding processes; -1 = one per CPU core")
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _unreadable_status(inputs: list[str], skipped: list[str], done: int) -> int:
+    """The exit status once the readable images are done (``done`` of them): 1 when a file or
+    folder named on the command line gave no image, or no image at all could be read (a script
+    must see that nothing came of it), else 0; unreadable files found in named folders are
+    skipped, named (above) and counted."""
+    from .files import printable
+
+    given = {printable(i) for i in inputs}
+    named = [p for p in skipped if p in given]
+    if len(skipped) > len(named):
+        print(f"alexnet: skipped {len(skipped) - len(named)} unreadable image(s) in the folders given", file=sys.stderr)
+    if named:
+        print(f"alexnet: error: could not read {len(named)} of the paths named: {', '.join(named)}", file=sys.stderr)
+        return 1
+    if not done:
+        print("alexnet: error: no image could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet summary
+
+def _summary(sub) -> None:
+    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
+    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half, lenet5, "
+                                                       "cifar-18pct or cifar-11pct")
+    p.add_argument("--norm", default="lrn", choices=("lrn", "batch", "none"),
+                   help="paper networks: LRN (the paper), batch norm after every convolution, or none; cifar "
+                        "networks: their layer file's normalisation or none")
+    p.add_argument("--activation", default="relu", choices=("relu", "tanh"),
+                   help="paper and cifar networks: the nonlinearity")
+    p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
+                   help="paper and cifar networks: 3x3 stride-2 pooling (the paper); off: 2x2 stride 2")
+    p.add_argument("--towers", type=int, default=1, help="cifar-11pct: 2 splits conv1-conv2 into two towers")
+    p.add_argument("--pool5-grid", type=int, default=6,
+                   help="paper and torchvision networks: the grid fc6 reads pool5 at; 0 = pool5's own size")
+    p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
+    p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
+    _json(p)
+    p.set_defaults(func=cmd_summary)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -65,6 +155,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------
+# alexnet train
+
+def _train(sub) -> None:
+    p = sub.add_parser("train", help="train with the paper's recipe (every value a flag)", formatter_class=_Help,
+                       description="Train AlexNet. Defaults are the paper's recipe; every value is a flag.")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint; "
+                   "other flags given override its stored config (e.g. --epochs). 'auto': continue the run in "
+                   "--out if it has a checkpoint, else start it there (for jobs that are restarted)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig, apply_overrides
     from .training.train import fit
@@ -86,17 +190,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .infer import evaluate_weights
+# -------------------------------------------------------------------------------------
+# alexnet finetune
 
-    result = evaluate_weights(args.weights, data=args.data, ten_crop=args.ten_crop, split=args.split,
-                              batch_size=args.batch_size, device=args.device, workers=args.workers,
-                              limit=args.limit, fashion_mnist_dir=args.fashion_mnist_dir, progress=not args.json)
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
-    else:
-        print(result.summary())
+def _finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes", formatter_class=_Help,
+                       description="Train from WEIGHTS on --data: a new fc8 for the new class count, a 10x "
+                                   "learning rate on the new layer, optionally frozen layers. Defaults: --epochs 10 "
+                                   "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
+                                   "flag applies.")
+    p.add_argument("source", metavar="WEIGHTS", help="run directory, weights file, or published weights by name "
+                   "(IMAGENET1K_V1) to start from")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .training.config import TrainConfig, apply_overrides
+    from .training.train import fit
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
+    # All layers train by default: on the measured transfer (docs/finetune.md) freezing the
+    # convolutions cost 26 points of accuracy.
+    defaults = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "none", "schedule": "cosine",
+                "out": "runs/finetune"}
+    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}), overwrite=args.overwrite)
     return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet prepare
+
+def _prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="pack a class-per-folder tree into a few large shards for fast loading",
+                       formatter_class=_Help,
+                       description="Decode SRC/train (and SRC/val, SRC/test where present) once, resize (shorter "
+                                   "side to --size, center crop) and store them in DST as JPEG or raw uint8 shards. "
+                                   "Interrupted, or a shard damaged? Run it again. `alexnet prepare --verify PACKED` "
+                                   "checks every shard against its checksum.")
+    p.add_argument("src", help="folder with a train/ class-per-folder tree, and optionally val/ and test/")
+    p.add_argument("dst", nargs="?", help="output directory (train with --data DST)")
+    p.add_argument("--verify", action="store_true",
+                   help="hash every shard in full: with SRC and DST, rewrite those damaged; with one packed "
+                        "dataset alone, report them (exit 1 if any)")
+    p.add_argument("--size", type=int, default=256, help="stored side in pixels (the paper's 256)")
+    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"), help="how images are stored")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    _workers(p)
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    _json(p)
+    p.set_defaults(func=cmd_prepare)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -136,19 +280,55 @@ def _verify_packed(args: argparse.Namespace) -> int:
     return 1 if report["damaged"] else 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, bench_inference, run
+# -------------------------------------------------------------------------------------
+# alexnet evaluate
 
-    log = (lambda _: None) if args.json else print
-    if args.inference:
-        result = bench_inference(steps=args.steps, warmup=args.warmup, log=log)
-    else:
-        variants = args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"])
-        fields = {k: v for k, v in vars(args).items() if k in BenchConfig.__dataclass_fields__}
-        result = run(BenchConfig(**{**fields, "variants": tuple(variants)}), log=log)
+def _evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network", formatter_class=_Help)
+    _weights(p)
+    p.add_argument("--data", help="dataset (default: the one the network was trained on)")
+    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
+    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
+                   help="test (the data's test split), val (its val split, or the images the run held out of "
+                        "training), train; auto: test where the data has one, else val")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (times 10 with --ten-crop)")
+    _device(p)
+    _workers(p)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images; 0 = all")
+    p.add_argument("--fashion-mnist-dir", default=None, help="Fashion-MNIST's directory (default: the run's)")
+    _json(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .infer import evaluate_weights
+
+    result = evaluate_weights(args.weights, data=args.data, ten_crop=args.ten_crop, split=args.split,
+                              batch_size=args.batch_size, device=args.device, workers=args.workers,
+                              limit=args.limit, fashion_mnist_dir=args.fashion_mnist_dir, progress=not args.json)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.summary())
     return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet predict
+
+def _predict(sub) -> None:
+    p = sub.add_parser("predict", help="top-5 classes of images or folders of images", formatter_class=_Help)
+    _weights(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
+    p.add_argument("--topk", type=int, default=5, help="classes to list per image")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _device(p)
+    _workers(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
+    _json(p)
+    p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -168,24 +348,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return _unreadable_status(args.inputs, skipped, len(results))
 
 
-def _unreadable_status(inputs: list[str], skipped: list[str], done: int) -> int:
-    """The exit status once the readable images are done (``done`` of them): 1 when a file or
-    folder named on the command line gave no image, or no image at all could be read (a script
-    must see that nothing came of it), else 0; unreadable files found in named folders are
-    skipped, named (above) and counted."""
-    from .files import printable
+# -------------------------------------------------------------------------------------
+# alexnet features
 
-    given = {printable(i) for i in inputs}
-    named = [p for p in skipped if p in given]
-    if len(skipped) > len(named):
-        print(f"alexnet: skipped {len(skipped) - len(named)} unreadable image(s) in the folders given", file=sys.stderr)
-    if named:
-        print(f"alexnet: error: could not read {len(named)} of the paths named: {', '.join(named)}", file=sys.stderr)
-        return 1
-    if not done:
-        print("alexnet: error: no image could be read", file=sys.stderr)
-        return 1
-    return 0
+def _features(sub) -> None:
+    p = sub.add_parser("features", help="save a hidden layer's activations (default fc7) for every image",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
+    p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); default the last "
+                                   "hidden layer, fc7 (f6)")
+    p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    _device(p)
+    _workers(p)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
+    p.set_defaults(func=cmd_features)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -197,6 +375,30 @@ def cmd_features(args: argparse.Namespace) -> int:
     save_features(args.out, found, args.weights)
     print(f"{len(found.paths)} images x {found.features.shape[1]} {found.layer} activations -> {args.out}")
     return _unreadable_status(args.inputs, skipped, len(found.paths))
+
+
+# -------------------------------------------------------------------------------------
+# alexnet explain
+
+def _explain(sub) -> None:
+    p = sub.add_parser("explain", help="one image through the network: top-5, each stage's maps and sparsity, "
+                                       "occlusion, Grad-CAM and integrated gradients (PNGs + summary.json)",
+                       formatter_class=_Help)
+    _weights(p)
+    p.add_argument("image", nargs="?", help="an image file")
+    p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
+    p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
+                                                "always shown)")
+    p.add_argument("--topk", type=int, default=5, help="classes listed")
+    p.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps from the mean image")
+    p.add_argument("--units", default="", metavar="STAGE[:C,C,...]",
+                   help="instead of one image: the patches of --data's images that excite these units most, e.g. "
+                        "conv5 (its first 8 channels) or conv5:3,7,12")
+    p.add_argument("--data", help="with --units: a folder of images (searched recursively)")
+    p.add_argument("--k", type=int, default=9, help="with --units: patches per unit")
+    _device(p)
+    _json(p)
+    p.set_defaults(func=cmd_explain)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -231,240 +433,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_neighbors(args: argparse.Namespace) -> int:
-    from .infer import neighbors
-
-    skipped: list[str] = []
-    results = neighbors(args.weights, args.query, args.gallery, k=args.k, layer=args.layer, out=args.out,
-                        device=args.device, progress=not args.json, skipped=skipped)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(r["query"])
-            for n in r["neighbors"]:
-                print(f"  {n['distance']:10.3f}  {n['path']}")
-        print(f"grid: {args.out}")
-    return _unreadable_status(args.query + args.gallery, skipped, len(results))
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from .training.config import TrainConfig, apply_overrides
-    from .training.train import fit
-
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
-    # All layers train by default: on the measured transfer (docs/finetune.md) freezing the
-    # convolutions cost 26 points of accuracy.
-    defaults = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "none", "schedule": "cosine",
-                "out": "runs/finetune"}
-    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}), overwrite=args.overwrite)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .exporter import export
-
-    report = export(args.weights, args.format, args.out, preprocess=args.preprocess)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        shape = "x".join(str(s) for s in report["input"])
-        check = f"; max |difference| from PyTorch {report['max_abs_diff']:.2e}" if "max_abs_diff" in report else ""
-        print(f"{report['format']}: {report['path']} (input B x {shape}, dynamic batch{check})")
-    return 0
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    if args.source == "torchvision":
-        from .exporter import import_torchvision
-
-        meta = import_torchvision(args.file, args.out)
-    else:
-        from .caffe import import_caffe
-
-        meta = import_caffe(args.file, args.out, mean_path=args.mean)
-    print(f"{meta['variant']} network, {meta['num_classes']} classes, input {meta['input_size']} -> {args.out}")
-    return 0
-
-
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from . import visualize
-
-    if not (args.kernels or args.curves):
-        raise AlexNetError("say what to draw: --kernels PNG (conv1 filters) and/or --curves PNG (a run's metrics)")
-    if args.kernels:
-        visualize.conv1_kernels(args.source, args.kernels)
-        print(f"conv1 kernels -> {args.kernels}")
-    if args.curves:
-        visualize.curves(args.source, args.curves)
-        print(f"training curves -> {args.curves}")
-    return 0
-
-
-# ---------------------------------------------------------------------------
-# The parser: one function per subcommand; every flag has a help line, and the
-# formatter adds each default to it.
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows '(default: X)' after every flag's help (not for flags whose default is None or off)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if hidden or "(default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def _weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="run directory, model.safetensors, checkpoint.pt, or published weights by name "
-                   "(IMAGENET1K_V1: torchvision's, from the torch hub cache or downloaded once, hash checked)")
-
-
-def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
-
-
-def _workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=-1, help="image-decoding processes; -1 = one per CPU core")
-
-
-def _json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def _summary(sub) -> None:
-    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
-    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half, lenet5, "
-                                                       "cifar-18pct or cifar-11pct")
-    p.add_argument("--norm", default="lrn", choices=("lrn", "batch", "none"),
-                   help="paper networks: LRN (the paper), batch norm after every convolution, or none; cifar "
-                        "networks: their layer file's normalisation or none")
-    p.add_argument("--activation", default="relu", choices=("relu", "tanh"),
-                   help="paper and cifar networks: the nonlinearity")
-    p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
-                   help="paper and cifar networks: 3x3 stride-2 pooling (the paper); off: 2x2 stride 2")
-    p.add_argument("--towers", type=int, default=1, help="cifar-11pct: 2 splits conv1-conv2 into two towers")
-    p.add_argument("--pool5-grid", type=int, default=6,
-                   help="paper and torchvision networks: the grid fc6 reads pool5 at; 0 = pool5's own size")
-    p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
-    p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
-    _json(p)
-    p.set_defaults(func=cmd_summary)
-
-
-def _train(sub) -> None:
-    p = sub.add_parser("train", help="train with the paper's recipe (every value a flag)", formatter_class=_Help,
-                       description="Train AlexNet. Defaults are the paper's recipe; every value is a flag.")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its last checkpoint; "
-                   "other flags given override its stored config (e.g. --epochs). 'auto': continue the run in "
-                   "--out if it has a checkpoint, else start it there (for jobs that are restarted)")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    _add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-
-
-def _finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes", formatter_class=_Help,
-                       description="Train from WEIGHTS on --data: a new fc8 for the new class count, a 10x "
-                                   "learning rate on the new layer, optionally frozen layers. Defaults: --epochs 10 "
-                                   "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
-                                   "flag applies.")
-    p.add_argument("source", metavar="WEIGHTS", help="run directory, weights file, or published weights by name "
-                   "(IMAGENET1K_V1) to start from")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    _add_config_flags(p)
-    p.set_defaults(func=cmd_finetune)
-
-
-def _prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="pack a class-per-folder tree into a few large shards for fast loading",
-                       formatter_class=_Help,
-                       description="Decode SRC/train (and SRC/val, SRC/test where present) once, resize (shorter "
-                                   "side to --size, center crop) and store them in DST as JPEG or raw uint8 shards. "
-                                   "Interrupted, or a shard damaged? Run it again. `alexnet prepare --verify PACKED` "
-                                   "checks every shard against its checksum.")
-    p.add_argument("src", help="folder with a train/ class-per-folder tree, and optionally val/ and test/")
-    p.add_argument("dst", nargs="?", help="output directory (train with --data DST)")
-    p.add_argument("--verify", action="store_true",
-                   help="hash every shard in full: with SRC and DST, rewrite those damaged; with one packed "
-                        "dataset alone, report them (exit 1 if any)")
-    p.add_argument("--size", type=int, default=256, help="stored side in pixels (the paper's 256)")
-    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"), help="how images are stored")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    _workers(p)
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
-    _json(p)
-    p.set_defaults(func=cmd_prepare)
-
-
-def _evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy of a trained network", formatter_class=_Help)
-    _weights(p)
-    p.add_argument("--data", help="dataset (default: the one the network was trained on)")
-    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
-    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
-                   help="test (the data's test split), val (its val split, or the images the run held out of "
-                        "training), train; auto: test where the data has one, else val")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (times 10 with --ten-crop)")
-    _device(p)
-    _workers(p)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images; 0 = all")
-    p.add_argument("--fashion-mnist-dir", default=None, help="Fashion-MNIST's directory (default: the run's)")
-    _json(p)
-    p.set_defaults(func=cmd_evaluate)
-
-
-def _predict(sub) -> None:
-    p = sub.add_parser("predict", help="top-5 classes of images or folders of images", formatter_class=_Help)
-    _weights(p)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
-    p.add_argument("--topk", type=int, default=5, help="classes to list per image")
-    p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    _device(p)
-    _workers(p)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
-    _json(p)
-    p.set_defaults(func=cmd_predict)
-
-
-def _features(sub) -> None:
-    p = sub.add_parser("features", help="save a hidden layer's activations (default fc7) for every image",
-                       formatter_class=_Help)
-    _weights(p)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
-    p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); default the last "
-                                   "hidden layer, fc7 (f6)")
-    p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    _device(p)
-    _workers(p)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
-    p.set_defaults(func=cmd_features)
-
-
-def _explain(sub) -> None:
-    p = sub.add_parser("explain", help="one image through the network: top-5, each stage's maps and sparsity, "
-                                       "occlusion, Grad-CAM and integrated gradients (PNGs + summary.json)",
-                       formatter_class=_Help)
-    _weights(p)
-    p.add_argument("image", nargs="?", help="an image file")
-    p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
-    p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
-                                                "always shown)")
-    p.add_argument("--topk", type=int, default=5, help="classes listed")
-    p.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps from the mean image")
-    p.add_argument("--units", default="", metavar="STAGE[:C,C,...]",
-                   help="instead of one image: the patches of --data's images that excite these units most, e.g. "
-                        "conv5 (its first 8 channels) or conv5:3,7,12")
-    p.add_argument("--data", help="with --units: a folder of images (searched recursively)")
-    p.add_argument("--k", type=int, default=9, help="with --units: patches per unit")
-    _device(p)
-    _json(p)
-    p.set_defaults(func=cmd_explain)
-
+# -------------------------------------------------------------------------------------
+# alexnet neighbors
 
 def _neighbors(sub) -> None:
     p = sub.add_parser("neighbors", help="nearest images in fc7 space, as a PNG grid (the paper's Fig. 4)",
@@ -482,6 +452,26 @@ def _neighbors(sub) -> None:
     p.set_defaults(func=cmd_neighbors)
 
 
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from .infer import neighbors
+
+    skipped: list[str] = []
+    results = neighbors(args.weights, args.query, args.gallery, k=args.k, layer=args.layer, out=args.out,
+                        device=args.device, progress=not args.json, skipped=skipped)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(r["query"])
+            for n in r["neighbors"]:
+                print(f"  {n['distance']:10.3f}  {n['path']}")
+        print(f"grid: {args.out}")
+    return _unreadable_status(args.query + args.gallery, skipped, len(results))
+
+
+# -------------------------------------------------------------------------------------
+# alexnet export
+
 def _export(sub) -> None:
     p = sub.add_parser("export", help="ONNX (checked with ONNX Runtime) or torch.export, dynamic batch",
                        formatter_class=_Help)
@@ -494,6 +484,22 @@ def _export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .exporter import export
+
+    report = export(args.weights, args.format, args.out, preprocess=args.preprocess)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        shape = "x".join(str(s) for s in report["input"])
+        check = f"; max |difference| from PyTorch {report['max_abs_diff']:.2e}" if "max_abs_diff" in report else ""
+        print(f"{report['format']}: {report['path']} (input B x {shape}, dynamic batch{check})")
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet import-weights
+
 def _import(sub) -> None:
     p = sub.add_parser("import-weights", help="convert torchvision's or Caffe's published AlexNet weights",
                        formatter_class=_Help)
@@ -505,6 +511,22 @@ def _import(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    if args.source == "torchvision":
+        from .exporter import import_torchvision
+
+        meta = import_torchvision(args.file, args.out)
+    else:
+        from .caffe import import_caffe
+
+        meta = import_caffe(args.file, args.out, mean_path=args.mean)
+    print(f"{meta['variant']} network, {meta['num_classes']} classes, input {meta['input_size']} -> {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet visualize
+
 def _visualize(sub) -> None:
     p = sub.add_parser("visualize", help="conv1 kernels (the paper's Fig. 3) and a run's training curves",
                        formatter_class=_Help)
@@ -514,7 +536,26 @@ def _visualize(sub) -> None:
     p.set_defaults(func=cmd_visualize)
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import visualize
+
+    if not (args.kernels or args.curves):
+        raise AlexNetError("say what to draw: --kernels PNG (conv1 filters) and/or --curves PNG (a run's metrics)")
+    if args.kernels:
+        visualize.conv1_kernels(args.source, args.kernels)
+        print(f"conv1 kernels -> {args.kernels}")
+    if args.curves:
+        visualize.curves(args.source, args.curves)
+        print(f"training curves -> {args.curves}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet bench
+
 def _bench(sub) -> None:
+    from .options import BenchConfig
+
     p = sub.add_parser("bench", help="images/s: model alone, loader alone, end to end, and the plain baseline",
                        formatter_class=_Help,
                        description="Median images/s after warm-up, device synchronised. With --images FOLDER "
@@ -522,27 +563,86 @@ def _bench(sub) -> None:
                                    "training against torchvision's alexnet fed by ImageFolder + DataLoader.")
     p.add_argument("--variant", action="append", choices=("paper", "torchvision"),
                    help="repeat for several (default: both)")
-    p.add_argument("--images", help="class-per-folder tree of images for the loader, end-to-end and baseline runs")
-    p.add_argument("--packed", help="an already packed copy of --images (alexnet prepare)")
-    _device(p)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"), help="auto: on for CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--batch-size", type=int, default=0, help="0: 256 on GPU, 64 on CPU")
-    p.add_argument("--steps", type=int, default=0, help="timed steps; 0: 50 on GPU, 5 on CPU")
-    p.add_argument("--warmup", type=int, default=0, help="untimed steps first; 0: 10 on GPU, 2 on CPU")
-    _workers(p)
-    p.add_argument("--gpu-decode", action="store_true", help="decode packed JPEGs on the GPU")
-    p.add_argument("--cache", default="none", choices=("none", "auto", "gpu", "host"),
-                   help="also train end to end from the packed split decoded once into memory (row 'cached')")
-    p.add_argument("--model-parallel", default="", metavar="DEVICES",
-                   help="the paper network split in two towers: 'auto' or two devices, e.g. cuda:0,cuda:1")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the plain baseline")
+    _add_dataclass_flags(p, BenchConfig, skip=("variants",))
     p.add_argument("--inference", action="store_true",
                    help="CPU inference instead: batch 1 and 64, eager PyTorch vs ONNX Runtime vs torchvision eager")
     _json(p)
     p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_inference, run
+    from .options import BenchConfig
+
+    log = (lambda _: None) if args.json else print
+    if args.inference:
+        result = bench_inference(steps=args.steps, warmup=args.warmup, log=log)
+    else:
+        variants = args.variant or (["paper"] if args.model_parallel else ["paper", "torchvision"])
+        result = run(BenchConfig(**{**_fields_of(args, BenchConfig), "variants": tuple(variants)}), log=log)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet serve
+
+def _serve(sub) -> None:
+    from .options import ServeConfig
+
+    p = sub.add_parser("serve", help="an HTTP service with a web page: top-k classes and features of uploaded images",
+                       formatter_class=_Help,
+                       description="Serve a trained network: POST /predict and /features (an image as multipart "
+                                   "field 'file' or the raw body), GET /model, /health, /openapi.json, and a web page "
+                                   "at /. Concurrent requests are batched into one forward pass. SIGTERM finishes "
+                                   "the requests in flight, then exits.")
+    _weights(p)
+    _add_dataclass_flags(p, ServeConfig, skip=("weights",))
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .options import ServeConfig
+    from .serve import serve
+
+    serve(ServeConfig(**_fields_of(args, ServeConfig)))
+    return 0
+
+
+# -------------------------------------------------------------------------------------
+# alexnet reproduce
+
+def _reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's claims as controlled experiments, with intervals",
+                       formatter_class=_Help,
+                       description="Each claim trains a baseline arm and an arm with one change, on the same data, "
+                                   "budget and seeds, and reports the paired difference with a 95%% interval and a "
+                                   "verdict. Finished runs are kept: run it again to continue.")
+    p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to measure (default: all; see --list)")
+    p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
+    p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
+    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu", "cifar"),
+                   help="cpu: 71 px crops of 80 px images, 6,000 images, 2 epochs (about an hour and a half on "
+                        "2 cores); gpu: the full-size network at 199 px crops of 224 px; auto: gpu when CUDA is "
+                        "present; cifar: the paper's own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's "
+                        "networks, then overlap-pool, dropout, augment, lighting and fig3 in a regime that "
+                        "overfits, every setting fixed in advance (run it again to continue it or to rebuild its "
+                        "report)")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; the cifar preset "
+                                                        "fixes its own: 3 for Fig. 1, a power calculation on a "
+                                                        "pilot for the others)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
+    p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "
+                                 "runs/reproduce-cifar)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--limit-train", type=int, help="override the preset's number of training images (0: all)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch (128, the paper's)")
+    p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+                   help="any other training flag for every arm, e.g. --set gpu-decode=true --set workers=16")
+    _device(p)
+    p.set_defaults(func=cmd_reproduce)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -589,71 +689,7 @@ def _reproduce_cifar(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import ServeConfig, serve
-
-    serve(ServeConfig(weights=args.weights, host=args.host, port=args.port, max_batch=args.max_batch,
-                      max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_upload_mb=args.max_upload_mb,
-                      read_timeout=args.read_timeout, token=args.token, ten_crop=args.ten_crop, topk=args.topk,
-                      device=args.device, precision=args.precision))
-    return 0
-
-
-def _serve(sub) -> None:
-    p = sub.add_parser("serve", help="an HTTP service with a web page: top-k classes and features of uploaded images",
-                       formatter_class=_Help,
-                       description="Serve a trained network: POST /predict and /features (an image as multipart "
-                                   "field 'file' or the raw body), GET /model, /health, /openapi.json, and a web page "
-                                   "at /. Concurrent requests are batched into one forward pass. SIGTERM finishes "
-                                   "the requests in flight, then exits.")
-    _weights(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback wants --token")
-    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    p.add_argument("--max-batch", type=int, default=32, help="images in one forward pass (1: no batching)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to batch with")
-    p.add_argument("--max-queue", type=int, default=256, help="queued images beyond this are refused with 503")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="larger uploads are refused with 413")
-    p.add_argument("--read-timeout", type=float, default=10.0,
-                   help="seconds a client has to send its upload (else 408)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set ALEXNET_TOKEN)")
-    p.add_argument("--topk", type=int, default=5, help="classes returned when a request does not say (?topk=)")
-    p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
-    _device(p)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
-    p.set_defaults(func=cmd_serve)
-
-
-def _reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", help="the paper's claims as controlled experiments, with intervals",
-                       formatter_class=_Help,
-                       description="Each claim trains a baseline arm and an arm with one change, on the same data, "
-                                   "budget and seeds, and reports the paired difference with a 95%% interval and a "
-                                   "verdict. Finished runs are kept: run it again to continue.")
-    p.add_argument("claims", nargs="*", metavar="CLAIM", help="claims to measure (default: all; see --list)")
-    p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
-    p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
-    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu", "cifar"),
-                   help="cpu: 71 px crops of 80 px images, 6,000 images, 2 epochs (about an hour and a half on "
-                        "2 cores); gpu: the full-size network at 199 px crops of 224 px; auto: gpu when CUDA is "
-                        "present; cifar: the paper's own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's "
-                        "networks, then overlap-pool, dropout, augment, lighting and fig3 in a regime that "
-                        "overfits, every setting fixed in advance (run it again to continue it or to rebuild its "
-                        "report)")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; the cifar preset "
-                                                        "fixes its own: 3 for Fig. 1, a power calculation on a "
-                                                        "pilot for the others)")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
-    p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "
-                                 "runs/reproduce-cifar)")
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--limit-train", type=int, help="override the preset's number of training images (0: all)")
-    p.add_argument("--batch-size", type=int, help="override the preset's batch (128, the paper's)")
-    p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
-                   help="any other training flag for every arm, e.g. --set gpu-decode=true --set workers=16")
-    _device(p)
-    p.set_defaults(func=cmd_reproduce)
-
+# -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__

@@ -24,44 +24,19 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .models import pretrained
+from .options import ServeConfig
 from .training.checkpoint import find_weights
 from .data.folder import UnreadableImage, decode_image
 from .errors import AlexNetError
 
 WEB = Path(__file__).with_name("web")
 TOKEN_ENV = "ALEXNET_TOKEN"
-
-
-@dataclass
-class ServeConfig:
-    weights: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 32  # images in one forward pass; 1 serves one request at a time
-    max_wait_ms: float = 5.0  # how long the first queued image waits for others
-    max_queue: int = 256  # images queued beyond this are refused (503)
-    max_upload_mb: float = 10.0
-    read_timeout: float = 10.0  # seconds a client has to send its request body
-    token: str | None = None
-    ten_crop: bool = False
-    topk: int = 5
-    device: str = "auto"
-    precision: str = "fp32"
-
-    def check(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
-            raise AlexNetError("--max-batch and --max-queue must be at least 1, --max-wait-ms at least 0")
-        if self.max_upload_mb <= 0 or self.read_timeout <= 0:
-            raise AlexNetError("--max-upload-mb and --read-timeout must be positive")
-        if not 1 <= self.port <= 65535:
-            raise AlexNetError(f"--port must be in 1..65535, got {self.port}")
 
 
 class Rejected(Exception):
