@@ -3,6 +3,7 @@ file names made printable."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -44,3 +45,12 @@ def printable(path: str | os.PathLike) -> str:
     """A file name as text that can be printed and stored in JSON: names that are not valid
     UTF-8 (common in data copied from other systems) keep their odd bytes as ``\\xNN``."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's SHA-256, hex, read in pieces (weights files run to hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

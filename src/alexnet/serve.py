@@ -17,7 +17,6 @@ accepting connections, finishes the requests in flight, then exits (uvicorn's sh
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import ipaddress
 import os
@@ -34,6 +33,7 @@ from .options import ServeConfig
 from .training.checkpoint import find_weights
 from .data.folder import UnreadableImage, decode_image
 from .errors import AlexNetError
+from .files import sha256_of
 
 WEB = Path(__file__).with_name("web")
 TOKEN_ENV = "ALEXNET_TOKEN"
@@ -71,7 +71,7 @@ class Model:
         self.stages = [s.name for s in stages(self.net.model)]  # conv1, conv2, ...
         self.ten_crop = cfg.ten_crop
         self.protocol = "ten-crop" if cfg.ten_crop else "center"
-        self.sha256 = _sha256(self.path)
+        self.sha256 = sha256_of(self.path)
         self.info = {"variant": meta["variant"], "weights": self.path.name, "sha256": self.sha256,
                      "num_classes": meta["num_classes"], "classes": self.names, "input_size": meta["input_size"],
                      "resize": meta["resize"], "num_params": meta.get("num_params"),
@@ -93,14 +93,6 @@ class Model:
 
     def features(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(self.net.features(torch.stack(images), self.layer).cpu())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Batcher:

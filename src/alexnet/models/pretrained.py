@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AlexNetError
+from ..files import sha256_of
 
 MIRROR_ENV = "ALEXNET_WEIGHTS_MIRROR"
 TORCHVISION_MODELS = "https://download.pytorch.org/models/"
@@ -105,16 +106,8 @@ def state_dict(entry: Published, download: bool = True) -> dict[str, torch.Tenso
     return state
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_hash(path: Path, entry: Published, where: str) -> None:
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if not actual.startswith(entry.sha256_prefix):
         raise AlexNetError(f"{path} ({where}) has SHA-256 {actual[:16]}..., not the published {entry.sha256_prefix}...: "
                            "a damaged or different file; delete it to download it again")
