@@ -19,7 +19,7 @@ LAYERS = [
     {"models"},
     {"data"},
     {"training"},
-    {"infer", "exporter", "caffe", "explain", "visualize", "bench", "serve", "reproduce"},
+    {"infer", "exporter", "caffe", "explain", "visualize", "bench", "serve", "reproduce", "options"},
     {"cli"},
     {"__main__"},
 ]
@@ -27,7 +27,9 @@ APPLICATIONS = 4
 
 
 def _layer(unit: str) -> int:
-    return next(i for i, names in enumerate(LAYERS) if unit in names)
+    found = [i for i, names in enumerate(LAYERS) if unit in names]
+    assert found, f"{unit} is in no layer: place it in LAYERS"
+    return found[0]
 
 
 def _unit(module: str) -> str:
