@@ -3,7 +3,7 @@
     python benchmarks/gpu_env.py [--json]
 
 Exits 1 when a package the package or its tests need is missing, and says how to carry it
-as a wheel (the device machine has no network; see the README's "Checking on a GPU").
+as a wheel (the device machine has no network; see "Checking on a GPU" in docs/benchmarks.md).
 """
 
 from __future__ import annotations

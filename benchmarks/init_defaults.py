@@ -30,7 +30,6 @@ train` directory).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from datetime import date
 from pathlib import Path
@@ -40,10 +39,9 @@ import torch
 from alexnet.reproduce import stats
 from alexnet.training.config import TrainConfig, apply_overrides
 from alexnet.errors import AlexNetError
-from alexnet.files import atomic_write_text
 from alexnet.models import VARIANTS
 from alexnet.training.train import fit
-from alexnet.visualize import read_metrics
+from alexnet.training.rundir import RunDir
 
 INITS = ("kaiming", "paper", "caffe", "torchvision")
 REGIMES = {
@@ -56,21 +54,21 @@ CHANCE = 0.9
 
 def run(out: Path, variant: str, init: str, seed: int, images: int) -> dict:
     path = out / variant / init / f"seed{seed}"
-    done = path / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    rundir = RunDir(path)
+    if rundir.has_result():
+        return rundir.read_result()
     flags = dict(REGIMES[variant], variant=variant, init=init, seed=seed, data="fashion-mnist", epochs=2,
                  batch_size=128, limit_train=images, limit_val=1000, workers=0, out=str(path))
     diverged = False
     try:
         fit(apply_overrides(TrainConfig(), flags), overwrite=True)
-        error = read_metrics(path)[-1]["val_top1_error"]
+        error = rundir.read_metrics(required=True)[-1]["val_top1_error"]
     except AlexNetError as e:
         if "diverged" not in str(e):
             raise
         diverged, error = True, CHANCE
     result = {"variant": variant, "init": init, "seed": seed, "error": error, "diverged": diverged}
-    atomic_write_text(done, json.dumps(result) + "\n")
+    rundir.write_result(result)
     return result
 
 

@@ -140,6 +140,20 @@ def test_a_client_that_writes_its_whole_upload_first_still_reads_the_413(server,
     assert "larger than the limit of 10 MiB" in json.loads(refused.value.read())["error"]
 
 
+def test_a_client_that_waits_for_100_continue_is_refused_before_it_sends(server):
+    """Expect: 100-continue with a body over the limit: the 413 comes at once, not an invitation
+    to send the body (which the server would then have to read and drop)."""
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                       b"Content-Length: 104857600\r\n\r\n")
+        client.settimeout(10)
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"100 Continue" not in reply
+
+
 def test_a_slow_client_cannot_hold_the_server(server):
     """A client that stops sending its upload gets 408 after --read-timeout (1 s here), and
     others are served while it stalls."""

@@ -7,8 +7,8 @@ The package in layers (each imports only from those above it):
 - ``data``: datasets, packed files, the loader and the batched transforms;
 - ``training``: the configuration, the loop, checkpoints, evaluation, many devices;
 - ``reproduce``: the paper's claims, run and judged;
-- the applications: ``infer``, ``serve``, ``export``, ``caffe``, ``bench``, ``explain``,
-  ``visualize``, and ``cli`` over all of them.
+- the applications: ``infer``, ``serve``, ``exporter``, ``caffe``, ``bench``, ``explain``,
+  ``visualize`` (their settings in ``options``), and ``cli`` over all of them.
 
 The public names below are imported when first used, so ``alexnet --help`` and
 ``import alexnet`` stay fast and load torch only when a name needs it.
@@ -17,6 +17,7 @@ The public names below are imported when first used, so ``alexnet --help`` and
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # alexnet.models, alexnet.infer, ...
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -158,7 +158,7 @@ def import_torchvision(path: str | Path, out: str | Path) -> dict:
     """torchvision's published ``alexnet`` weights -> our weights file: a file (e.g.
     alexnet-owt-7be5be79.pth) or a published name ("IMAGENET1K_V1": from the hub cache, else
     downloaded, its hash checked)."""
-    entry = pretrained.lookup(path) if not Path(path).exists() else None
+    entry = pretrained.published_source(path)
     if entry is not None:
         path = pretrained.weights_file(entry)
     state = _read_state_dict(Path(path))

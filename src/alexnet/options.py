@@ -5,7 +5,7 @@ line builds every parser without loading it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import AlexNetError
 from .training.config import _f
@@ -15,7 +15,7 @@ DEVICE_HELP = "auto (cuda if present), cpu, cuda or cuda:N"
 
 @dataclass
 class ServeConfig:
-    weights: str = _f("", "run directory, weights file or published weights name (positional on the command line)")
+    weights: str = field(metadata={"help": "run directory, weights file or published weights name"})
     host: str = _f("127.0.0.1", "address to bind; anything but loopback wants --token")
     port: int = _f(8000, "TCP port to listen on")
     max_batch: int = _f(32, "images in one forward pass (1: no batching)")

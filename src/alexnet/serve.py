@@ -60,7 +60,7 @@ class Model:
     def __init__(self, cfg: ServeConfig) -> None:
         from .infer import Loaded
 
-        published = pretrained.lookup(cfg.weights) if not Path(cfg.weights).exists() else None
+        published = pretrained.published_source(cfg.weights)
         self.path = pretrained.weights_file(published) if published else find_weights(cfg.weights)
         self.net = Loaded.from_path(published.name if published else self.path, cfg.device, cfg.precision)
         meta = self.net.meta
@@ -332,9 +332,11 @@ class BodyGuard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            await _discard_body(receive, int(length))
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else it has sent nothing yet: say no now
+                await self._discard(receive, int(length))
             return await _send_error(send, 413, self._too_large())
         received, done = 0, False
 
@@ -351,11 +353,15 @@ class BodyGuard:
                 done = not message.get("more_body", False)
                 if received > self.limit:
                     if not done:
-                        await _discard_body(receive, None)
+                        await self._discard(receive, None)
                     raise Rejected(413, self._too_large())
             return message
 
         await self.app(scope, guarded, send)
+
+    async def _discard(self, receive, length: int | None) -> None:
+        await _discard_body(receive, length, max_bytes=DISCARD_LIMITS * self.limit, gap=self.timeout,
+                            total=DISCARD_LIMITS * self.timeout)
 
     def _too_large(self) -> str:
         return f"the upload is larger than the limit of {self.limit / 2**20:g} MiB (--max-upload-mb)"
@@ -368,21 +374,21 @@ class BodyGuard:
 # Reading the rest of a refused upload before answering, as reverse proxies do (nginx's
 # lingering close): a client that writes its whole body before it reads (Python's urllib, many
 # others) would otherwise see the connection reset instead of the 413. Bounded, so that a
-# refused client cannot hold the server: at most this many bytes, this long in all, and this
-# long between two pieces; past a bound the connection closes as before.
-DISCARD_BYTES = 256 * 2**20
-DISCARD_SECONDS = 30.0
-DISCARD_GAP_SECONDS = 5.0
+# refused client holds the server no longer than an accepted one may: at most this many times
+# the upload limit, and as many read timeouts in all (one between two pieces); past a bound the
+# connection closes as before. A client that asked to be told first (Expect: 100-continue) has
+# sent nothing and is answered at once.
+DISCARD_LIMITS = 8
 
 
-async def _discard_body(receive, length: int | None) -> None:
+async def _discard_body(receive, length: int | None, max_bytes: int, gap: float, total: float) -> None:
     """Read and drop the rest of a request body (``length``: its declared size, if any)."""
-    if length is not None and length > DISCARD_BYTES:
+    if length is not None and length > max_bytes:
         return  # too much to read: close at once
     loop = asyncio.get_running_loop()
-    deadline, dropped = loop.time() + DISCARD_SECONDS, 0
-    while dropped <= DISCARD_BYTES:
-        wait = min(DISCARD_GAP_SECONDS, deadline - loop.time())
+    deadline, dropped = loop.time() + total, 0
+    while dropped <= max_bytes:
+        wait = min(gap, deadline - loop.time())
         if wait <= 0:
             return
         try:

@@ -136,3 +136,12 @@ def test_commands_take_the_published_name_where_they_take_weights(fake, tmp_path
     assert main(["import-weights", "torchvision", "IMAGENET1K_V1", "--out", str(tmp_path / "w.safetensors")]) == 0
     imported, _, meta = load_model(tmp_path / "w.safetensors")
     assert _same(imported, state) and meta["published_accuracy"]["top1"] == pytest.approx(0.56522)
+
+
+def test_a_path_is_never_a_name(fake, tmp_path):
+    """A missing run directory whose last part happens to be a published name is a missing
+    path, not a download (a Path's .name once read as the weights' name)."""
+    _, served, _ = fake
+    with pytest.raises(AlexNetError, match="not found"):
+        load_model(tmp_path / "runs" / "DEFAULT")
+    assert served["requests"] == 0

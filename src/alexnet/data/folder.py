@@ -5,7 +5,7 @@ opened by ``load_image`` under the file policy below, its shorter side resized t
 ``resize`` and the center ``resize`` x ``resize`` square kept: the paper's preprocessing.
 Images smaller than that are scaled up.
 
-The file policy (every command that reads images follows it; README, "Odd and hostile files"):
+The file policy (every command that reads images follows it; docs/data.md, "Odd and hostile files"):
 - *Ignored*: files without an image extension (``IMAGE_EXTENSIONS``, any case), hidden
   class folders. A folder named like an image is searched like any folder.
 - *Converted*: every image becomes 8-bit RGB. Grayscale and 1-bit are repeated over three

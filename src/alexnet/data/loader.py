@@ -206,7 +206,7 @@ class FolderBatches(Batches):
 
 class PackedBatches(Batches):
     """A split of a packed dataset (``alexnet prepare``): whole batches are read from the
-    shards and decoded by ``workers`` processes, or, with ``device_decode``,
+    shards and decoded by ``workers`` processes, or, for a split that decodes later,
     sent still encoded and decoded on the training device by torchvision's batched
     ``decode_jpeg`` (nvJPEG on CUDA: ``--gpu-decode``), beside the training step
     (``DeviceDecoder``)."""

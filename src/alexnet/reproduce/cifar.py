@@ -232,7 +232,7 @@ def run_study(claims: list[str], data: str, out: str | Path, device: str = "auto
               log: Callable[[str], None] = print) -> dict:
     """Run the claims (each resumable), then write ``results.json``, ``report.md`` and the figures
     (the report keeps the claims an earlier call on ``out`` measured). The paper's two CIFAR-10
-    claims first, then the regularisers' family (``reproduce_cifar_overfit``), whose claims
+    claims first, then the regularisers' family (``cifar_overfit``), whose claims
     named together share their runs."""
     from . import cifar_overfit as overfit
 

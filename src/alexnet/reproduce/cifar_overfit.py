@@ -1,5 +1,5 @@
 """The paper's regularisers and its Fig. 3 on CIFAR-10, in a regime that overfits: the second
-family of ``alexnet reproduce --preset cifar`` (the first, ``reproduce_cifar``, holds the
+family of ``alexnet reproduce --preset cifar`` (the first, ``reproduce.cifar``, holds the
 paper's own CIFAR-10 claims).
 
 The paper measured these on ImageNet, where its network overfits without them (sections 3.4,
@@ -44,7 +44,7 @@ from . import stats
 IMAGES = 5000
 PILOT_SEEDS, MIN_SEEDS, MAX_SEEDS = 2, 3, 6
 ALPHA, POWER = 0.05, 0.8
-# cuda-convnet's 11pct recipe (reproduce_cifar.SEC33) with the paper's regularisers, on 5,000 images
+# cuda-convnet's 11pct recipe (cifar.SEC33) with the paper's regularisers, on 5,000 images
 # seen 40 times (1,560 steps of 128), the rate divided by 10 after epochs 32 and 36 (as SEC33 at
 # 16 and 18 of 20). Validation during training on 1,000 of the 5,000 held-out images (the curves);
 # the final figures on all of them and on the 10,000 test images.

@@ -161,7 +161,7 @@ def load_model(path: str | Path, variant: str | None = None, num_classes: int | 
     ``num_classes``, when given, must match what the file holds. A published name that is not
     a file here ("IMAGENET1K_V1") loads those weights (``models.pretrained``).
     """
-    if not Path(path).exists() and pretrained.lookup(path) is not None:
+    if pretrained.published_source(path) is not None:
         return load_published(path, variant, num_classes)
     p = find_weights(path)
     if p.suffix == ".safetensors":

@@ -389,7 +389,7 @@ def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tupl
             saved.optim.bias_lr_mult = saved.optim.bias_decay_mult = 1.0  # continues as it began
         cfg = saved
     if overrides:
-        cfg = apply_overrides(cfg, overrides)
+        cfg = apply_overrides(from_dict(to_dict(cfg)), overrides)  # on a copy: the caller's stays as it was
     return cfg, ckpt
 
 
@@ -416,20 +416,20 @@ class Start:
 
 def resolve(cfg: TrainConfig, resume: bool, overrides: dict | None, overwrite: bool) -> Start:
     """The configuration in one pass, each step on a copy: a resumed run's own (with
-    ``overrides``); then what the weights it starts from fix (network, sizes, structure); then
-    the networks' defaults; every flag checked before any data are read; then the data, which
-    fix the class count."""
+    ``overrides``); the runtime, and a refusal of an ``--out`` that holds another run; then what
+    the weights it starts from fix (network, sizes, structure); then the networks' defaults;
+    every flag checked before any data are read; then the data, which fix the class count."""
     cfg, ckpt = _prepare_run(cfg, resume, overrides)
+    rt = resolve_runtime(cfg)  # the device and the process group: nothing it reads comes from the weights
+    _check_out(Path(cfg.out), ckpt is not None, overwrite)  # before any weights are loaded, or downloaded
     pretrained = None
     if cfg.model.weights and ckpt is None:
         model, normalizer, meta = load_model(cfg.model.weights)
         cfg, pretrained = adopt_weights(cfg, meta), (model, normalizer)
     cfg = resolve_defaults(cfg)
     validate(cfg)
-    rt = resolve_runtime(cfg)
     if cfg.cuda_graphs and (rt.device.type != "cuda" or rt.env.world > 1):
         raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
-    _check_out(Path(cfg.out), ckpt is not None, overwrite)
     splits = _splits(cfg, rt)
     return Start(adopt_classes(cfg, splits.classes), ckpt, pretrained, rt, splits)
 
