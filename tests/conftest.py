@@ -252,3 +252,24 @@ def write_cifar_release(folder, per_class_train=40, per_class_test=10):
         (folder / name).write_bytes(train_raw[i * size:(i + 1) * size])
     (folder / "test_batch.bin").write_bytes(records(per_class_test))
     return folder
+
+
+def explains_a_photo(weights, tmp_path, stages: int) -> None:
+    """``alexnet explain`` on imported weights: every stage's maps and the three attributions
+    for a real photograph, named with ImageNet's classes."""
+    import json
+
+    from PIL import Image
+    from skimage import data
+
+    from alexnet.cli import main
+    from alexnet.training.checkpoint import load_model
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    out = tmp_path / "explain"
+    assert main(["explain", str(weights), str(tmp_path / "cat.png"), "--out", str(out), "--ig-steps", "2",
+                 "--device", "cpu", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["stages"]) == stages and summary["target"]["class"] in load_model(weights)[2]["classes"]
+    assert {"occlusion", "gradcam_conv5", "integrated_gradients"} <= {k.split(".")[0] for k in summary["files"]}
+    assert all((out / f).stat().st_size > 0 for f in summary["files"].values())

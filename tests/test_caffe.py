@@ -7,6 +7,7 @@ from alexnet.training.checkpoint import load_model
 from alexnet.cli import main
 from alexnet.data.folder import load_image
 from alexnet.data.transforms import EvalCrops
+from conftest import explains_a_photo
 
 
 def caffe_messages():
@@ -113,3 +114,5 @@ def test_import_caffe_bvlc_alexnet(tmp_path, style):
     with torch.no_grad():
         wrong = caffe_reference(blobs, (rgb.float() - torch.from_numpy(mean_bgr))[None, :, 14:241, 14:241])
     assert (wrong - theirs).abs().max() > 10 * (ours - theirs).abs().max()
+    if style == "layer":  # once: the imported network explains a photograph like a trained one
+        explains_a_photo(tmp_path / "caffe.safetensors", tmp_path, stages=5)

@@ -6,6 +6,7 @@ import torchvision
 from alexnet import create_model
 from alexnet.training.checkpoint import load_model
 from alexnet.cli import main
+from conftest import explains_a_photo
 from alexnet.data.folder import load_image
 from alexnet.data.transforms import EvalCrops
 from alexnet.exporter import export
@@ -61,6 +62,7 @@ def test_import_torchvision_weights(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    explains_a_photo(tmp_path / "tv.safetensors", tmp_path, stages=5)
 
 
 class Payload:
