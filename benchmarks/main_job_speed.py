@@ -1,0 +1,73 @@
+"""Where the main job's time goes on a CPU: the training step of its network alone, in each form
+the trainer offers, side by side in one process (issue 17, point 7).
+
+    python benchmarks/main_job_speed.py [--compile] [--precision fp32|bf16] [--rounds 4]
+
+The `paper` network at the main job's 67-px crops, batch 128, 10 classes, SGD with momentum:
+forward, backward and step on synthetic data already in memory. The forms run in interleaved
+rounds (each round times two steps of every form), so that a slower minute of a shared machine
+falls on all of them; the figure is the median round. `--compile` adds torch.compile (its
+compilation is not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from alexnet import create_model
+
+BATCH, CROP = 128, 67
+
+
+def step_of(channels_last: bool, compiled: bool, dtype: torch.dtype | None):
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10, init="kaiming")
+    x, y = torch.randn(BATCH, 3, CROP, CROP), torch.randint(0, 10, (BATCH,))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    run = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(run(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--rounds", type=int, default=4)
+    args = p.parse_args()
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    forms = {"eager": (False, False), "eager, channels-last": (True, False)}
+    if args.compile:
+        forms |= {"compiled": (False, True), "compiled, channels-last": (True, True)}
+    steps = {name: step_of(cl, comp, dtype) for name, (cl, comp) in forms.items()}
+    for step in steps.values():  # warm-up (and compilation)
+        step()
+        step()
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            step()
+            times[name].append((time.perf_counter() - start) / 2)
+    print(f"paper network, {CROP} px, batch {BATCH}, {args.precision}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    for name, t in times.items():
+        print(f"{name:24s} {BATCH / statistics.median(t):7.1f} img/s   steps: {', '.join(f'{s:.3f}' for s in t)} s")
+
+
+if __name__ == "__main__":
+    main()
