@@ -44,10 +44,12 @@ def _flag(parser, f: dataclasses.Field, **kw) -> None:
         parser.add_argument(flag, type=kind, choices=choices, metavar=None if choices else f.name.upper(), **kw)
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """A flag per field of an application's settings (``options``), its default the field's."""
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                         only: tuple[str, ...] | None = None) -> None:
+    """A flag per field of a settings dataclass (``options``, ``training.config``), its default
+    the field's; ``only``: just these fields."""
     for f in dataclasses.fields(cls):
-        if f.name not in skip:
+        if f.name not in skip and (only is None or f.name in only):
             _flag(parser, f, dest=f.name, default=f.default, help=f.metadata.get("help", "").replace("%", "%%"))
 
 
@@ -105,21 +107,14 @@ def _unreadable_status(inputs: list[str], skipped: list[str], done: int) -> int:
 # -------------------------------------------------------------------------------------
 # alexnet summary
 
+SUMMARY_FIELDS = ("variant", "norm", "activation", "overlap_pool", "towers", "pool5_grid", "ceil_pool")
+
 def _summary(sub) -> None:
     p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs", formatter_class=_Help)
-    p.add_argument("--variant", default="paper", help="the network: paper, torchvision, paper-half, lenet5, "
-                                                       "cifar-18pct or cifar-11pct")
-    p.add_argument("--norm", default="lrn", choices=("lrn", "batch", "none"),
-                   help="paper networks: LRN (the paper), batch norm after every convolution, or none; cifar "
-                        "networks: their layer file's normalisation or none")
-    p.add_argument("--activation", default="relu", choices=("relu", "tanh"),
-                   help="paper and cifar networks: the nonlinearity")
-    p.add_argument("--overlap-pool", default=True, action=argparse.BooleanOptionalAction,
-                   help="paper and cifar networks: 3x3 stride-2 pooling (the paper); off: 2x2 stride 2")
-    p.add_argument("--towers", type=int, default=1, help="cifar-11pct: 2 splits conv1-conv2 into two towers")
-    p.add_argument("--pool5-grid", type=int, default=6,
-                   help="paper and torchvision networks: the grid fc6 reads pool5 at; 0 = pool5's own size")
-    p.add_argument("--ceil-pool", action="store_true", help="paper networks: pools round their size up (Caffe)")
+    from .training.config import ModelConfig
+
+    # the network's flags are train's own, from the same fields
+    _add_dataclass_flags(p, ModelConfig, only=SUMMARY_FIELDS)
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the last layer")
     p.add_argument("--input-size", type=int, default=0, help="input side in pixels; 0 = the variant's native")
     _json(p)
