@@ -98,6 +98,19 @@ def save_weights(path: str | Path, model: nn.Module, normalizer, meta: dict[str,
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """(model state dict, normaliser state, metadata) of an alexnet safetensors file."""
+    tensors, meta = _read_safetensors(path, tensors=True)
+    norm = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("normalizer.")}
+    state = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
+    return state, norm, meta
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata record of an alexnet safetensors file, without reading its tensors."""
+    return _read_safetensors(path, tensors=False)[1]
+
+
+def _read_safetensors(path: str | Path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The file's tensors (when asked) and its alexnet metadata record: the one reader of both."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -106,26 +119,15 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
     try:
         with safe_open(str(path), framework="pt") as f:
             meta_raw = (f.metadata() or {}).get("alexnet")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as e:
         raise AlexNetError(f"{path} is not a readable safetensors file ({e})") from None
     if meta_raw is None:
         raise AlexNetError(f"{path} has no alexnet metadata record")
-    meta = json.loads(meta_raw)
-    norm = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("normalizer.")}
-    state = {k: v for k, v in tensors.items() if not k.startswith("normalizer.")}
-    return state, norm, meta
-
-
-def read_weights_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata record of an alexnet safetensors file, without reading its tensors."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["alexnet"])
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise AlexNetError(f"{path} has no readable alexnet metadata record ({type(e).__name__})") from None
+        return found, json.loads(meta_raw)
+    except ValueError:
+        raise AlexNetError(f"{path} has a damaged alexnet metadata record") from None
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
