@@ -57,7 +57,7 @@ def test_summary_table(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["summary", "--variant", "vgg"], "unknown variant 'vgg'"),
+    (["summary", "--input-size", "20"], "--input-size 20 is too small for paper (at least 67)"),
     (["train", "--data", "/no/such/folder", "--epochs", "1"], "data folder '/no/such/folder' not found"),
     (["train", "--lr", "-1"], "--lr must be positive"),
     (["train", "--crop", "32"], "--crop 32 is too small for the paper network"),

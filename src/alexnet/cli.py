@@ -58,13 +58,39 @@ def _fields_of(args: argparse.Namespace, cls) -> dict:
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows '(default: X)' after every flag's help (not for flags whose default is None or off)."""
+    """Shows '(default: X)' after every flag's help (not for flags whose default is None or off);
+    for a flag whose default is the library function's own, that default, read when asked."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
+        if getattr(action, "library", None):
+            return f"{action.help} (default: {_library_default(action)})".replace("%", "%%")
         hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
         if hidden or "(default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+def _lib(p: argparse.ArgumentParser, flag: str, function: str, **kw) -> None:
+    """A flag whose default is the parameter of the same name of ``function`` ('module:name' in
+    the package), the one copy of it: filled in when the command runs (``main``) and shown in
+    --help, both importing the function only then, so that parsing stays free of torch."""
+    action = p.add_argument(flag, default=argparse.SUPPRESS, **kw)
+    action.library = function
+
+
+def _library_default(action: argparse.Action):
+    import importlib
+    import inspect
+
+    module, name = action.library.split(":")
+    function = getattr(importlib.import_module(f".{module}", __package__), name)
+    return inspect.signature(function).parameters[action.dest].default
+
+
+def _fill_library_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for action in parser._actions:
+        if getattr(action, "library", None) and not hasattr(args, action.dest):
+            setattr(args, action.dest, _library_default(action))
 
 
 def _weights(p: argparse.ArgumentParser) -> None:
@@ -283,13 +309,13 @@ def _evaluate(sub) -> None:
     _weights(p)
     p.add_argument("--data", help="dataset (default: the one the network was trained on)")
     p.add_argument("--ten-crop", action="store_true", help="the paper's 10-crop protocol (default: center crop)")
-    p.add_argument("--split", default="auto", choices=("auto", "test", "val", "train"),
-                   help="test (the data's test split), val (its val split, or the images the run held out of "
-                        "training), train; auto: test where the data has one, else val")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (times 10 with --ten-crop)")
+    _lib(p, "--split", "infer:evaluate_weights", choices=("auto", "test", "val", "train"),
+         help="test (the data's test split), val (its val split, or the images the run held out of "
+              "training), train; auto: test where the data has one, else val")
+    _lib(p, "--batch-size", "infer:evaluate_weights", type=int, help="images per forward pass (times 10 with --ten-crop)")
     _device(p)
     _workers(p)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images; 0 = all")
+    _lib(p, "--limit", "infer:evaluate_weights", type=int, help="evaluate only the first N images; 0 = all")
     p.add_argument("--fashion-mnist-dir", default=None, help="Fashion-MNIST's directory (default: the run's)")
     _json(p)
     p.set_defaults(func=cmd_evaluate)
@@ -315,13 +341,13 @@ def _predict(sub) -> None:
     p = sub.add_parser("predict", help="top-5 classes of images or folders of images", formatter_class=_Help)
     _weights(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders searched recursively")
-    p.add_argument("--topk", type=int, default=5, help="classes to list per image")
+    _lib(p, "--topk", "infer:predict", type=int, help="classes to list per image")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax of the paper's 10 crops")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    _lib(p, "--batch-size", "infer:predict", type=int, help="images per forward pass")
     _device(p)
     _workers(p)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
+    _lib(p, "--precision", "infer:predict", choices=("fp32", "bf16"),
+         help="bf16: autocast + channels-last, about 2x faster on CPUs with bf16 instructions")
     _json(p)
     p.set_defaults(func=cmd_predict)
 
@@ -354,10 +380,10 @@ def _features(sub) -> None:
     p.add_argument("--layer", help="which activations: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); default the last "
                                    "hidden layer, fc7 (f6)")
     p.add_argument("--out", default="features.npz", help="output .npz: features (N, D), paths (N,)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    _lib(p, "--batch-size", "infer:extract_features", type=int, help="images per forward pass")
     _device(p)
     _workers(p)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
+    _lib(p, "--precision", "infer:extract_features", choices=("fp32", "bf16"), help="bf16: autocast + channels-last")
     p.set_defaults(func=cmd_features)
 
 
@@ -384,13 +410,13 @@ def _explain(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
     p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
                                                 "always shown)")
-    p.add_argument("--topk", type=int, default=5, help="classes listed")
-    p.add_argument("--ig-steps", type=int, default=32, help="integrated gradients' steps from the mean image")
+    _lib(p, "--topk", "explain:explain", type=int, help="classes listed")
+    _lib(p, "--ig-steps", "explain:explain", type=int, help="integrated gradients' steps from the mean image")
     p.add_argument("--units", default="", metavar="STAGE[:C,C,...]",
                    help="instead of one image: the patches of --data's images that excite these units most, e.g. "
                         "conv5 (its first 8 channels) or conv5:3,7,12")
     p.add_argument("--data", help="with --units: a folder of images (searched recursively)")
-    p.add_argument("--k", type=int, default=9, help="with --units: patches per unit")
+    _lib(p, "--k", "explain:explain_units", type=int, help="with --units: patches per unit")
     _device(p)
     _json(p)
     p.set_defaults(func=cmd_explain)
@@ -438,10 +464,10 @@ def _neighbors(sub) -> None:
     p.add_argument("--query", nargs="+", required=True, metavar="IMAGE_OR_DIR", help="the images to look up")
     p.add_argument("--gallery", nargs="+", required=True, metavar="DIR_OR_NPZ",
                    help="images to search, or a features .npz from alexnet features")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    _lib(p, "--k", "infer:neighbors", type=int, help="neighbours per query")
     p.add_argument("--layer", help="the space distances are taken in: pool5, fc6 or fc7 (LeNet-5: s4, c5 or f6); "
                                    "default the gallery file's, else fc7 (f6)")
-    p.add_argument("--out", default="neighbors.png", help="the PNG grid")
+    _lib(p, "--out", "infer:neighbors", help="the PNG grid")
     _device(p)
     _json(p)
     p.set_defaults(func=cmd_neighbors)
@@ -699,10 +725,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _fill_library_defaults(_subparser(parser, args.command), args)
         return args.func(args)
     except AlexNetError as e:
         print(f"alexnet: error: {one_line(e)}", file=sys.stderr)
