@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from ..training.curves import smoothed
 import torch
 
 from ..files import atomic_write
@@ -26,10 +28,8 @@ def _save(fig, out: Path) -> None:
 
 
 def _smoothed(trace: list[float], window: int) -> np.ndarray:
-    t = np.asarray(trace, dtype=np.float64)
-    if len(t) < window:
-        return t
-    return np.convolve(t, np.ones(window) / window, mode="valid")
+    """``curves.smoothed`` as an array; a trace shorter than the window is drawn as it is."""
+    return np.asarray(smoothed(trace, window) or trace, dtype=np.float64)
 
 
 def fig1(results: dict, claim: dict, out: Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import AlexNetError
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+def setting(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+    """A dataclass field with its help text (and choices): the command line makes a flag of it."""
     meta = {"help": help}
     if choices:
         meta["choices"] = choices
@@ -26,113 +27,113 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
 
 @dataclass
 class ModelConfig:
-    variant: str = _f("paper", "network: 'paper' (2012, two towers, LRN), 'torchvision' (single tower), "
+    variant: str = setting("paper", "network: 'paper' (2012, two towers, LRN), 'torchvision' (single tower), "
                                "'paper-half' (one tower, half of conv1-4: section 3.2), 'lenet5' (1998, 32 px), "
                                "'cifar-18pct' and 'cifar-11pct' (cuda-convnet's CIFAR-10 nets, 32 and 24 px: "
                                "the paper's Fig. 1 and section 3.3)",
                       ("paper", "torchvision", "paper-half", "lenet5", "cifar-18pct", "cifar-11pct"))
-    num_classes: int = _f(0, "number of classes; 0 takes it from the data")
-    dropout: float = _f(-1.0, "dropout probability: in fc6/fc7 for the AlexNets, before fc10 for the cifar networks; "
+    num_classes: int = setting(0, "number of classes; 0 takes it from the data")
+    dropout: float = setting(-1.0, "dropout probability: in fc6/fc7 for the AlexNets, before fc10 for the cifar networks; "
                               "-1 = the network's own: 0.5 for the AlexNets (the paper), none for the cifar networks "
                               "(their layer files) and LeNet-5")
-    norm: str = _f("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
+    norm: str = setting("lrn", "paper networks: local response normalisation after conv1/conv2 (the paper), batch norm "
                           "after every convolution (AlexNet-BN), or none; cifar networks: their layer file's "
                           "normalisation (lrn) or none", ("lrn", "batch", "none"))
-    activation: str = _f("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
+    activation: str = setting("relu", "paper and cifar networks: the nonlinearity (section 3.1 compares relu with tanh)",
                          ("relu", "tanh"))
-    overlap_pool: bool = _f(True, "paper and cifar networks: overlapping 3x3 stride-2 pooling (the paper, the layer "
+    overlap_pool: bool = setting(True, "paper and cifar networks: overlapping 3x3 stride-2 pooling (the paper, the layer "
                                   "files); off: 2x2 stride 2")
-    towers: int = _f(1, "cifar-11pct: 2 splits conv1 and conv2 into two towers, as the paper's two GPUs (Fig. 3); "
+    towers: int = setting(1, "cifar-11pct: 2 splits conv1 and conv2 into two towers, as the paper's two GPUs (Fig. 3); "
                         "the paper network always has two")
-    pool5_grid: int = _f(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
+    pool5_grid: int = setting(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
                             "0 = pool5's own size at --crop (1x1 below 99 px for paper, 95 for torchvision; 2x2 "
                             "at 71 px with --ceil-pool); a larger grid copies each value and fc6 learns that many "
                             "times too fast")
-    ceil_pool: bool = _f(False, "paper networks: max pools round their output up, as Caffe's (the same 3x3/2 maps "
+    ceil_pool: bool = setting(False, "paper networks: max pools round their output up, as Caffe's (the same 3x3/2 maps "
                                 "at 227 px); at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools "
                                 "then give the same maps and differ in overlap alone")
-    lrn_k: float = _f(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
-    lrn_span: str = _f("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
+    lrn_k: float = setting(2.0, "LRN constant k (paper variant): 2 as in the paper; Caffe's bvlc_alexnet uses 1")
+    lrn_span: str = setting("all", "LRN window (paper variant): over all maps, as Caffe's bvlc_alexnet, or within "
                               "each tower, as the paper's two GPUs each normalised their own maps",
                        ("all", "tower"))
     # He's init, not the paper's: with the paper's N(0, 0.01) weights and biases of 1 the network
     # stayed at chance through its first epoch in every seed (alexnet reproduce init,
     # docs/reproduction.md), the stall Caffe's bvlc_alexnet also met. --init paper is the paper's.
-    init: str = _f("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks, "
+    init: str = setting("auto", "initialisation: auto (the network's own default: kaiming for the ImageNet networks, "
                            "torchvision for LeNet-5, the layer file's for the cifar networks), kaiming (He, fan-out; "
                            "linear layers N(0,0.01); biases 0), paper (N(0,0.01), biases 1 in conv2/4/5, fc6/7; the cifar "
                            "networks: their layer file's), zero-bias (the same, biases 0), caffe (biases 0.1, fc6/7 "
                            "std 0.005), torchvision (PyTorch's layer defaults)",
                    ("auto", "kaiming", "paper", "zero-bias", "caffe", "torchvision"))
-    weights: str = _f("", "start from these trained weights (a run, a weights file, or a published name such as "
+    weights: str = setting("", "start from these trained weights (a run, a weights file, or a published name such as "
                           "IMAGENET1K_V1); fc8 is replaced when the class "
                           "count differs, and the weights' variant, input size and normaliser are used")
-    freeze: str = _f("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
+    freeze: str = setting("none", "layers kept fixed: none, features (all convolutions), all-but-fc8",
                      ("none", "features", "all-but-fc8"))
 
 
 @dataclass
 class DataConfig:
-    data: str = _f("fashion-mnist", "class-per-folder tree with train/ and val/, a packed dataset "
+    data: str = setting("fashion-mnist", "class-per-folder tree with train/ and val/, a packed dataset "
                                     "(alexnet prepare), or 'fashion-mnist'")
-    fashion_mnist_dir: str = _f("", "directory of the Fashion-MNIST IDX files (default: $ALEXNET_FASHION_MNIST, "
+    fashion_mnist_dir: str = setting("", "directory of the Fashion-MNIST IDX files (default: $ALEXNET_FASHION_MNIST, "
                                     "then /usr/share/datasets/fashion-mnist)")
-    resize: int = _f(256, "preprocessing: shorter side to this, then a center square crop of it (paper: 256)")
-    crop: int = _f(0, "network input: random crops of this size in training, center/10-crop in evaluation; "
+    resize: int = setting(256, "preprocessing: shorter side to this, then a center square crop of it (paper: 256)")
+    crop: int = setting(0, "network input: random crops of this size in training, center/10-crop in evaluation; "
                       "0 = the variant's native size (paper 227, torchvision 224)")
-    random_crop: bool = _f(True, "random crops in training (off: center crop)")
-    flip: bool = _f(True, "random horizontal flips in training")
-    lighting: float = _f(0.1, "std of the PCA colour noise alpha (paper: 0.1; 0 disables)")
-    normalize: str = _f("auto", "mean-image: subtract the training set's mean image, 0-255 scale (the paper's and "
+    random_crop: bool = setting(True, "random crops in training (off: center crop)")
+    flip: bool = setting(True, "random horizontal flips in training")
+    lighting: float = setting(0.1, "std of the PCA colour noise alpha (paper: 0.1; 0 disables)")
+    normalize: str = setting("auto", "mean-image: subtract the training set's mean image, 0-255 scale (the paper's and "
                                 "cuda-convnet's, which LRN's constants and the paper's init were made for); channel: "
                                 "torchvision's per-channel mean/std (unit scale, which He's and PyTorch's inits "
                                 "assume); auto: the network's own (mean-image for paper, paper-half and the cifar "
                                 "networks, channel for torchvision and lenet5)", ("auto", "mean-image", "channel"))
-    mean_samples: int = _f(10000, "training images used to estimate the mean image")
-    workers: int = _f(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
-    gpu_decode: bool = _f(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
-    cache: str = _f("none", "packed data: decode every image once into memory and gather batches from it: gpu "
+    mean_samples: int = setting(10000, "training images used to estimate the mean image")
+    workers: int = setting(-1, "data loading processes for image folders and packed data; -1 = one per CPU core")
+    gpu_decode: bool = setting(False, "packed JPEG data: decode batches on the GPU (torchvision decode_jpeg on CUDA)")
+    cache: str = setting("none", "packed data: decode every image once into memory and gather batches from it: gpu "
                             "(GPU memory), host (pinned host memory), auto (the first that holds them with half its "
                             "free memory to spare, else none), none (read and decode every epoch)",
                     ("none", "auto", "gpu", "host"))
-    holdout: int = _f(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
+    holdout: int = setting(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
                           "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
-    limit_train: int = _f(0, "use only this many training images, a random choice by --seed (0 = all); for quick "
+    limit_train: int = setting(0, "use only this many training images, a random choice by --seed (0 = all); for quick "
                              "runs and small-data experiments")
-    limit_val: int = _f(0, "use only this many validation (and test) images (0 = all)")
+    limit_val: int = setting(0, "use only this many validation (and test) images (0 = all)")
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = _f(90, "epochs to train (paper: about 90)")
-    batch_size: int = _f(128, "images per step, across all processes (paper: 128)")
-    lr: float = _f(0.0, "initial learning rate; 0 = the network's own: 0.01 (the paper) for the ImageNet networks "
+    epochs: int = setting(90, "epochs to train (paper: about 90)")
+    batch_size: int = setting(128, "images per step, across all processes (paper: 128)")
+    lr: float = setting(0.0, "initial learning rate; 0 = the network's own: 0.01 (the paper) for the ImageNet networks "
                         "and LeNet-5, 0.001 for the cifar networks (cuda-convnet's epsW)")
-    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
-    weight_decay: float = _f(-1.0, "weight decay; -1 = the network's own: 5e-4 (the paper); 0.004 for the cifar "
+    momentum: float = setting(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = setting(-1.0, "weight decay; -1 = the network's own: 5e-4 (the paper); 0.004 for the cifar "
                                    "networks (cuda-convnet's wc, each layer its own multiple of it)")
-    schedule: str = _f("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
+    schedule: str = setting("plateau", "plateau: divide lr by 10 when val error stops improving (paper); "
                                   "step: every --step-epochs; multistep: at each of --milestones (none: constant); "
                                   "cosine: per-step cosine decay to zero",
                        ("plateau", "step", "multistep", "cosine"))
-    patience: int = _f(5, "plateau: epochs without improvement before the lr is divided")
-    max_drops: int = _f(3, "plateau/step: divide the lr at most this many times (paper: 3)")
-    step_epochs: int = _f(30, "step: epochs between divisions")
-    milestones: str = _f("", "multistep: the epochs after which the lr is divided by 10, e.g. '16,18' (as "
+    patience: int = setting(5, "plateau: epochs without improvement before the lr is divided")
+    max_drops: int = setting(3, "plateau/step: divide the lr at most this many times (paper: 3)")
+    step_epochs: int = setting(30, "step: epochs between divisions")
+    milestones: str = setting("", "multistep: the epochs after which the lr is divided by 10, e.g. '16,18' (as "
                              "cuda-convnet's CIFAR-10 recipes lower it twice near the end)")
-    warmup_epochs: float = _f(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
-    head_lr_mult: float = _f(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
-    bias_lr_mult: float = _f(2.0, "learning-rate multiplier for biases: 2 as in the code the paper ran "
+    warmup_epochs: float = setting(0.0, "linear warm-up from 0 over this many epochs (for large batches)")
+    head_lr_mult: float = setting(1.0, "learning-rate multiplier for the last layer (fc8), e.g. 10 when fine-tuning")
+    bias_lr_mult: float = setting(2.0, "learning-rate multiplier for biases: 2 as in the code the paper ran "
                                   "(cuda-convnet epsB = 2 x epsW) and Caffe (lr_mult 2); 1 treats them as weights")
-    bias_decay_mult: float = _f(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
+    bias_decay_mult: float = setting(0.0, "weight-decay multiplier for biases: 0 as in cuda-convnet and Caffe "
                                      "(decay_mult 0); 1 decays them as weights")
-    scale_lr: bool = _f(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
-    stop_at_train_error: float = _f(0.0, "end training after the epoch in which the training error, averaged "
+    scale_lr: bool = setting(False, "linear scaling rule: multiply --lr by batch-size/128 (use with --warmup-epochs)")
+    stop_at_train_error: float = setting(0.0, "end training after the epoch in which the training error, averaged "
                                          "over a tenth of an epoch's steps, first reaches this (e.g. 0.25, "
                                          "Fig. 1's mark); 0 = train every epoch")
-    skip_nonfinite: int = _f(0, "skip up to this many batches an epoch whose loss is not finite, leaving the "
+    skip_nonfinite: int = setting(0, "skip up to this many batches an epoch whose loss is not finite, leaving the "
                                 "weights untouched (costs a host sync per step); 0 = stop at the first")
-    fused: bool = _f(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
+    fused: bool = setting(True, "fused SGD step: one kernel updates every parameter (same arithmetic as the loop)")
 
 
 @dataclass
@@ -140,35 +141,35 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    out: str = _f("runs/alexnet", "run directory: config, metrics, checkpoints")
-    seed: int = _f(0, "random seed; with it, a CPU run is reproducible and resumes exactly")
-    device: str = _f("auto", "auto (cuda if present), cpu, cuda, cuda:N")
-    model_parallel: str = _f("", "the paper's two-GPU split of the paper network: 'auto' (towers on cuda:2r and "
+    out: str = setting("runs/alexnet", "run directory: config, metrics, checkpoints")
+    seed: int = setting(0, "random seed; with it, a CPU run is reproducible and resumes exactly")
+    device: str = setting("auto", "auto (cuda if present), cpu, cuda, cuda:N")
+    model_parallel: str = setting("", "the paper's two-GPU split of the paper network: 'auto' (towers on cuda:2r and "
                                  "cuda:2r+1 for local rank r) or two devices, e.g. 'cuda:0,cuda:1'; '' = off")
-    precision: str = _f("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 (full fp32 "
+    precision: str = setting("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 (full fp32 "
                                 "arithmetic, no TF32 on GPUs), bf16, fp16",
                         ("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = _f("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
-    compile: bool = _f(False, "torch.compile the model")
-    cuda_graphs: bool = _f(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
+    channels_last: str = setting("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
+    compile: bool = setting(False, "torch.compile the model")
+    cuda_graphs: bool = setting(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
                                   "CUDA, bf16 or fp32, fused SGD): launches cost one per step; off until measured "
                                   "faster (benchmarks/gpu_profile.py)")
-    tower_conv: str = _f("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
+    tower_conv: str = setting("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
                                     "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
-    pools: str = _f("native", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
+    pools: str = setting("native", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
                               "instead of generating its own pooling backward); the same results",
                     ("native", "opaque"))
-    conv1: str = _f("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
+    conv1: str = setting("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); direct until measured "
                               "otherwise (benchmarks/gpu_profile.py)", ("direct", "s2d"))
-    ten_crop: bool = _f(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
-    checkpoint_every: str = _f("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
+    ten_crop: bool = setting(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
+    checkpoint_every: str = setting("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
                                     "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")
-    trace_steps: bool = _f(False, "record every step's training loss and error in metrics.jsonl (for curves)")
-    tensorboard: bool = _f(False, "write TensorBoard event files in RUN/tensorboard (rank 0): losses, accuracies, "
+    trace_steps: bool = setting(False, "record every step's training loss and error in metrics.jsonl (for curves)")
+    tensorboard: bool = setting(False, "write TensorBoard event files in RUN/tensorboard (rank 0): losses, accuracies, "
                                   "learning rate, images/s, conv1 kernels, hyperparameters")
-    log_every: float = _f(30.0, "seconds between progress lines when output is not a terminal")
+    log_every: float = setting(30.0, "seconds between progress lines when output is not a terminal")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
