@@ -11,7 +11,7 @@ the median of ``--reps`` after ``--warmup``:
 
 1. layers: the paper network's layers one by one at the real shapes (bf16, channels-last on
    CUDA): forward, input gradient and weight gradient, for every choice that layer has (conv1
-   direct or space-to-depth, LRN in PyTorch or Triton, the towers' convolutions grouped or as
+   direct or space-to-depth, LRN in PyTorch or by either pair of Triton kernels, the towers' convolutions grouped or as
    two dense halves).
 2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
    under every combination of those choices, and torchvision's with its conv1 choices, at
@@ -90,7 +90,7 @@ def autocast(args):
 
 
 def lrn_choices(args) -> list[str]:
-    return ["torch", "triton"] if args.device.type == "cuda" else ["torch"]
+    return ["torch", "triton", "triton-band"] if args.device.type == "cuda" else ["torch"]
 
 
 # ---------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     graphed = []
     if args.device.type == "cuda":
         defaults = [c for c in configs(args) if c["towers"] == "grouped" and c["conv1"] == "direct"
-                    and c["lrn"] in ("triton", "torch")]
+                    and c["lrn"] in ("triton", "triton-band", "torch")]
         for cfg in list({label(c): c for c in defaults}.values()):
             try:
                 graphed.append(graphed_step(cfg, args.batches[0], timer, args))

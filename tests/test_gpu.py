@@ -31,24 +31,27 @@ def test_compiled_lrn_matches_the_reference():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_fused_lrn_on_the_gpu_matches_the_fp64_formula_at_the_papers_shapes(dtype, groups):
+@pytest.mark.parametrize("kernel", ["shift", "band"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_fused_lrn_on_the_gpu_matches_the_fp64_formula_at_the_papers_shapes(dtype, groups, kernel, layout):
     """The Triton kernels compiled for the device (the suite checks them interpreted on the CPU)."""
     from alexnet.models import lrn_triton
     from alexnet.models.lrn import local_response_norm_reference
 
     torch.manual_seed(0)
     x64 = (torch.randn(4, 96, 55, 55, device="cuda", dtype=torch.float64) * 120).relu()
-    x = x64.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    fmt = getattr(torch, layout + "_format" if layout == "contiguous" else layout)
+    x = x64.to(dtype).contiguous(memory_format=fmt).requires_grad_()
     xr = x.detach().double().requires_grad_()
     want = torch.cat([local_response_norm_reference(p) for p in xr.chunk(groups, 1)], 1)
     g = torch.randn_like(want)
     want.backward(g)
-    y = lrn_triton.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups)
+    y = lrn_triton.local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups, kernel)
     y.backward(g.to(dtype))
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     assert ((y.double() - want).abs().max() / want.abs().max()).item() < tol
     assert ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item() < tol
-    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == dtype
+    assert y.is_contiguous(memory_format=fmt) and y.dtype == dtype
 
 
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
@@ -260,3 +263,20 @@ def test_fused_augmentation_on_the_gpu_is_the_tensor_path():
         x, torch.Generator(device="cuda").manual_seed(1))
     assert fused.dtype == torch.bfloat16 and fused.is_contiguous(memory_format=torch.channels_last)
     assert ((fused.float() - plain).abs().max() / plain.abs().max()).item() < 8e-3
+
+
+@pytest.mark.parametrize("variant", ["paper", "torchvision"])
+@pytest.mark.parametrize("conv1", ["direct", "s2d"])
+def test_a_channels_last_network_stays_channels_last_on_cuda(variant, conv1):
+    """Every layer's output, whichever way conv1 runs: an NCHW map after conv1 by space-to-depth
+    made the LRN kernels and the layers after them slower on an H200 (2026-11-26)."""
+    from alexnet.models import fastconv
+
+    model = fastconv.use(create_model(variant, num_classes=10).cuda().to(memory_format=torch.channels_last),
+                         conv1=conv1)
+    size = 227 if variant == "paper" else 224
+    x = torch.randn(4, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for name, module in model.features.named_children():
+            x = module(x)
+            assert x.is_contiguous(memory_format=torch.channels_last), f"{name} gave NCHW"

@@ -36,6 +36,7 @@ from .errors import AlexNetError
 from .models.registry import create_model, variant_info
 from .options import BenchConfig
 from .models.summary import summarize
+from .models import fastconv
 from .models.towers import TwoTowerAlexNet
 from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime
 from .training.train import build_optimizer, make_scaler, train_step
@@ -152,6 +153,7 @@ def _train_step(model, optimizer, rt: Runtime):
 def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):
     model = create_model(variant, init="kaiming")
     model = TwoTowerAlexNet(model, rt.towers) if rt.towers else model.to(rt.device)
+    fastconv.use(model, **fastconv.resolve(variant, rt.device.type, compile))  # as `alexnet train` runs it
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig())

@@ -3,6 +3,7 @@ in fp64, the same parameters and state dict."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from alexnet import create_model
 from alexnet.models import fastconv
@@ -114,3 +115,32 @@ def test_opaque_pools_are_pytorchs_own_and_compile_keeps_them_whole():
     assert sum("alexnet.max_pool2d" in t for t in seen) == 3 and not any("max_pool2d_with" in t for t in seen)
     fastconv.use(model)
     assert not any(isinstance(m, fastconv.OpaqueMaxPool2d) for m in model.modules())
+
+
+def test_space_to_depth_folds_a_channels_last_image_into_channels_last_blocks():
+    """The reordering is pixel_unshuffle's exactly, stored channels-last in one copy on any
+    device (PyTorch's own keeps the format on the CPU only; tests/test_gpu.py checks every
+    layer's output on CUDA)."""
+    y = torch.randn(2, 3, 12, 16).to(memory_format=torch.channels_last)
+    folded = fastconv._unshuffle(y, 4, torch.channels_last)
+    assert torch.equal(folded, F.pixel_unshuffle(y.contiguous(), 4))
+    assert folded.is_contiguous(memory_format=torch.channels_last) and not folded.is_contiguous()
+    assert fastconv._memory_format(y) == torch.channels_last
+    assert fastconv._memory_format(y.contiguous()) == torch.contiguous_format
+
+
+def test_auto_takes_a_measured_choice_only_where_one_was_measured_and_a_named_one_always_wins():
+    """On the CPU every network keeps the plain computation (nothing measured there beat it);
+    torchvision on CUDA takes space-to-depth, and opaque pools when compiled; a choice the user
+    names is kept as named."""
+    from alexnet.models.registry import VARIANTS
+
+    for variant in VARIANTS:
+        for compiled in (False, True):
+            assert fastconv.resolve(variant, "cpu", compiled) == fastconv.PLAIN
+    assert fastconv.resolve("paper", "cuda", False) == fastconv.PLAIN
+    assert fastconv.resolve("torchvision", "cuda", False)["conv1"] == "s2d"
+    assert fastconv.resolve("torchvision", "cuda", True) == {"towers": "grouped", "conv1": "s2d", "pools": "opaque"}
+    assert fastconv.resolve("torchvision", "cuda", True, conv1="direct", pools="native")["conv1"] == "direct"
+    assert fastconv.resolve("paper", "cpu", False, "split", "s2d", "opaque") == {"towers": "split", "conv1": "s2d",
+                                                                                 "pools": "opaque"}

@@ -24,7 +24,7 @@ CHECKS = textwrap.dedent("""
     # and an even window (4: [c-2, c+1], whose backward sums over the mirrored [c-1, c+2])
     cases = [(12, 1, 5, 1e-4, 0.75, 2.0), (12, 2, 5, 1e-4, 0.75, 2.0), (18, 1, 9, 1e-3, 0.75, 1.0),
              (10, 2, 9, 1e-2, 0.75, 1.0), (20, 2, 5, 1e-2, 0.6, 1.5), (12, 2, 4, 1e-2, 0.75, 1.0)]
-    for ch, groups, size, alpha, beta, k in cases:
+    for (ch, groups, size, alpha, beta, k), kernel in [(c, n) for c in cases for n in lt.KERNELS]:
         for fmt in ("contiguous", "channels_last"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 x64 = (torch.randn(2, ch, 5, 7, dtype=torch.float64) * 120).relu()  # the 0-255 scale's ReLU maps
@@ -35,9 +35,9 @@ CHECKS = textwrap.dedent("""
                 g64 = torch.randn_like(want)
                 want.backward(g64)
                 xt = x.clone().requires_grad_()
-                y = lt.local_response_norm(xt, size, alpha, beta, k, groups)
+                y = lt.local_response_norm(xt, size, alpha, beta, k, groups, kernel)
                 y.backward(g64.to(dtype))
-                rows.append(dict(case=[ch, groups, size, alpha, beta, k], fmt=fmt, dtype=str(dtype),
+                rows.append(dict(case=[ch, groups, size, alpha, beta, k], kernel=kernel, fmt=fmt, dtype=str(dtype),
                                  out_dtype=str(y.dtype), grad_dtype=str(xt.grad.dtype),
                                  same_strides=y.stride() == x.stride() and xt.grad.stride() == x.stride(),
                                  finite=bool(torch.isfinite(y).all() and torch.isfinite(xt.grad).all()),
@@ -49,24 +49,29 @@ CHECKS = textwrap.dedent("""
     x = (torch.randn(2, 12, 5, 7, dtype=torch.float64) * 120).relu()
     sq = F.pad(x.square().unsqueeze(1), (0, 0, 0, 0, 1, 3))
     off = x * (F.avg_pool3d(sq, (5, 1, 1), stride=1).squeeze(1) * 1e-4 + 2.0).pow(-0.75)
-    y = lt.local_response_norm(x.float(), 5, 1e-4, 0.75, 2.0, 1).double()
-    rows.append(dict(case="off by one", fwd=((y - off).abs().max() / off.abs().max()).item()))
+    for kernel in lt.KERNELS:
+        y = lt.local_response_norm(x.float(), 5, 1e-4, 0.75, 2.0, 1, kernel).double()
+        rows.append(dict(case="off by one", kernel=kernel, fwd=((y - off).abs().max() / off.abs().max()).item()))
 
-    # torch.compile keeps it as one operation: a full graph whose only work is alexnet::lrn
-    seen = []
-    def backend(gm, inputs):
-        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-        return gm
-    f = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-4, 0.75, 2.0, 2), backend=backend, fullgraph=True)
-    f(torch.rand(1, 4, 3, 3))
-    # and its backward through AOT autograd (the path compile takes), against the formula
-    x = (torch.randn(1, 6, 3, 3) * 120).relu().requires_grad_()
-    g = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-2, 0.75, 1.0, 1), backend="aot_eager")
-    g(x).square().sum().backward()
-    xr = x.detach().double().requires_grad_()
-    ref(xr, 5, 1e-2, 0.75, 1.0).square().sum().backward()
-    compiled_bwd = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item()
-    print(json.dumps(dict(rows=rows, graph=seen, compiled_bwd=compiled_bwd)))
+    # torch.compile keeps each kernel as one operation: a full graph whose only work is its op
+    graphs, compiled_bwd = {}, {}
+    for kernel in lt.KERNELS:
+        seen = graphs.setdefault(kernel, [])
+        def backend(gm, inputs, seen=seen):
+            seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return gm
+        torch._dynamo.reset()
+        f = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-4, 0.75, 2.0, 2, kernel), backend=backend,
+                          fullgraph=True)
+        f(torch.rand(1, 4, 3, 3))
+        # and its backward through AOT autograd (the path compile takes), against the formula
+        x = (torch.randn(1, 6, 3, 3) * 120).relu().requires_grad_()
+        g = torch.compile(lambda t: lt.local_response_norm(t, 5, 1e-2, 0.75, 1.0, 1, kernel), backend="aot_eager")
+        g(x).square().sum().backward()
+        xr = x.detach().double().requires_grad_()
+        ref(xr, 5, 1e-2, 0.75, 1.0).square().sum().backward()
+        compiled_bwd[kernel] = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item()
+    print(json.dumps(dict(rows=rows, graph=graphs, compiled_bwd=compiled_bwd)))
 """)
 
 
@@ -82,7 +87,7 @@ TOLERANCE = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1.6
 
 def test_forward_and_backward_match_the_fp64_formula_in_every_dtype_layout_and_span(results):
     rows = [r for r in results["rows"] if r["case"] != "off by one"]
-    assert len(rows) == 6 * 2 * 3
+    assert len(rows) == 6 * 2 * 2 * 3 and {r["kernel"] for r in rows} == {"shift", "band"}
     for r in rows:
         tol = TOLERANCE[r["dtype"]]
         assert r["fwd"] < tol and r["bwd"] < tol, r
@@ -90,11 +95,13 @@ def test_forward_and_backward_match_the_fp64_formula_in_every_dtype_layout_and_s
 
 
 def test_the_tolerance_catches_a_window_off_by_one_channel(results):
-    off = next(r for r in results["rows"] if r["case"] == "off by one")
-    assert off["fwd"] > 100 * TOLERANCE["torch.float32"]
+    offs = [r for r in results["rows"] if r["case"] == "off by one"]
+    assert len(offs) == 2 and all(off["fwd"] > 100 * TOLERANCE["torch.float32"] for off in offs)
 
 
-def test_compile_keeps_the_fused_lrn_as_one_operation(results):
-    assert [t for t in results["graph"] if "alexnet" in t] == ["alexnet.lrn.default"]
-    assert all("pow" not in t and "pool" not in t for t in results["graph"]), results["graph"]
-    assert results["compiled_bwd"] < TOLERANCE["torch.float32"]
+@pytest.mark.parametrize("kernel,op", [("shift", "alexnet.lrn.default"), ("band", "alexnet.lrn_band.default")])
+def test_compile_keeps_the_fused_lrn_as_one_operation(results, kernel, op):
+    graph = results["graph"][kernel]
+    assert [t for t in graph if "alexnet" in t] == [op]
+    assert all("pow" not in t and "pool" not in t for t in graph), graph
+    assert results["compiled_bwd"][kernel] < TOLERANCE["torch.float32"]

@@ -33,6 +33,27 @@ TOWER_IMPLS = ("grouped", "split")
 CONV1_IMPLS = ("direct", "s2d")
 POOL_IMPLS = ("native", "opaque")
 
+# What 'auto' picks: the choices benchmarks/gpu_profile.py measured faster (bf16, channels-last,
+# a whole training step) on an NVIDIA H200 with PyTorch 2.11, 2026-11-26 (docs/benchmarks.md);
+# everything not listed keeps the plain computation, which is also what no measurement has
+# beaten on a CPU. Keys: (variant, device type, compiled).
+MEASURED_FASTER = {
+    # conv1 by space-to-depth: 6.60 against 7.22 ms a step at batch 256, 11.24 against 12.48 at 512
+    ("torchvision", "cuda", False): {"conv1": "s2d"},
+    # and compiled, 6.51 ms; opaque pools under compile: 7.35 against 8.37 ms (conv1 direct)
+    ("torchvision", "cuda", True): {"conv1": "s2d", "pools": "opaque"},
+}
+PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}
+
+
+def resolve(variant: str, device_type: str, compiled: bool, towers: str = "auto", conv1: str = "auto",
+            pools: str = "auto") -> dict[str, str]:
+    """``use``'s arguments with each 'auto' replaced by the choice measured faster for this
+    network and device (``MEASURED_FASTER``), else the plain computation."""
+    measured = {**PLAIN, **MEASURED_FASTER.get((variant, device_type, compiled), {})}
+    given = {"towers": towers, "conv1": conv1, "pools": pools}
+    return {k: measured[k] if v == "auto" else v for k, v in given.items()}
+
 
 def _pool_args(k: int, s: int, p: int, ceil: bool) -> tuple:
     return [k, k], [s, s], [p, p], [1, 1], ceil
@@ -111,8 +132,9 @@ class SpaceToDepthConv2d(nn.Conv2d):
         # zero padding before (the layer's own) and after (to whole blocks); pixels the
         # convolution never reads are cut (negative padding)
         x = F.pad(x, (pw, need_w - x.shape[3] - pw, ph, need_h - x.shape[2] - ph))
-        folded = F.pixel_unshuffle(x, s)  # (B, C * s * s, need / s, need / s)
-        return F.conv2d(folded, self.folded_weight(), self.bias)
+        fmt = _memory_format(x)
+        folded = _unshuffle(x, s, fmt)  # (B, C * s * s, need / s, need / s)
+        return F.conv2d(folded, self.folded_weight().contiguous(memory_format=fmt), self.bias)
 
     def folded_weight(self) -> torch.Tensor:
         """(out, C, kh, kw) zero-padded to whole blocks, as (out, C * s * s, blocks_h, blocks_w)
@@ -122,6 +144,24 @@ class SpaceToDepthConv2d(nn.Conv2d):
         w = F.pad(self.weight, (0, bw * s - kw, 0, bh * s - kh))
         o, c = w.shape[:2]
         return w.view(o, c, bh, s, bw, s).permute(0, 1, 3, 5, 2, 4).reshape(o, c * s * s, bh, bw)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``x`` is stored so (and not also contiguous), else contiguous."""
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _unshuffle(x: torch.Tensor, s: int, fmt: torch.memory_format) -> torch.Tensor:
+    """``pixel_unshuffle(x, s)`` stored in ``fmt``, in one copy. PyTorch's own keeps channels-last
+    on the CPU but not on CUDA, where the convolution, the LRN kernels and every layer after
+    them then ran in NCHW (found by benchmarks/gpu_profile.py on an H200, 2026-11-26)."""
+    if fmt != torch.channels_last:
+        return F.pixel_unshuffle(x, s)
+    b, c, h, w = x.shape
+    nhwc = x.permute(0, 2, 3, 1).view(b, h // s, s, w // s, s, c)  # memory order already
+    folded = nhwc.permute(0, 1, 3, 5, 2, 4).reshape(b, h // s, w // s, c * s * s)  # channel: c, row, column
+    return folded.permute(0, 3, 1, 2)
 
 
 def _swap(parent: nn.Module, name: str, conv: nn.Conv2d, cls: type) -> None:

@@ -13,7 +13,9 @@ backward (the one Caffe uses) that keeps three tensors and sums channel windows
 with shifted adds; on the CPU a training step of the ``paper`` network spends
 about half as long in it. On CUDA the default is ``lrn_triton``: the same formula as
 two fused kernels (forward, backward); ``ALEXNET_LRN=torch`` keeps this module's path
-there. ``local_response_norm_reference`` is the plain formula, against which both are
+there, and ``ALEXNET_LRN=triton-band`` takes ``lrn_triton``'s band kernels (the window
+sums as products on the tensor cores), which await a GPU's measurement before they can
+be the default. ``local_response_norm_reference`` is the plain formula, against which both are
 tested.
 """
 
@@ -80,55 +82,59 @@ def local_response_norm(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA,
     exceeds 255, whose square overflows fp16, and the result would be 0 rather than inf,
     which a gradient scaler never notices. bf16 has fp32's range and stays bf16. On CUDA,
     the fused Triton kernels (fp32 inside, the input's dtype out)."""
-    if x.is_cuda and _fused():
+    kernel = _fused() if x.is_cuda else ""
+    if kernel:
         from . import lrn_triton
 
-        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups)
+        return lrn_triton.local_response_norm(x, size, alpha, beta, k, groups, kernel)
     if x.dtype == torch.float16:
         return _LocalResponseNorm.apply(x.float(), size, alpha, beta, k, groups).half()
     return _LocalResponseNorm.apply(x, size, alpha, beta, k, groups)
 
 
-IMPLS = ("auto", "triton", "torch")
+IMPLS = ("auto", "triton", "triton-band", "torch")
 _chosen: str | None = None  # set_impl's choice; None: ALEXNET_LRN's
 
 
 def set_impl(choice: str | None) -> None:
-    """Choose the CUDA path for this process: 'triton', 'torch', 'auto' (Triton where installed),
-    or None to follow ``ALEXNET_LRN`` again (the profiler compares both in one process)."""
+    """Choose the CUDA path for this process: 'triton', 'triton-band', 'torch', 'auto' (Triton's
+    shift kernels where installed), or None to follow ``ALEXNET_LRN`` again (the profiler
+    compares them in one process)."""
     global _chosen, _decided
     if choice is not None and choice not in IMPLS:
         raise ValueError(f"LRN implementation must be one of {IMPLS}, got {choice!r}")
     _chosen, _decided = choice, None
 
 
-_decided: bool | None = None  # _fused's answer, once asked (a plain global: torch.compile reads it)
+_decided: str | None = None  # _fused's answer, once asked (a plain global: torch.compile reads it)
 
 
-def _fused() -> bool:
-    """Whether CUDA tensors take the Triton kernels: where Triton is installed, unless
-    ``ALEXNET_LRN=torch`` (or ``set_impl``) says otherwise."""
+def _fused() -> str:
+    """Which Triton kernels CUDA tensors take ('shift' or 'band'), or '' for the PyTorch path:
+    'shift' where Triton is installed, unless ``ALEXNET_LRN`` (or ``set_impl``) says otherwise."""
     global _decided
     if _decided is None:
         _decided = _decide()
     return _decided
 
 
-def _decide() -> bool:
+def _decide() -> str:
     choice = _chosen or os.environ.get("ALEXNET_LRN", "auto")
     if choice not in IMPLS:
         from ..errors import AlexNetError
 
-        raise AlexNetError(f"ALEXNET_LRN must be auto, triton or torch; got {choice!r}")
+        raise AlexNetError(f"ALEXNET_LRN must be one of {', '.join(IMPLS)}; got {choice!r}")
     if choice == "torch":
-        return False
+        return ""
     from . import lrn_triton
 
-    if choice == "triton" and not lrn_triton.available():
+    if choice != "auto" and not lrn_triton.available():
         from ..errors import AlexNetError
 
-        raise AlexNetError("ALEXNET_LRN=triton, but Triton is not installed")
-    return lrn_triton.available()
+        raise AlexNetError(f"ALEXNET_LRN={choice}, but Triton is not installed")
+    if not lrn_triton.available():
+        return ""
+    return "band" if choice == "triton-band" else "shift"
 
 
 def local_response_norm_reference(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA,

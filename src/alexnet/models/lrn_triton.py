@@ -91,6 +91,62 @@ if triton is not None:
         tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
+    # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on the
+    # tensor cores (tf32x3: three tf32 products, about fp32's precision), so that every tensor is
+    # read once with aligned loads: the shifted loads above cannot be vectorised along the
+    # channels of a channels-last map, and on an H200 (benchmarks/gpu_profile.py, 2026-11-26)
+    # the kernels ran 8 to 24 times above the time of their bytes at the memory's rate. The
+    # backward recomputes the denominator from the input rather than reading a stored fp32 one.
+    # Positions are whole rows of one image, so addresses need no division: for both dense
+    # formats, position hw of image n is at n*sN + hw*sW (sH = W*sW).
+
+    @triton.jit
+    def _band(BLOCK_C: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
+        """B[j, c] = 1 where c - LO <= j <= c + HI: (s @ B)[:, c] sums s over [c - LO, c + HI]."""
+        j = tl.arange(0, BLOCK_C)[:, None]
+        c = tl.arange(0, BLOCK_C)[None, :]
+        return ((j >= c - LO) & (j <= c + HI)).to(tl.float32)
+
+    @triton.jit
+    def _tile(pid, HW, sN, sC, sW, Cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        tiles = tl.cdiv(HW, BLOCK_P)
+        hw = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.arange(0, BLOCK_C)
+        at = (pid // tiles) * sN + hw[:, None] * sW + (tl.program_id(1) * Cg + c)[None, :] * sC
+        return at, (hw < HW)[:, None] & (c < Cg)[None, :]
+
+    @triton.jit
+    def _denominator(x, alpha_n, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr):
+        band = _band(BLOCK_C, SIZE // 2, (SIZE - 1) // 2)
+        return k + alpha_n * tl.dot(x * x, band, input_precision="tf32x3")
+
+    @triton.jit
+    def _lrn_fwd_band(x_ptr, y_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        at, m = _tile(tl.program_id(0), HW, sN, sC, sW, Cg, BLOCK_P, BLOCK_C)
+        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+        d = _denominator(x, alpha_n, k, SIZE, BLOCK_C)
+        tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _lrn_bwd_band(g_ptr, x_ptr, dx_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        at, m = _tile(tl.program_id(0), HW, sN, sC, sW, Cg, BLOCK_P, BLOCK_C)
+        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+        d = _denominator(x, alpha_n, k, SIZE, BLOCK_C)
+        scale = tl.exp2(-beta * tl.log2(d))  # d^-beta
+        # the windows holding channel j: [j - (SIZE-1)//2, j + SIZE//2], the transposed band
+        mirrored = _band(BLOCK_C, (SIZE - 1) // 2, SIZE // 2)
+        spread = tl.dot(g * x * scale / d, mirrored, input_precision="tf32x3")
+        dx = g * scale - 2.0 * alpha_n * beta * x * spread
+        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+KERNELS = ("shift", "band")
+BAND_BLOCK_P = 64  # pixel positions per program of the band kernels
+
+
 def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
     if ch % groups:
@@ -127,6 +183,38 @@ def backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int
     grid, meta = _launch_shape(x, groups)
     with _on(x):
         _lrn_bwd[grid](grad, x, denom, dx, alpha_n=alpha / size, beta=beta, SIZE=size, **meta)
+    return dx
+
+
+def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
+    n, ch, h, w = x.shape
+    if ch % groups:
+        raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
+    s_n, s_c, _, s_w = x.stride()
+    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=ch // groups, BLOCK_P=BAND_BLOCK_P,
+                BLOCK_C=max(16, triton.next_power_of_2(ch // groups)))
+    return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
+
+
+def band_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> torch.Tensor:
+    """LRN over ``x`` (N, C, H, W), contiguous or channels-last, by the band kernels."""
+    x = _dense(x)
+    y = _like(x)
+    grid, meta = _band_launch(x, groups)
+    with _on(x):
+        _lrn_fwd_band[grid](x, y, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
+    return y
+
+
+def band_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                  groups: int = 1) -> torch.Tensor:
+    """The input's gradient from the output's and the input (the denominator recomputed)."""
+    x = _dense(x)
+    grad = _as(grad, x)
+    dx = _like(x)
+    grid, meta = _band_launch(x, groups)
+    with _on(x):
+        _lrn_bwd_band[grid](grad, x, dx, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
     return dx
 
 
@@ -192,7 +280,46 @@ def _backward(ctx, grads):
 lrn_op.register_autograd(_backward, setup_context=_setup)
 
 
+@torch.library.custom_op("alexnet::lrn_band", mutates_args=())
+def lrn_band_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> torch.Tensor:
+    return band_forward(x, size, alpha, beta, k, groups)
+
+
+@lrn_band_op.register_fake
+def _(x, size, alpha, beta, k, groups):
+    return _like(_dense(x))
+
+
+@torch.library.custom_op("alexnet::lrn_band_backward", mutates_args=())
+def lrn_band_backward_op(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                         groups: int) -> torch.Tensor:
+    return band_backward(grad, x, size, alpha, beta, k, groups)
+
+
+@lrn_band_backward_op.register_fake
+def _(grad, x, size, alpha, beta, k, groups):
+    return _like(_dense(x))
+
+
+def _band_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])  # the input alone: no fp32 denominator kept
+    ctx.constants = inputs[1:]
+
+
+def _band_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return lrn_band_backward_op(grad, x, *ctx.constants), None, None, None, None, None
+
+
+lrn_band_op.register_autograd(_band_backward, setup_context=_band_setup)
+
+
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                        groups: int = 1) -> torch.Tensor:
-    """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``)."""
+                        groups: int = 1, kernel: str = "shift") -> torch.Tensor:
+    """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``):
+    ``kernel`` 'shift' (shifted loads, a stored denominator) or 'band' (band-matrix products)."""
+    if kernel == "band":
+        return lrn_band_op(x, size, alpha, beta, k, groups)
+    if kernel != "shift":
+        raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
     return lrn_op(x, size, alpha, beta, k, groups)[0]

@@ -154,15 +154,17 @@ class TrainConfig:
     cuda_graphs: bool = setting(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
                                   "CUDA, bf16 or fp32, fused SGD): launches cost one per step; off until measured "
                                   "faster (benchmarks/gpu_profile.py)")
-    tower_conv: str = setting("grouped", "how the towers' grouped convolutions run (the same weights and results): grouped "
-                                    "(one cuDNN/oneDNN call) or split (two dense halves); grouped until measured "
-                                    "otherwise (benchmarks/gpu_profile.py)", ("grouped", "split"))
-    pools: str = setting("native", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
-                              "instead of generating its own pooling backward); the same results",
-                    ("native", "opaque"))
-    conv1: str = setting("direct", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
-                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); direct until measured "
-                              "otherwise (benchmarks/gpu_profile.py)", ("direct", "s2d"))
+    tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
+                                    "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
+                                    "faster for the network and device (models/fastconv.py; grouped: the two were "
+                                    "level on an H200)", ("auto", "grouped", "split"))
+    pools: str = setting("auto", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
+                              "instead of generating its own pooling backward); the same results; auto: opaque "
+                              "for torchvision compiled on CUDA (measured faster on an H200), else native",
+                    ("auto", "native", "opaque"))
+    conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
+                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d for torchvision "
+                              "on CUDA (measured faster on an H200), else direct", ("auto", "direct", "s2d"))
     ten_crop: bool = setting(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
     checkpoint_every: str = setting("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
                                     "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")

@@ -519,7 +519,9 @@ class Run:
         self.cfg, self.rt, self.splits, self.resumed = cfg, start.rt, start.splits, ckpt is not None
         self.out, self.rundir = Path(cfg.out), RunDir(cfg.out)
         model, self.normalizer = _model(cfg, self.splits, ckpt, start.pretrained)
-        self.model = fastconv.use(_place(model, self.rt), cfg.tower_conv, cfg.conv1, cfg.pools)  # the same parameters
+        choices = fastconv.resolve(cfg.model.variant, self.rt.device.type, cfg.compile, cfg.tower_conv, cfg.conv1,
+                                   cfg.pools)
+        self.model = fastconv.use(_place(model, self.rt), **choices)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
         self.history, self.start_epoch, self.position = [], 0, None
