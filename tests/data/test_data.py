@@ -195,3 +195,17 @@ def test_the_mean_image_pass_reads_every_image_and_leaves_the_training_passes_al
     total, count = image_sum(batches, 100)
     assert count == 10 and total[0, 0, 0].item() == sum(range(10))
     assert [b.labels.tolist() for b in batches] == expected and len(expected) == 1
+
+
+def test_a_repeated_split_shows_every_image_as_often_in_one_long_shuffled_epoch():
+    """Batches.repeat (the benchmarks' loader rows over a small packed set): each epoch holds
+    every image `times` times, the copies shuffled together rather than passed one after another."""
+    from alexnet.data.loader import TensorBatches
+
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    batches = TensorBatches(images, torch.arange(10), 8, batch_size=5, shuffle=True, drop_last=True,
+                            device=torch.device("cpu"), indices=torch.tensor([1, 3, 5, 7, 9]))
+    batches.repeat(4)
+    seen = [label for b in batches for label in b.labels.tolist()]
+    assert len(batches) == 4 and sorted(seen) == sorted([1, 3, 5, 7, 9] * 4)
+    assert any(len(set(seen[i:i + 5])) < 5 for i in range(0, 20, 5))  # copies mixed, not five passes in turn

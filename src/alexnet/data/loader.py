@@ -87,6 +87,13 @@ class Batches:
         an uninterrupted pass would have yielded from there."""
         self.epoch, self.start = epoch, start
 
+    def repeat(self, times: int) -> None:
+        """Each epoch passes over every image ``times`` times, shuffled together: a long epoch
+        over a small set (the benchmarks' loader rows)."""
+        base = torch.arange(self.num_images) if self.indices is None else self.indices
+        self.indices = base.repeat(times)
+        self.num_images = len(self.indices)
+
     def one_pass(self, shuffle: bool, epoch: int) -> Iterator[Batch]:
         """Every image once (no batch dropped), in ``epoch``'s order, leaving the training passes'
         settings and position as they were: a fixed order of the split's own (the mean image)."""

@@ -95,7 +95,7 @@ if triton is not None:
     # tensor cores (tf32x3: three tf32 products, about fp32's precision), so that every tensor is
     # read once with aligned loads: the shifted loads above cannot be vectorised along the
     # channels of a channels-last map, and on an H200 (benchmarks/gpu_profile.py, 2026-11-26)
-    # the kernels ran 8 to 24 times above the time of their bytes at the memory's rate. The
+    # the kernels took 8 to 24 times as long as moving their fewest bytes would. The
     # backward recomputes the denominator from the input rather than reading a stored fp32 one.
     # Positions are whole rows of one image, so addresses need no division: for both dense
     # formats, position hw of image n is at n*sN + hw*sW (sH = W*sW).
