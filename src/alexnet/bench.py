@@ -288,7 +288,10 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
     tf = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = torchvision.datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+    # an epoch of several shuffled passes over a small folder, as the packed rows get (_lengthen_epochs)
+    passes = -(-4 * max(1, workers) * 2 * batch // max(1, len(dataset)))  # 2: DataLoader's prefetch
+    sampler = torch.utils.data.RandomSampler(dataset, num_samples=len(dataset) * max(1, passes))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
                                          persistent_workers=workers > 0)
     model = torchvision.models.alexnet().to(device)
