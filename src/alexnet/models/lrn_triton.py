@@ -92,8 +92,7 @@ if triton is not None:
 
 
     # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on the
-    # tensor cores (tf32x3: three tf32 products, about fp32's precision), so that every tensor is
-    # read once with aligned loads: the shifted loads above cannot be vectorised along the
+    # tensor cores, so that every tensor is read once with aligned loads: the shifted loads above cannot be vectorised along the
     # channels of a channels-last map, and on an H200 (benchmarks/gpu_profile.py, 2026-11-26)
     # the kernels took 8 to 24 times as long as moving their fewest bytes would. The
     # backward recomputes the denominator from the input rather than reading a stored fp32 one.
@@ -116,9 +115,16 @@ if triton is not None:
         return at, (hw < HW)[:, None] & (c < Cg)[None, :]
 
     @triton.jit
+    def _window_sum(s, band):
+        """s @ band to about fp32's precision in two tf32 products: the band's 0s and 1s are exact
+        in tf32, so only ``s`` is split, into its tf32 part and the rest (relative error ~2^-20,
+        against tf32x3's three products and a split band in shared memory)."""
+        hi = (s.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        return tl.dot(hi, band, input_precision="tf32") + tl.dot(s - hi, band, input_precision="tf32")
+
+    @triton.jit
     def _denominator(x, alpha_n, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr):
-        band = _band(BLOCK_C, SIZE // 2, (SIZE - 1) // 2)
-        return k + alpha_n * tl.dot(x * x, band, input_precision="tf32x3")
+        return k + alpha_n * _window_sum(x * x, _band(BLOCK_C, SIZE // 2, (SIZE - 1) // 2))
 
     @triton.jit
     def _lrn_fwd_band(x_ptr, y_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
@@ -137,14 +143,19 @@ if triton is not None:
         d = _denominator(x, alpha_n, k, SIZE, BLOCK_C)
         scale = tl.exp2(-beta * tl.log2(d))  # d^-beta
         # the windows holding channel j: [j - (SIZE-1)//2, j + SIZE//2], the transposed band
-        mirrored = _band(BLOCK_C, (SIZE - 1) // 2, SIZE // 2)
-        spread = tl.dot(g * x * scale / d, mirrored, input_precision="tf32x3")
+        # (padding channels beyond the group are 0: with k = 0 their 0 * inf / 0 would be NaN)
+        t = tl.where(m, g * x * scale / d, 0.0)
+        spread = _window_sum(t, _band(BLOCK_C, (SIZE - 1) // 2, SIZE // 2))
         dx = g * scale - 2.0 * alpha_n * beta * x * spread
         tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 KERNELS = ("shift", "band")
 BAND_BLOCK_P = 64  # pixel positions per program of the band kernels
+# The widest group the band kernels take: a 256-wide band is 256 KiB of fp32, more shared
+# memory than a Hopper SM has (228 KiB). Wider groups (the paper network's norm2 across all
+# 256 maps) take the shift kernels; tiling the band along the channels would lift this.
+BAND_MAX_CHANNELS = 128
 
 
 def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
@@ -190,7 +201,8 @@ def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
     if ch % groups:
         raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
-    s_n, s_c, _, s_w = x.stride()
+    s_n, s_c, s_h, s_w = x.stride()
+    s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
     meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=ch // groups, BLOCK_P=BAND_BLOCK_P,
                 BLOCK_C=max(16, triton.next_power_of_2(ch // groups)))
     return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
@@ -317,9 +329,12 @@ lrn_band_op.register_autograd(_band_backward, setup_context=_band_setup)
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                         groups: int = 1, kernel: str = "shift") -> torch.Tensor:
     """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``):
-    ``kernel`` 'shift' (shifted loads, a stored denominator) or 'band' (band-matrix products)."""
-    if kernel == "band":
+    ``kernel`` 'shift' (shifted loads, a stored denominator) or 'band' (band-matrix products;
+    groups wider than ``BAND_MAX_CHANNELS`` take the shift kernels)."""
+    if kernel == "band" and x.shape[1] // groups <= BAND_MAX_CHANNELS:
         return lrn_band_op(x, size, alpha, beta, k, groups)
+    if kernel == "band":
+        kernel = "shift"
     if kernel != "shift":
         raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
     return lrn_op(x, size, alpha, beta, k, groups)[0]
