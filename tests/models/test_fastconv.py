@@ -141,6 +141,7 @@ def test_auto_takes_a_measured_choice_only_where_one_was_measured_and_a_named_on
     assert fastconv.resolve("paper", "cuda", False) == fastconv.PLAIN
     assert fastconv.resolve("torchvision", "cuda", False)["conv1"] == "s2d"
     assert fastconv.resolve("torchvision", "cuda", True) == {"towers": "grouped", "conv1": "s2d", "pools": "opaque"}
+    assert fastconv.resolve("torchvision", "cuda", True, channels_last=False) == fastconv.PLAIN  # measured NHWC only
     assert fastconv.resolve("torchvision", "cuda", True, conv1="direct", pools="native")["conv1"] == "direct"
     assert fastconv.resolve("paper", "cpu", False, "split", "s2d", "opaque") == {"towers": "split", "conv1": "s2d",
                                                                                  "pools": "opaque"}

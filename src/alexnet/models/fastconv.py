@@ -47,10 +47,12 @@ PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}
 
 
 def resolve(variant: str, device_type: str, compiled: bool, towers: str = "auto", conv1: str = "auto",
-            pools: str = "auto") -> dict[str, str]:
+            pools: str = "auto", channels_last: bool = True) -> dict[str, str]:
     """``use``'s arguments with each 'auto' replaced by the choice measured faster for this
-    network and device (``MEASURED_FASTER``), else the plain computation."""
-    measured = {**PLAIN, **MEASURED_FASTER.get((variant, device_type, compiled), {})}
+    network and device (``MEASURED_FASTER``, all measured channels-last), else the plain
+    computation."""
+    faster = MEASURED_FASTER.get((variant, device_type, compiled), {}) if channels_last else {}
+    measured = {**PLAIN, **faster}
     given = {"towers": towers, "conv1": conv1, "pools": pools}
     return {k: measured[k] if v == "auto" else v for k, v in given.items()}
 

@@ -520,7 +520,7 @@ class Run:
         self.out, self.rundir = Path(cfg.out), RunDir(cfg.out)
         model, self.normalizer = _model(cfg, self.splits, ckpt, start.pretrained)
         choices = fastconv.resolve(cfg.model.variant, self.rt.device.type, cfg.compile, cfg.tower_conv, cfg.conv1,
-                                   cfg.pools)
+                                   cfg.pools, self.rt.channels_last)
         self.model = fastconv.use(_place(model, self.rt), **choices)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim, len(self.splits.train))
