@@ -153,7 +153,8 @@ def _train_step(model, optimizer, rt: Runtime):
 def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):
     model = create_model(variant, init="kaiming")
     model = TwoTowerAlexNet(model, rt.towers) if rt.towers else model.to(rt.device)
-    fastconv.use(model, **fastconv.resolve(variant, rt.device.type, compile, channels_last=rt.channels_last))  # as train
+    # the layers' implementations `alexnet train` would choose
+    fastconv.use(model, **fastconv.resolve(variant, rt.device.type, compile, channels_last=rt.channels_last))
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig())

@@ -91,13 +91,13 @@ if triton is not None:
         tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
-    # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on the
-    # tensor cores, so that every tensor is read once with aligned loads: the shifted loads above cannot be vectorised along the
-    # channels of a channels-last map, and on an H200 (benchmarks/gpu_profile.py, 2026-11-26)
-    # the kernels took 8 to 24 times as long as moving their fewest bytes would. The
-    # backward recomputes the denominator from the input rather than reading a stored fp32 one.
-    # Positions are whole rows of one image, so addresses need no division: for both dense
-    # formats, position hw of image n is at n*sN + hw*sW (sH = W*sW).
+    # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on
+    # the tensor cores, so that every tensor is read once with aligned loads: the shifted loads
+    # above cannot be vectorised along the channels of a channels-last map, and on an H200
+    # (benchmarks/gpu_profile.py, 2026-11-26) the kernels took 8 to 24 times as long as moving
+    # their fewest bytes would. The backward recomputes the denominator from the input rather
+    # than read a stored fp32 one. Positions are whole rows of one image, so addresses need no
+    # division: for both dense formats, position hw of image n is at n*sN + hw*sW (sH = W*sW).
 
     @triton.jit
     def _band(BLOCK_C: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
