@@ -90,7 +90,6 @@ if triton is not None:
         dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha_n * beta * x * spread
         tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
-
     # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on
     # the tensor cores, so that every tensor is read once with aligned loads: the shifted loads
     # above cannot be vectorised along the channels of a channels-last map, and on an H200
