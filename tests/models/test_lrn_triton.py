@@ -22,12 +22,15 @@ CHECKS = textwrap.dedent("""
     # (channels, groups, size, alpha, beta, k): the paper's across all maps and within each tower,
     # cifar-11pct's (9 maps, k 1), a window wider than a group's edge, channels not a power of 2
     # and an even window (4: [c-2, c+1], whose backward sums over the mirrored [c-1, c+2])
-    # and (last) 40 channels over 9 x 11 positions: several tiles of positions, a band of 64 for 40
+    # and for the band kernels' chunks of 16 channels: 40 maps over 9 x 11 positions (several tiles
+    # of positions, three chunks, the last part-filled), the paper's towers (two groups of three
+    # whole chunks) and a 33-wide window (the widest that two neighbouring chunks hold)
     cases = [(12, 1, 5, 1e-4, 0.75, 2.0), (12, 2, 5, 1e-4, 0.75, 2.0), (18, 1, 9, 1e-3, 0.75, 1.0),
              (10, 2, 9, 1e-2, 0.75, 1.0), (20, 2, 5, 1e-2, 0.6, 1.5), (12, 2, 4, 1e-2, 0.75, 1.0),
-             (40, 1, 5, 1e-3, 0.75, 2.0)]
+             (40, 1, 5, 1e-3, 0.75, 2.0), (96, 2, 5, 1e-4, 0.75, 2.0), (40, 1, 33, 1e-3, 0.75, 2.0)]
+    spatial = {40: (9, 11), 96: (3, 5)}
     for (ch, groups, size, alpha, beta, k), kernel in [(c, n) for c in cases for n in lt.KERNELS]:
-        hw = (9, 11) if ch == 40 else (5, 7)
+        hw = spatial.get(ch, (5, 7))
         for fmt in ("contiguous", "channels_last"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 x64 = (torch.randn(2, ch, *hw, dtype=torch.float64) * 120).relu()  # the 0-255 scale's ReLU maps
@@ -90,7 +93,7 @@ TOLERANCE = {"torch.float32": 1e-5, "torch.float16": 2e-3, "torch.bfloat16": 1.6
 
 def test_forward_and_backward_match_the_fp64_formula_in_every_dtype_layout_and_span(results):
     rows = [r for r in results["rows"] if r["case"] != "off by one"]
-    assert len(rows) == 7 * 2 * 2 * 3 and {r["kernel"] for r in rows} == {"shift", "band"}
+    assert len(rows) == 9 * 2 * 2 * 3 and {r["kernel"] for r in rows} == {"shift", "band"}
     for r in rows:
         tol = TOLERANCE[r["dtype"]]
         assert r["fwd"] < tol and r["bwd"] < tol, r

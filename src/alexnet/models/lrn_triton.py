@@ -90,71 +90,106 @@ if triton is not None:
         dx = g * tl.exp2(-beta * tl.log2(d)) - 2.0 * alpha_n * beta * x * spread
         tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
-    # The band kernels: the same formula, each window sum a product with a 0/1 band matrix on
-    # the tensor cores, so that every tensor is read once with aligned loads: the shifted loads
-    # above cannot be vectorised along the channels of a channels-last map, and on an H200
-    # (benchmarks/gpu_profile.py, 2026-11-26) the kernels took 8 to 24 times as long as moving
-    # their fewest bytes would. The backward recomputes the denominator from the input rather
-    # than read a stored fp32 one. Positions are whole rows of one image, so addresses need no
-    # division: for both dense formats, position hw of image n is at n*sN + hw*sW (sH = W*sW).
+    # The band kernels: the same formula with every tensor read once, by aligned loads: the
+    # shifted loads above cannot be vectorised along the channels of a channels-last map, and
+    # on an H200 (benchmarks/gpu_profile.py, 2026-11-26) those kernels took 8 to 24 times as
+    # long as moving their fewest bytes would. A program takes BLOCK_P positions of one image
+    # (whole rows, so no division in the addresses: for both dense formats position hw of
+    # image n is at n*sN + hw*sW) and walks the group's channels in chunks of TC; a chunk's
+    # window sums are products with three TC x TC 0/1 band blocks, against the chunks before,
+    # at and after it, on the tensor cores. The backward recomputes the denominator from the
+    # input rather than read a stored fp32 one, two chunks ahead of the gradient it writes.
 
     @triton.jit
-    def _band(BLOCK_C: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
-        """B[j, c] = 1 where c - LO <= j <= c + HI: (s @ B)[:, c] sums s over [c - LO, c + HI]."""
-        j = tl.arange(0, BLOCK_C)[:, None]
-        c = tl.arange(0, BLOCK_C)[None, :]
+    def _band(TC: tl.constexpr, OFFSET: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
+        """B[j, c] = 1 where input channel OFFSET*TC + j lies in [c - LO, c + HI]: the block of the
+        band that sums chunk i + OFFSET into chunk i's windows."""
+        j = tl.arange(0, TC)[:, None] + OFFSET * TC
+        c = tl.arange(0, TC)[None, :]
         return ((j >= c - LO) & (j <= c + HI)).to(tl.float32)
-
-    @triton.jit
-    def _tile(pid, HW, sN, sC, sW, Cg, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        tiles = tl.cdiv(HW, BLOCK_P)
-        hw = (pid % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = tl.arange(0, BLOCK_C)
-        at = (pid // tiles) * sN + hw[:, None] * sW + (tl.program_id(1) * Cg + c)[None, :] * sC
-        return at, (hw < HW)[:, None] & (c < Cg)[None, :]
 
     @triton.jit
     def _window_sum(s, band):
         """s @ band to about fp32's precision in two tf32 products: the band's 0s and 1s are exact
-        in tf32, so only ``s`` is split, into its tf32 part and the rest (relative error ~2^-20,
-        against tf32x3's three products and a split band in shared memory)."""
+        in tf32, so only ``s`` is split, into its tf32 part and the rest (relative error ~2^-20)."""
         hi = (s.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
         return tl.dot(hi, band, input_precision="tf32") + tl.dot(s - hi, band, input_precision="tf32")
 
     @triton.jit
-    def _denominator(x, alpha_n, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr):
-        return k + alpha_n * _window_sum(x * x, _band(BLOCK_C, SIZE // 2, (SIZE - 1) // 2))
+    def _windows(before, at, after, LO: tl.constexpr, HI: tl.constexpr, TC: tl.constexpr):
+        """Each channel's window sum of chunk i, from chunks i - 1, i and i + 1."""
+        return (_window_sum(before, _band(TC, -1, LO, HI)) + _window_sum(at, _band(TC, 0, LO, HI))
+                + _window_sum(after, _band(TC, 1, LO, HI)))
+
+    @triton.jit
+    def _rows(HW, sN, sW, BLOCK_P: tl.constexpr):
+        """This program's positions: their offsets and which lie inside the image."""
+        tiles = tl.cdiv(HW, BLOCK_P)
+        hw = (tl.program_id(0) % tiles) * BLOCK_P + tl.arange(0, BLOCK_P)
+        return (tl.program_id(0) // tiles) * sN + hw * sW, hw < HW
+
+    @triton.jit
+    def _chunk(row, inside, i, sC, Cg, TC: tl.constexpr):
+        """Offsets and mask of chunk i of this program's group (empty outside the group)."""
+        c = i * TC + tl.arange(0, TC)
+        at = row[:, None] + (tl.program_id(1) * Cg + c)[None, :] * sC
+        return at, inside[:, None] & ((c >= 0) & (c < Cg))[None, :]
+
+    @triton.jit
+    def _load(ptr, row, inside, i, sC, Cg, TC: tl.constexpr):
+        at, m = _chunk(row, inside, i, sC, Cg, TC)
+        return tl.load(ptr + at, mask=m, other=0.0).to(tl.float32)
 
     @triton.jit
     def _lrn_fwd_band(x_ptr, y_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
-                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        at, m = _tile(tl.program_id(0), HW, sN, sC, sW, Cg, BLOCK_P, BLOCK_C)
-        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
-        d = _denominator(x, alpha_n, k, SIZE, BLOCK_C)
-        tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=m)
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = (SIZE - 1) // 2
+        row, inside = _rows(HW, sN, sW, BLOCK_P)
+        x = _load(x_ptr, row, inside, 0, sC, Cg, TC)
+        sq_before, sq = tl.zeros([BLOCK_P, TC], dtype=tl.float32), x * x
+        for i in range(0, tl.cdiv(Cg, TC)):
+            x_after = _load(x_ptr, row, inside, i + 1, sC, Cg, TC)
+            sq_after = x_after * x_after
+            d = k + alpha_n * _windows(sq_before, sq, sq_after, LO, HI, TC)
+            at, m = _chunk(row, inside, i, sC, Cg, TC)
+            tl.store(y_ptr + at, (x * tl.exp2(-beta * tl.log2(d))).to(y_ptr.dtype.element_ty), mask=m)
+            sq_before, sq, x = sq, sq_after, x_after
 
     @triton.jit
     def _lrn_bwd_band(g_ptr, x_ptr, dx_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
-                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        at, m = _tile(tl.program_id(0), HW, sN, sC, sW, Cg, BLOCK_P, BLOCK_C)
-        x = tl.load(x_ptr + at, mask=m, other=0.0).to(tl.float32)
-        g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
-        d = _denominator(x, alpha_n, k, SIZE, BLOCK_C)
-        scale = tl.exp2(-beta * tl.log2(d))  # d^-beta
-        # the windows holding channel j: [j - (SIZE-1)//2, j + SIZE//2], the transposed band
-        # (padding channels beyond the group are 0: with k = 0 their 0 * inf / 0 would be NaN)
-        t = tl.where(m, g * x * scale / d, 0.0)
-        spread = _window_sum(t, _band(BLOCK_C, (SIZE - 1) // 2, SIZE // 2))
-        dx = g * scale - 2.0 * alpha_n * beta * x * spread
-        tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr):
+        LO: tl.constexpr = SIZE // 2
+        HI: tl.constexpr = (SIZE - 1) // 2
+        row, inside = _rows(HW, sN, sW, BLOCK_P)
+        zero = tl.zeros([BLOCK_P, TC], dtype=tl.float32)
+        # chunk i's: x, g, d^-beta and t = g x d^(-beta-1); chunk i + 1's x, g and square
+        x, g = _load(x_ptr, row, inside, 0, sC, Cg, TC), _load(g_ptr, row, inside, 0, sC, Cg, TC)
+        x1, g1 = _load(x_ptr, row, inside, 1, sC, Cg, TC), _load(g_ptr, row, inside, 1, sC, Cg, TC)
+        sq, sq1 = x * x, x1 * x1
+        d = k + alpha_n * _windows(zero, sq, sq1, LO, HI, TC)
+        scale = tl.exp2(-beta * tl.log2(d))
+        # (channels outside the group are 0: with k = 0 their 0 * inf / 0 would be NaN)
+        t = tl.where(_chunk(row, inside, 0, sC, Cg, TC)[1], g * x * scale / d, 0.0)
+        t_before = zero
+        for i in range(0, tl.cdiv(Cg, TC)):
+            x2, g2 = _load(x_ptr, row, inside, i + 2, sC, Cg, TC), _load(g_ptr, row, inside, i + 2, sC, Cg, TC)
+            sq2 = x2 * x2
+            d1 = k + alpha_n * _windows(sq, sq1, sq2, LO, HI, TC)
+            scale1 = tl.exp2(-beta * tl.log2(d1))
+            t1 = tl.where(_chunk(row, inside, i + 1, sC, Cg, TC)[1], g1 * x1 * scale1 / d1, 0.0)
+            # the windows holding channel j, [j - HI, j + LO]: the band mirrored
+            spread = _windows(t_before, t, t1, HI, LO, TC)
+            at, m = _chunk(row, inside, i, sC, Cg, TC)
+            dx = g * scale - 2.0 * alpha_n * beta * x * spread
+            tl.store(dx_ptr + at, dx.to(dx_ptr.dtype.element_ty), mask=m)
+            t_before, t, x, g, scale = t, t1, x1, g1, scale1
+            sq, sq1, x1, g1 = sq1, sq2, x2, g2
 
 
 KERNELS = ("shift", "band")
-BAND_BLOCK_P = 64  # pixel positions per program of the band kernels
-# The widest group the band kernels take: a 256-wide band is 256 KiB of fp32, more shared
-# memory than a Hopper SM has (228 KiB). Wider groups (the paper network's norm2 across all
-# 256 maps) take the shift kernels; tiling the band along the channels would lift this.
-BAND_MAX_CHANNELS = 128
+BAND_BLOCK_P = 64  # pixel positions per program of the band kernels (a Hopper wgmma's M)
+BAND_CHUNK = 16  # channels per chunk: divides the paper's groups (48, 96, 128, 256 maps)
 
 
 def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
@@ -202,8 +237,7 @@ def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
         raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
     s_n, s_c, s_h, s_w = x.stride()
     s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
-    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=ch // groups, BLOCK_P=BAND_BLOCK_P,
-                BLOCK_C=max(16, triton.next_power_of_2(ch // groups)))
+    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=ch // groups, BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK)
     return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
 
 
@@ -329,8 +363,8 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
                         groups: int = 1, kernel: str = "shift") -> torch.Tensor:
     """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``):
     ``kernel`` 'shift' (shifted loads, a stored denominator) or 'band' (band-matrix products;
-    groups wider than ``BAND_MAX_CHANNELS`` take the shift kernels)."""
-    if kernel == "band" and x.shape[1] // groups <= BAND_MAX_CHANNELS:
+    a window wider than two chunks, 2 * BAND_CHUNK + 1 channels, takes the shift kernels)."""
+    if kernel == "band" and size <= 2 * BAND_CHUNK + 1:
         return lrn_band_op(x, size, alpha, beta, k, groups)
     if kernel == "band":
         kernel = "shift"
