@@ -111,3 +111,32 @@ def test_compile_keeps_the_fused_lrn_as_one_operation(results, kernel, op):
     assert [t for t in graph if "alexnet" in t] == [op]
     assert all("pow" not in t and "pool" not in t for t in graph), graph
     assert results["compiled_bwd"][kernel] < TOLERANCE["torch.float32"]
+
+
+def test_the_band_kernels_compile_for_hopper_with_wide_loads_tensor_core_products_and_no_spills(tmp_path):
+    """benchmarks/triton_static.py, no GPU needed: what made the shift kernels slow on an H200
+    (scalar loads along a channels-last map's channels) must not return in the band kernels."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no ptxas")
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "static.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "triton_static.py"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
+    band = [r for name, r in rows.items() if name.startswith("band")]
+    assert len(band) == 4
+    for r in band:
+        assert r["spill_stores"] == r["spill_loads"] == 0, r
+        assert r["loads"] and all(op.startswith("ld.global.v4") for op in r["loads"]), r
+        assert any(op.startswith("wgmma") for op in r["products"]), r
+    # and the measure sees the difference: the shift kernels' shifted loads are narrower
+    assert any(not op.startswith("ld.global.v4") for op in rows["shift_forward_bf16_C64"]["loads"])
