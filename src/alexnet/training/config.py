@@ -301,10 +301,10 @@ def validate(cfg: TrainConfig) -> None:
     """Reject impossible combinations with a message naming the flag."""
     from ..models.registry import variant_info
 
-    cfg = resolve_defaults(cfg)
+    cfg = resolve_defaults(cfg)  # the crop, pool5's grid and the rest as the run will have them
     d, o, m = cfg.data, cfg.optim, cfg.model
     info = variant_info(m.variant)
-    crop = d.crop or info.input_size
+    crop = d.crop
     checks = [
         (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
         (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
