@@ -15,6 +15,9 @@ def test_bench_reports_every_figure(image_tree, monkeypatch):
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
     assert {w for w, _ in figures} == {"model", "decode", "loader", "end-to-end", "cached", "baseline"}
     assert figures[("model", "torchvision")]["settings"]["precision"] == "float32"
+    # the layers as `alexnet train` runs them there: the plain computation on a CPU
+    assert figures[("model", "torchvision")]["settings"]["layers"] == {"towers": "grouped", "conv1": "direct",
+                                                                     "pools": "native"}
     assert figures[("cached", "torchvision")]["settings"]["cache"] == "host"
     assert set(result["ratios"]) == {"torchvision: end-to-end / model", "torchvision: cached / model",
                                      "torchvision: end-to-end / baseline"}

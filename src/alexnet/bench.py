@@ -376,7 +376,8 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
     for v in p.variants:
         fig = bench_model(v, p.rt, p.batch, p.steps, p.warmup, p.compile)
         fig.fraction_of_peak = fig.images_per_sec * train_flops_per_image(v, variant_info(v).input_size) / (peak * 1e12)
-        fig.settings = p.settings()
+        fig.settings = {**p.settings(), "layers": fastconv.resolve(v, p.rt.device.type, p.compile,
+                                                                   channels_last=p.rt.channels_last)}
         add(fig)
     with contextlib.ExitStack() as stack:
         if images and not packed:
