@@ -11,8 +11,8 @@ the median of ``--reps`` after ``--warmup``:
 
 1. layers: the paper network's layers one by one at the real shapes (bf16, channels-last on
    CUDA): forward, input gradient and weight gradient, for every choice that layer has (conv1
-   direct or space-to-depth, LRN in PyTorch or by either pair of Triton kernels, the towers' convolutions grouped or as
-   two dense halves).
+   direct or space-to-depth, LRN in PyTorch or by either pair of Triton kernels, the towers'
+   convolutions grouped or as two dense halves).
 2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
    under every combination of those choices, and torchvision's with its conv1 choices, at
    batch 256 and 512 (``--batches``).

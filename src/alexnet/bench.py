@@ -150,11 +150,15 @@ def _train_step(model, optimizer, rt: Runtime):
     return step
 
 
+def _layers(variant: str, rt: Runtime, compile: bool) -> dict[str, str]:
+    """The layers' implementations `alexnet train` would choose here (fastconv.resolve)."""
+    return fastconv.resolve(variant, rt.device.type, compile, channels_last=rt.channels_last)
+
+
 def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):
     model = create_model(variant, init="kaiming")
     model = TwoTowerAlexNet(model, rt.towers) if rt.towers else model.to(rt.device)
-    # the layers' implementations `alexnet train` would choose
-    fastconv.use(model, **fastconv.resolve(variant, rt.device.type, compile, channels_last=rt.channels_last))
+    fastconv.use(model, **_layers(variant, rt, compile))
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, OptimConfig())
@@ -212,9 +216,16 @@ def _lengthen_epochs(train: data_loader.Batches, workers: int) -> None:
     of them idle: on an H200 with 16 processes, 1,000 images (3 batches an epoch) gave 2,239
     img/s from a loader whose one core decoded 1,645 (2026-11-26). Decoding an image twice costs
     what decoding two does."""
-    need = 4 * max(1, resolve_workers(workers)) * data_loader.PREFETCH  # batches, well past the timed steps
-    if len(train) < need:
-        train.repeat(-(-need // max(1, len(train))))
+    passes = _passes(len(train), resolve_workers(workers), data_loader.PREFETCH)
+    if passes > 1:
+        train.repeat(passes)
+
+
+def _passes(batches: int, workers: int, prefetch: int) -> int:
+    """Passes over a set of ``batches`` an epoch that make the epoch at least 4 times what
+    ``workers`` loader processes hold ahead, ``prefetch`` batches each: well past the timed steps."""
+    need = 4 * max(1, workers) * prefetch
+    return max(1, -(-need // max(1, batches)))
 
 
 def _warmup_past_prefetch(warmup: int, workers: int) -> int:
@@ -289,9 +300,10 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
     tf = T.Compose([T.Resize(256), T.RandomCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     dataset = torchvision.datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
-    # an epoch of several shuffled passes over a small folder, as the packed rows get (_lengthen_epochs)
-    passes = -(-4 * max(1, workers) * 2 * batch // max(1, len(dataset)))  # 2: DataLoader's prefetch
-    sampler = torch.utils.data.RandomSampler(dataset, num_samples=len(dataset) * max(1, passes))
+    # an epoch of several shuffled passes over a small folder, as the packed rows get (_lengthen_epochs);
+    # 2: DataLoader's default prefetch
+    passes = _passes(len(dataset) // max(1, batch), workers, 2)
+    sampler = torch.utils.data.RandomSampler(dataset, num_samples=len(dataset) * passes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
                                          persistent_workers=workers > 0)
@@ -376,8 +388,7 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
     for v in p.variants:
         fig = bench_model(v, p.rt, p.batch, p.steps, p.warmup, p.compile)
         fig.fraction_of_peak = fig.images_per_sec * train_flops_per_image(v, variant_info(v).input_size) / (peak * 1e12)
-        fig.settings = {**p.settings(), "layers": fastconv.resolve(v, p.rt.device.type, p.compile,
-                                                                   channels_last=p.rt.channels_last)}
+        fig.settings = {**p.settings(), "layers": _layers(v, p.rt, p.compile)}
         add(fig)
     with contextlib.ExitStack() as stack:
         if images and not packed:

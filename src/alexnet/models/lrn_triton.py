@@ -194,13 +194,17 @@ BAND_CHUNK = 16  # channels per chunk: divides the paper's groups (48, 96, 128, 
 
 def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
-    if ch % groups:
-        raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
-    cg = ch // groups
+    cg = _group_width(ch, groups)
     s_n, s_c, s_h, s_w = x.stride()
     meta = dict(P=n * h * w, HW=h * w, W=w, sN=s_n, sC=s_c, sH=s_h, sW=s_w, Cg=cg,
                 BLOCK_P=BLOCK_P, BLOCK_C=max(16, triton.next_power_of_2(cg)))
     return (triton.cdiv(n * h * w, BLOCK_P), groups), meta
+
+
+def _group_width(channels: int, groups: int) -> int:
+    if channels % groups:
+        raise ValueError(f"LRN groups={groups} must divide the {channels} channels")
+    return channels // groups
 
 
 def _like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -233,11 +237,9 @@ def backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int
 
 def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
-    if ch % groups:
-        raise ValueError(f"LRN groups={groups} must divide the {ch} channels")
     s_n, s_c, s_h, s_w = x.stride()
     s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
-    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=ch // groups, BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK)
+    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=_group_width(ch, groups), BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK)
     return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
 
 
@@ -364,10 +366,8 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
     """LRN through the fused kernels (CUDA, or any device under ``TRITON_INTERPRET=1``):
     ``kernel`` 'shift' (shifted loads, a stored denominator) or 'band' (band-matrix products;
     a window wider than two chunks, 2 * BAND_CHUNK + 1 channels, takes the shift kernels)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "band" and size <= 2 * BAND_CHUNK + 1:
         return lrn_band_op(x, size, alpha, beta, k, groups)
-    if kernel == "band":
-        kernel = "shift"
-    if kernel != "shift":
-        raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
     return lrn_op(x, size, alpha, beta, k, groups)[0]
