@@ -213,8 +213,8 @@ stage_main() {
     local run="$WORK/run-fashion-mnist"
     # shellcheck disable=SC2086  # the flags are words
     run_step train 540 "${ALEXNET[@]}" train --data fashion-mnist $MAIN_FLAGS "${DEVICE[@]}" --out "$run" --overwrite --log-every 10
-    run_step evaluate-center 120 "${ALEXNET[@]}" evaluate "$run" --split test --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
-    run_step evaluate-ten-crop 180 "${ALEXNET[@]}" evaluate "$run" --split test --ten-crop --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
+    run_step evaluate-center 120 "${ALEXNET[@]}" evaluate "$run" --split test --precision auto --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
+    run_step evaluate-ten-crop 180 "${ALEXNET[@]}" evaluate "$run" --split test --ten-crop --precision auto --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
     run_step metrics 30 cat "$run/metrics.jsonl"
     finish main
 }

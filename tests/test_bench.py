@@ -93,3 +93,36 @@ def test_loader_fed_rows_count_the_waits_between_bursts(monkeypatch):
 
     rate = bench.time_steps(step, torch.device("cpu"), steps=8, warmup=0, reduce=bench.throughput)
     assert rate == pytest.approx(800 / 0.2)  # 4,000 img/s; the median step reads 100,000
+
+
+def test_the_pytorch_example_peer_trains_and_the_side_by_side_run_times_every_arm(tmp_path):
+    """benchmarks/vs_imagenet_example.py at toy size: the peer (the ImageNet example's recipe)
+    trains, validates and writes its checkpoint; each arm is a whole process, timed, in a table."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    import torchvision
+    from conftest import write_tree
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    tree = write_tree(tmp_path / "imgs", per_class=2, size=40)
+    peer = subprocess.run([sys.executable, str(root / "peer_imagenet_example.py"), str(tree), "-b", "4", "-j", "0",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert peer.returncode == 0, peer.stderr
+    result = json.loads(peer.stdout.strip().splitlines()[-1])
+    assert len(result["epoch_seconds"]) == 1 and 0 <= result["val_top1"] <= 1
+    saved = torch.load(tmp_path / "checkpoint.pth.tar", weights_only=True)
+    torch.manual_seed(0)
+    untrained = torchvision.models.alexnet().state_dict()
+    assert saved["epoch"] == 1 and not torch.equal(saved["state_dict"]["classifier.6.weight"],
+                                                   untrained["classifier.6.weight"])
+    both = subprocess.run([sys.executable, str(root / "vs_imagenet_example.py"), str(tree), "--rounds", "1", "-b", "4",
+                           "-j", "0", "--out", str(tmp_path / "vs")], capture_output=True, text=True, timeout=600)
+    assert both.returncode == 0, both.stderr
+    rows = json.loads(both.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["arm"] for r in rows] == ["example", "alexnet fp32", "alexnet auto"]
+    assert all(len(r["seconds"]) == 1 and r["seconds"][0] > 0 for r in rows) and rows[0]["speedup_median"] == 1.0
+    assert (tmp_path / "vs" / "fp32" / "model.safetensors").is_file()

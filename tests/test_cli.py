@@ -51,7 +51,12 @@ def test_summary_table(capsys):
     data = json.loads(capsys.readouterr().out)
     names = [r["name"] for r in data["layers"]]
     assert "features.bn5" in names and "features.tanh1" in names and "classifier.fc6" in names
-    assert data["params"] == 60_966_600  # every layer counted, fc6 included
+    assert data["params"] == 60_966_600 - 4096 * 256 * 35  # every layer counted; fc6 reads the 1x1 pool5 once
+    assert main(["summary", "--norm", "batch", "--input-size", "67", "--pool5-grid", "6", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"] == 60_966_600 and data["options"]["pool5_grid"] == 6  # on the 6x6 grid, folded
+    assert main(["summary", "--input-size", "67", "--pool5-grid", "6"]) == 0
+    assert "pool5_grid=6" in capsys.readouterr().out  # named where it is not the network's own
     assert main(["summary", "--variant", "lenet5", "--num-classes", "10"]) == 0
     assert "classifier.f6" in capsys.readouterr().out
 

@@ -280,3 +280,20 @@ def test_a_channels_last_network_stays_channels_last_on_cuda(variant, conv1):
         for name, module in model.features.named_children():
             x = module(x)
             assert x.is_contiguous(memory_format=torch.channels_last), f"{name} gave NCHW"
+
+
+def test_the_420_cache_converts_on_the_gpu_as_on_the_cpu(tmp_path):
+    """--cache-format 420: held in GPU memory or pinned host memory, the planes become the same
+    RGB on the GPU as the CPU makes of them, in the same order."""
+    tree = write_tree(tmp_path / "src", per_class=6, size=40)
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
+    req = dict(splits=("train",), batch_size=4, workers=1, seed=3)
+    cpu = build(str(tmp_path / "dst"), 32, torch.device("cpu"), Request(**req, cache="host", cache_format="420"))
+    for where in ("gpu", "host"):
+        gpu = build(str(tmp_path / "dst"), 32, CUDA, Request(**req, cache=where, cache_format="420"))
+        assert gpu.train.pixels.device.type == ("cuda" if where == "gpu" else "cpu")
+        for a, b in zip(cpu.train, gpu.train):
+            assert b.images.device.type == "cuda" and torch.equal(a.labels, b.labels.cpu())
+            assert (a.images.int() - b.images.cpu().int()).abs().max() <= 1  # float rounding order only
+        gpu.close()
+    cpu.close()

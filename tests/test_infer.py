@@ -136,3 +136,30 @@ def test_bf16_predictions_agree_with_fp32(trained_run, tmp_path, fmnist_dir):
     same = sum(a["top"][0]["index"] == b["top"][0]["index"] for a, b in zip(fp32, bf16))
     assert same >= 14  # bf16 rounding may flip a near tie, not the bulk
     assert max(abs(a["top"][0]["prob"] - b["top"][0]["prob"]) for a, b in zip(fp32, bf16)) < 0.05
+
+
+def test_bf16_evaluation_runs_in_bf16_and_agrees_with_fp32(trained_run, monkeypatch):
+    """evaluate --precision bf16: the convolutions compute in bf16 on channels-last maps, and
+    the accuracy moves by a near tie at most; a bad value is one line."""
+    from alexnet import AlexNetError
+    from alexnet.infer import evaluate_weights
+
+    seen = []
+    conv2d = torch.nn.functional.conv2d
+
+    def conv(self, x, w, b):
+        y = conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        seen.append(y.dtype if x.is_contiguous(memory_format=torch.channels_last) or y.dtype == torch.float32
+                    else "bf16 without channels-last")
+        return y
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", conv)
+    args = dict(split="test", limit=128, workers=0, progress=False)
+    fp32 = evaluate_weights(trained_run, **args)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = evaluate_weights(trained_run, precision="bf16", **args)
+    assert set(seen) == {torch.bfloat16}
+    assert fp32.images == bf16.images == 128 and abs(fp32.top1 - bf16.top1) <= 2 / 128
+    with pytest.raises(AlexNetError, match="--precision must be fp32, bf16 or auto, got 'fp16'"):
+        evaluate_weights(trained_run, precision="fp16", **args)

@@ -178,13 +178,14 @@ def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, 
 
 @contextlib.contextmanager
 def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_decode: bool,
-                    crop: int, cache: str = "none") -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
+                    crop: int, cache: str = "none", cache_format: str = "rgb"
+                    ) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
     """A function returning the next augmented training batch (images, labels) from a
     packed dataset, epoch after epoch: the input side of the loader and end-to-end runs.
     Its loader processes stop when the ``with`` block ends, before the next row starts its own."""
     size = read_meta(packed_dir)["size"]
     req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode,
-                              cache=cache)
+                              cache=cache, cache_format=cache_format)
     splits = data_loader.build(packed_dir, size, rt.device, req)
     _lengthen_epochs(splits.train, workers)
     augment = TrainAugment(Normalizer.channel().to(rt.device), crop, dtype=rt.dtype, channels_last=rt.channels_last)
@@ -269,7 +270,8 @@ def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure
 
 
 def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
-                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none") -> Figure | None:
+                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none",
+                     cache_format: str = "auto") -> Figure | None:
     """Training from the packed JPEGs, or (``cache``) from the split decoded once into memory
     (row ``cached``, with where it went; the decoding itself is not timed; None where
     ``auto`` finds no room)."""
@@ -278,10 +280,11 @@ def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, ste
         from .data import cache as data_cache
 
         meta = read_meta(packed_dir)
-        cache = data_cache.choose(cache, meta["splits"]["train"]["count"], meta["size"], rt.device)
+        cache, cache_format = data_cache.choose(cache, meta["splits"]["train"]["count"], meta["size"], rt.device,
+                                                cache_format)
         if cache == "none":
             return None
-    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache) as next_batch:
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache, cache_format) as next_batch:
         model, optimizer = _model_and_optimizer(variant, rt, compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
@@ -289,7 +292,7 @@ def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, ste
                           reduce=throughput)
     return Figure("end-to-end" if cache == "none" else "cached", variant, device_name(rt.device), rate, batch, steps,
                   _peak_mib(rt.device), {"workers": workers, "gpu_decode": gpu_decode, "data": "packed",
-                                         "cache": cache})
+                                         "cache": cache, **({"cache_format": cache_format} if cache != "none" else {})})
 
 
 def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, warmup: int, workers: int) -> Figure:
@@ -371,6 +374,7 @@ class _Plan:
     compile: bool
     gpu_decode: bool
     cache: str = "none"
+    cache_format: str = "auto"
 
     def settings(self) -> dict:
         dtype = self.rt.dtype or torch.float32
@@ -405,7 +409,7 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
                                      p.compile))
             for v in p.variants if p.cache != "none" else ():
                 fig = bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
-                                       p.compile, p.cache)
+                                       p.compile, p.cache, p.cache_format)
                 if fig is not None:
                     add(fig)
         if images and baseline:
@@ -438,7 +442,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                                      model_parallel=cfg.model_parallel))
     cuda = rt.device.type == "cuda"
     plan = _Plan(rt, variants, cfg.batch_size or (256 if cuda else 64), cfg.steps or (50 if cuda else 5),
-                 cfg.warmup or (10 if cuda else 2), resolve_workers(cfg.workers), cfg.compile, cfg.gpu_decode, cfg.cache)
+                 cfg.warmup or (10 if cuda else 2), resolve_workers(cfg.workers), cfg.compile, cfg.gpu_decode, cfg.cache,
+                 cfg.cache_format)
     figures: list[Figure] = []
 
     def add(fig: Figure) -> None:

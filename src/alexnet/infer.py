@@ -27,15 +27,19 @@ from .training import distributed
 
 def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: bool = False, split: str = "auto",
                      batch_size: int = 128, device: str = "auto", workers: int = -1, limit: int = 0,
-                     fashion_mnist_dir: str | None = None, progress: bool = True) -> EvalResult:
+                     fashion_mnist_dir: str | None = None, progress: bool = True,
+                     precision: str = "fp32") -> EvalResult:
     """Top-1/top-5 of a run directory or weights file on one split of ``data``, center or 10-crop.
 
     ``split``: ``test`` (the data's test split), ``val`` (its val split, or the images the
     run held out of the training set), ``train``, or ``auto``: test where the data has one,
     else val. ``data`` defaults to the dataset the network was trained on; its classes must
-    be the network's, in the same order."""
+    be the network's, in the same order. ``precision``: fp32, or bf16 autocast in channels-last
+    memory (``auto``: bf16 on CUDA and on CPUs with native bf16, as training's default)."""
     if split not in ("auto", *data_loader.EVAL_SPLITS):
         raise AlexNetError(f"--split must be auto, {', '.join(data_loader.EVAL_SPLITS)}; got {split!r}")
+    if precision not in ("fp32", "bf16", "auto"):
+        raise AlexNetError(f"--precision must be fp32, bf16 or auto, got {precision!r}")
     if batch_size < 1:
         raise AlexNetError(f"--batch-size must be at least 1, got {batch_size}")
     model, normalizer, meta = load_model(weights)
@@ -57,10 +61,12 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
             splits = data_loader.build(data, meta["resize"], dev, dataclasses.replace(req, splits=("val",)))
     _check_classes(data, splits.classes, meta["classes"])
     batches = splits.get(split)
-    model.to(dev)
+    dtype = autocast_dtype(precision, dev)
+    model.to(dev, memory_format=torch.channels_last if dtype else torch.contiguous_format)
     try:
         return evaluate(model, batches, EvalCrops(normalizer.to(dev), meta["input_size"], ten_crop), split=split,
-                        progress=progress)
+                        autocast=torch.autocast(dev.type, dtype=dtype) if dtype else None,
+                        channels_last=dtype is not None, progress=progress)
     finally:
         splits.close()
 

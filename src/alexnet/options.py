@@ -47,7 +47,7 @@ class BenchConfig:
     packed: str | None = setting(None, "an already packed copy of --images (alexnet prepare)")
     device: str = setting("auto", DEVICE_HELP)
     precision: str = setting("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = setting("auto", "auto: on for CUDA", choices=("auto", "on", "off"))
+    channels_last: str = setting("auto", "auto: on for CUDA and the CPU", choices=("auto", "on", "off"))
     compile: bool = setting(False, "torch.compile the network")
     batch_size: int = setting(0, "0: 256 on GPU, 64 on CPU")
     steps: int = setting(0, "timed steps; 0: 50 on GPU, 5 on CPU")
@@ -56,5 +56,7 @@ class BenchConfig:
     gpu_decode: bool = setting(False, "decode packed JPEGs on the GPU")
     cache: str = setting("none", "also train end to end from the packed split decoded once into memory (row 'cached')",
                     choices=("none", "auto", "gpu", "host"))
+    cache_format: str = setting("auto", "the cached row's pixels: rgb, 420 (half the bytes, converted on the device), "
+                                   "auto (rgb where it fits)", choices=("auto", "rgb", "420"))
     model_parallel: str = setting("", "the paper network split in two towers: 'auto' or two devices, e.g. cuda:0,cuda:1")
     baseline: bool = setting(True, "also run the plain PyTorch baseline on the same images")

@@ -24,9 +24,10 @@ def merged_grads(split: TwoTowerAlexNet) -> dict[str, torch.Tensor]:
     return {k: torch.cat(v, 0) for k, v in grads.items()}
 
 
-@pytest.mark.parametrize("size", [67, 131])  # pool5 1x1 (folded fc6) and 3x3 (adaptive pool)
-def test_split_network_computes_the_single_device_function(size):
-    single = paper()
+# pool5 1x1 (folded fc6), 3x3 (adaptive pool), and pool5 read on its own grid (the default below 227 px)
+@pytest.mark.parametrize("size,grid", [(67, 6), (131, 6), (67, 1), (131, 3)])
+def test_split_network_computes_the_single_device_function(size, grid):
+    single = paper(pool5_grid=grid)
     split = TwoTowerAlexNet(single, CPU2)
     x = torch.randn(3, 3, size, size) * 60  # the paper's 0-255 input scale, where LRN matters
     out_single, out_split = single(x), split(x)
@@ -109,7 +110,7 @@ def test_split_training_run_equals_the_single_device_run(tmp_path, fmnist_dir):
     a = read_weights(tmp_path / "one" / "model.safetensors")[0]
     b = read_weights(tmp_path / "two" / "model.safetensors")[0]
     assert a.keys() == b.keys()
-    init = paper(num_classes=10).state_dict()
+    init = paper(num_classes=10, pool5_grid=1).state_dict()  # at 67 px fc6 reads the 1x1 pool5 once
     for k in a:
         # Split convolutions round differently from whole ones, and 0-255 inputs make the rounding
         # large: measured 2e-4 of the distance moved after 3 steps (fc7 and fc8: 1e-6). The strict
@@ -119,7 +120,7 @@ def test_split_training_run_equals_the_single_device_run(tmp_path, fmnist_dir):
         assert (b[k] - a[k]).norm() <= 2e-3 * moved, k
     assert abs(one["history"][0]["train_loss"] - two["history"][0]["train_loss"]) < 1e-4
     model, _, meta = load_model(tmp_path / "two")  # a split run's weights load on one device
-    assert meta["variant"] == "paper" and meta["num_params"] == 60_965_224 - 4097 * 990
+    assert meta["variant"] == "paper" and meta["num_params"] == 60_965_224 - 4097 * 990 - 4096 * 256 * 35
     # resuming changes nothing about the layout, and a different layout is refused in one line
     fit(TrainConfig(out=str(tmp_path / "two")), resume=True, overrides={"epochs": 2})
     with pytest.raises(AlexNetError, match="resume with the run's own --model-parallel"):

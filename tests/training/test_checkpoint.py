@@ -27,7 +27,7 @@ def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_d
     # the weights of another class count, forced into the run's checkpoint, fail with a one-line error
     from alexnet.training.checkpoint import load_state
     with pytest.raises(AlexNetError, match=r"classifier.fc8.weight has shape \(10, 4096\), expected \(1000, 4096\)"):
-        load_state(create_model("paper"), ckpt["model"], "run")
+        load_state(create_model("paper", pool5_grid=1), ckpt["model"], "run")  # the run's fc6 (67 px), 1000 classes
     with pytest.raises(AlexNetError, match="wrong variant"):
         load_state(create_model("torchvision", num_classes=10), ckpt["model"], "run")
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()

@@ -35,12 +35,7 @@ def test_every_network_trains_from_its_defaults_on_fashion_mnist(tmp_path, fmnis
     assert last < first - 0.05, (first, last)
 
 
-KNOWN = {"paper": "at 67 px pool5 is 1x1 and the 6x6 pool copies it 36 times: fc6's 36 copies of each weight "
-                  "learn as one, 36 times too fast (issue 16, point 4); the loss rose from 2.0 to 2.5"}
-
-
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xfail(reason=KNOWN[v], strict=True))
-                                     if v in KNOWN else v for v in sorted(SIZES)])
+@pytest.mark.parametrize("variant", sorted(SIZES))
 def test_every_network_trains_from_its_defaults_on_cifar10(tmp_path, variant):
     from conftest import write_cifar_release
 
@@ -48,6 +43,23 @@ def test_every_network_trains_from_its_defaults_on_cifar10(tmp_path, variant):
     losses, first, last = _first_and_last(tmp_path, {"data": str(data)}, variant)
     assert all(math.isfinite(x) for x in losses)
     assert last < first - 0.05, (first, last)
+
+
+@pytest.mark.parametrize("variant,crop,grid", [("paper", 67, 1), ("paper", 71, 1), ("paper", 227, 6),
+                                               ("paper-half", 67, 1), ("torchvision", 63, 6), ("torchvision", 224, 6)])
+def test_fc6_reads_each_pool5_value_once_in_the_paper_networks_and_on_torchvisions_6x6(variant, crop, grid):
+    """The paper networks' fc6 reads pool5 on pool5's own grid, the paper's 6x6 at 227 px (on a 6x6
+    grid a 1x1 pool5 reaches fc6 36 times and fc6 learns 36 times too fast: at 67 px the paper
+    network's loss rose from 2.0 to 2.5 on CIFAR-10); torchvision keeps its 6x6 layer at every size,
+    so that its weights fit."""
+    from alexnet import create_model
+    from alexnet.training.config import model_options, resolve_defaults
+
+    cfg = resolve_defaults(apply_overrides(TrainConfig(), {"variant": variant, "resize": crop, "crop": crop}))
+    assert cfg.model.pool5_grid == grid
+    model = create_model(variant, 10, **model_options(cfg.model))
+    fc6 = model.classifier.fc6 if variant != "torchvision" else model.classifier[1]
+    assert fc6.in_features == 256 * grid * grid
 
 
 @pytest.mark.parametrize("variant,dropout", [("paper", 0.5), ("paper-half", 0.5), ("torchvision", 0.5),

@@ -70,7 +70,8 @@ def test_two_torchrun_agents_over_c10d_match_one_process(tmp_path, fmnist_dir, o
 
 def initial_weights():
     torch.manual_seed(0)  # the runs' common starting point (fit seeds with --seed 0, then builds the model)
-    return create_model("paper", num_classes=10, dropout=0.0, init="kaiming").state_dict()
+    # at 67 px fc6 reads the 1x1 pool5 once (the trainer's default grid there)
+    return create_model("paper", num_classes=10, dropout=0.0, init="kaiming", pool5_grid=1).state_dict()
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir, one_process):

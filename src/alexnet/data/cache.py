@@ -4,10 +4,18 @@ batches from uint8 pixels instead of reading and decoding JPEGs.
 ``gpu`` keeps the pixels in the training GPU's memory (batches gathered there, no copy per
 step), ``host`` in pinned host memory (each batch gathered on the host and copied
 asynchronously), ``auto`` the first of the two whose memory holds them with room to spare
-(``SHARE`` of what is free), else none. The pixels are the packed size, uint8 RGB: N x 3 x S x
-S bytes, so ImageNet's 1,281,167 training images at 256 px take 252 GB (at 4:2:0 chroma it
-would be half): more than an H100 (80 GB) or an H200 (141 GB) holds, and more than a machine
-with 128 GiB of memory; a subset (``--limit-train``), or a smaller packed size, fits.
+(``SHARE`` of what is free), else none.
+
+Two forms (``--cache-format``). ``rgb``: the packed size, uint8 RGB, N x 3 x S x S bytes.
+``420``: JPEG's own YCbCr with the two colour planes at half resolution (4:2:0), 1.5 x S x S
+bytes an image, turned back into RGB on the training device as each batch is gathered (from
+the host, only the compact form crosses to the GPU). The packed JPEGs are already 4:2:0, so
+the second subsampling loses little: a pixel differs from the RGB form by a few levels, at
+colour edges. ``auto`` takes rgb where it fits and 420 where only that fits.
+
+ImageNet's 1,281,167 training images at 256 px take 252 GB as rgb and 126 GB as 420: neither
+fits an H100 (80 GB) or half of an H200's 141 GB, nor half of a machine's 128 GiB; at 224 px,
+96 GB as 420. A subset (``--limit-train``) or a smaller packed size fits.
 """
 
 from __future__ import annotations
@@ -17,16 +25,21 @@ import os
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import AlexNetError
 from .loader import Batch, Batches, _worker_loader
 from .packed import PackedSplit
 
 CHOICES = ("none", "auto", "gpu", "host")
+FORMATS = ("auto", "rgb", "420")
 SHARE = 0.5  # of the free memory a cache may take: the rest is the training's
 
 
-def cache_bytes(count: int, size: int) -> int:
+def cache_bytes(count: int, size: int, form: str = "rgb") -> int:
+    if form == "420":
+        half = (size + 1) // 2
+        return count * (size * size + 2 * half * half)
     return count * 3 * size * size
 
 
@@ -42,39 +55,115 @@ def free_bytes(where: str, device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def choose(choice: str, count: int, size: int, device: torch.device) -> str:
-    """Where a cache of ``count`` images of ``size`` px goes: 'gpu', 'host' or 'none'; a choice
-    that cannot hold it is a one-line error naming the sizes."""
+def choose(choice: str, count: int, size: int, device: torch.device, form: str = "rgb") -> tuple[str, str]:
+    """Where a cache of ``count`` images of ``size`` px goes ('gpu', 'host' or 'none') and in which
+    form ('rgb' or '420'); a choice that cannot hold it is a one-line error naming the sizes."""
     if choice not in CHOICES:
         raise AlexNetError(f"--cache must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if form not in FORMATS:
+        raise AlexNetError(f"--cache-format must be one of {', '.join(FORMATS)}, got {form!r}")
     if choice == "none":
-        return "none"
-    need = cache_bytes(count, size)
+        return "none", form
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # processes on this machine, each with its own copy
     if choice == "gpu" and device.type != "cuda":
         raise AlexNetError("--cache gpu keeps the images in GPU memory; this run has no GPU (--cache host or auto)")
+    forms = ("rgb", "420") if form == "auto" else (form,)
     for where in (("gpu", "host") if choice == "auto" else (choice,)):
         if where == "gpu" and device.type != "cuda":
             continue
         room = int(SHARE * free_bytes(where, device) / (1 if where == "gpu" else local))
-        # pinned host memory comes in powers of two (PyTorch's host allocator rounds up)
-        held = 2 ** math.ceil(math.log2(need)) if where == "host" and device.type == "cuda" and need else need
-        if held <= room:
-            return where
+        for f in forms:
+            if _held(cache_bytes(count, size, f), where, device) <= room:
+                return where, f
         if choice != "auto":
-            raise AlexNetError(f"--cache {where} needs {need / 1e9:.1f} GB for {count:,} images of {size} px; "
-                               f"{'the GPU' if where == 'gpu' else 'the host'} has {room / 1e9:.1f} GB to spare "
-                               f"({SHARE:.0%} of what is free): use --cache auto, fewer images or a smaller size")
-    return "none"
+            need = cache_bytes(count, size, forms[-1])
+            raise AlexNetError(f"--cache {where} needs {need / 1e9:.1f} GB for {count:,} images of {size} px "
+                               f"({forms[-1]}); {'the GPU' if where == 'gpu' else 'the host'} has {room / 1e9:.1f} GB "
+                               f"to spare ({SHARE:.0%} of what is free): use --cache auto, "
+                               f"{'' if forms[-1] == '420' else '--cache-format 420, '}fewer images or a smaller size")
+    return "none", form
+
+
+def _held(need: int, where: str, device: torch.device) -> int:
+    """Bytes a cache of ``need`` takes: pinned host memory comes in powers of two (PyTorch's host
+    allocator rounds up)."""
+    return 2 ** math.ceil(math.log2(need)) if where == "host" and device.type == "cuda" and need else need
+
+
+# JPEG's (JFIF's) full-range YCbCr, ITU-R BT.601: the rows give Y, Cb, Cr from R, G, B
+_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_FROM_YCC = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
+
+
+def to_420(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 RGB (N, 3, S, S) as JPEG's YCbCr: Y (N, S, S) and Cb, Cr averaged over 2x2 blocks
+    (N, 2, ceil(S/2), ceil(S/2)), uint8, rounded."""
+    x = images.float()
+    ycc = torch.einsum("ck,nkhw->nchw", _TO_YCC.to(x.device), x)
+    ycc[:, 1:] += 128
+    chroma = ycc[:, 1:]
+    if chroma.shape[-1] % 2 or chroma.shape[-2] % 2:  # odd sides: the last row/column stands alone
+        chroma = F.pad(chroma, (0, chroma.shape[-1] % 2, 0, chroma.shape[-2] % 2), mode="replicate")
+    chroma = F.avg_pool2d(chroma, 2)
+    return _u8(ycc[:, 0]), _u8(chroma)
+
+
+def from_420(y: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """``to_420``'s planes back to uint8 RGB (N, 3, S, S), each colour sample covering its 2x2
+    block, on the planes' device."""
+    h, w = y.shape[-2:]
+    c = chroma.float().repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w] - 128
+    ycc = torch.cat([y.float().unsqueeze(1), c], 1)
+    return _u8(torch.einsum("ck,nkhw->nchw", _FROM_YCC.to(ycc.device), ycc))
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Pixels:
+    """The cache's pixels, in memory: uint8 RGB (one plane set of (N, 3, S, S)), or 4:2:0
+    (Y (N, S, S) and Cb, Cr (N, 2, S/2, S/2))."""
+
+    def __init__(self, count: int, size: int, form: str, where: str, device: torch.device) -> None:
+        half = (size + 1) // 2
+        shapes = [(count, 3, size, size)] if form == "rgb" else [(count, size, size), (count, 2, half, half)]
+        pin = where == "host" and torch.cuda.is_available()
+        self.form, self.size = form, size
+        self.planes = [torch.empty(sh, dtype=torch.uint8, device=device if where == "gpu" else "cpu", pin_memory=pin)
+                       for sh in shapes]
+
+    def __len__(self) -> int:
+        return len(self.planes[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.planes[0].device
+
+    def put(self, at: int, images: torch.Tensor) -> None:
+        """Store uint8 RGB ``images`` at positions ``at``, ``at + 1``, ..."""
+        for plane, part in zip(self.planes, (images,) if self.form == "rgb" else to_420(images)):
+            plane[at:at + len(part)].copy_(part, non_blocking=True)
+
+    def gather(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The images at ``idx`` as uint8 RGB (B, 3, S, S) on ``device``; from host memory to a
+        GPU only the cached form crosses (half the bytes at 4:2:0), converted there."""
+        if self.device.type == device.type:  # on the GPU, or training on the CPU
+            parts = [plane[idx] for plane in self.planes]
+        else:
+            parts = []
+            for plane in self.planes:
+                part = torch.empty((len(idx), *plane.shape[1:]), dtype=torch.uint8, pin_memory=True)
+                torch.index_select(plane, 0, idx, out=part)
+                parts.append(part.to(device, non_blocking=True))
+        return parts[0] if self.form == "rgb" else from_420(*parts)
 
 
 def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: torch.device, workers: int,
-               batch: int = 256) -> torch.Tensor:
-    """``split``'s images at ``indices``, decoded by ``workers`` processes into one uint8 tensor
-    (N, 3, S, S) in GPU memory or pinned host memory."""
-    out = torch.empty(len(indices), 3, split.size, split.size, dtype=torch.uint8,
-                      device=device if where == "gpu" else "cpu", pin_memory=where == "host" and
-                      torch.cuda.is_available())
+               form: str = "rgb", batch: int = 256) -> Pixels:
+    """``split``'s images at ``indices``, decoded by ``workers`` processes into GPU memory or
+    pinned host memory, in ``form`` ('rgb' or '420')."""
+    out = Pixels(len(indices), split.size, form, where, device)
     chunks = [c.tolist() for c in indices.split(batch)]
     if split.decode_later:
         raise AlexNetError("the cache decodes on the CPU: give it a split that does not decode later")
@@ -82,7 +171,7 @@ def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: to
     at = 0
     try:
         for images, _ in loader:
-            out[at:at + len(images)].copy_(images, non_blocking=True)
+            out.put(at, images.to(out.device, non_blocking=True))
             at += len(images)
     finally:
         from .loader import close_loader
@@ -100,22 +189,17 @@ class _Owner:
 
 class CachedBatches(Batches):
     """Batches gathered from a decoded cache: the same batches, in the same order, as the
-    ``PackedBatches`` of the same images would yield."""
+    ``PackedBatches`` of the same images would yield (the same pixels in the rgb form)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, **kw) -> None:
-        super().__init__(len(images), **kw)
-        self.images = images
-        self.labels = labels.to(images.device)
+    def __init__(self, pixels: Pixels, labels: torch.Tensor, **kw) -> None:
+        super().__init__(len(pixels), **kw)
+        self.pixels = pixels
+        self.labels = labels.to(pixels.device)
 
     def __iter__(self) -> Iterator[Batch]:
         chunks = self._chunks()
-        if self.images.device.type == "cuda" and chunks:  # the epoch's order to the GPU in one copy
-            order = torch.cat(chunks).pin_memory().to(self.images.device, non_blocking=True)
+        if self.pixels.device.type == "cuda" and chunks:  # the epoch's order to the GPU in one copy
+            order = torch.cat(chunks).pin_memory().to(self.pixels.device, non_blocking=True)
             chunks = list(order.split([len(c) for c in chunks]))
         for idx in chunks:
-            if self.images.device.type == self.device.type:  # on the GPU, or training on the CPU
-                yield Batch(self.images[idx], self.labels[idx])
-                continue
-            images = torch.empty((len(idx), *self.images.shape[1:]), dtype=torch.uint8, pin_memory=True)
-            torch.index_select(self.images, 0, idx, out=images)
-            yield Batch(images.to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True))
+            yield Batch(self.pixels.gather(idx, self.device), self.labels[idx].to(self.device, non_blocking=True))

@@ -371,6 +371,7 @@ class Request:
     workers: int = -1
     gpu_decode: bool = False
     cache: str = "none"  # packed data: decode once into memory (cache.py): none, auto, gpu, host
+    cache_format: str = "auto"  # the cache's pixels: rgb, 420 (half the bytes), auto (rgb where it fits)
     seed: int = 0
     rank: int = 0
     world: int = 1
@@ -482,11 +483,11 @@ def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -
     def batches(split: str, indices: torch.Tensor, train: bool) -> Batches:
         from . import cache
 
-        where = cache.choose(req.cache, len(indices), meta["size"], device)
+        where, form = cache.choose(req.cache, len(indices), meta["size"], device, req.cache_format)
         data = PackedSplit(root, split, decode_later=req.gpu_decode and where == "none")
         if where != "none":  # decoded once, gathered from memory every epoch
-            images = cache.decode_all(data, indices, where, device, req.workers)
-            return cache.CachedBatches(images, data.labels[indices], **_batching(req, device, train))
+            pixels = cache.decode_all(data, indices, where, device, req.workers, form)
+            return cache.CachedBatches(pixels, data.labels[indices], **_batching(req, device, train))
         return PackedBatches(data, req.workers, indices=indices, **_batching(req, device, train))
 
     return _assemble(_Source(meta["classes"], lambda: set(meta["splits"]),

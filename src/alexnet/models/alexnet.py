@@ -276,11 +276,10 @@ class PaperAlexNet(AlexNet):
         initialise(self, init)
 
     def is_standard(self) -> bool:
-        """The 2012 structure (ReLU, overlapping floor-rounded pooling, LRN or none, fc6 on the 6x6
+        """The 2012 structure (ReLU, overlapping floor-rounded pooling, LRN or none; fc6 on any
         grid): what the two-tower split builds."""
         o = self._options
-        return (o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and o["pool5_grid"] == 6
-                and not o["ceil_pool"])
+        return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and not o["ceil_pool"]
 
     # The layers with weights, by module path: the names Caffe's bvlc_alexnet uses, and the
     # unit of the two-tower split (towers.py).

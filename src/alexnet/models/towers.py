@@ -52,19 +52,19 @@ _LAYERS = PaperAlexNet.LAYERS
 class Tower(nn.Module):
     """One tower's half of every layer (shapes for a 227x227 input)."""
 
-    def __init__(self, num_classes: int, dropout: float, lrn: bool, lrn_k: float) -> None:
+    def __init__(self, num_classes: int, dropout: float, lrn: bool, lrn_k: float, grid: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 48, kernel_size=11, stride=4)                 # (B, 48, 55, 55)
         self.conv2 = nn.Conv2d(48, 128, kernel_size=5, padding=2)               # (B, 128, 27, 27)
         self.conv3 = nn.Conv2d(256, 192, kernel_size=3, padding=1)              # both towers in
         self.conv4 = nn.Conv2d(192, 192, kernel_size=3, padding=1)
         self.conv5 = nn.Conv2d(192, 128, kernel_size=3, padding=1)              # (B, 128, 13, 13)
-        self.fc6 = nn.Linear(256 * 6 * 6, 2048)
+        self.fc6 = nn.Linear(256 * grid * grid, 2048)                          # pool5 of both towers
         self.fc7 = nn.Linear(4096, 2048)
         self.fc8 = nn.Linear(4096, num_classes)
         self.norm = LocalResponseNorm(k=lrn_k) if lrn else None
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.avgpool = nn.AdaptiveAvgPool2d((grid, grid))                       # (B, 256, 6, 6) at 227 px
         self.drop = nn.Dropout(dropout)
 
 
@@ -75,14 +75,15 @@ class TwoTowerAlexNet(nn.Module):
         super().__init__()
         if type(model) is not PaperAlexNet or not model.is_standard():
             raise AlexNetError("the two-tower split is defined for the 'paper' network with ReLU, overlapping "
-                               "floor-rounded pooling, LRN (or none) and fc6 on the 6x6 grid")
+                               "floor-rounded pooling and LRN (or none)")
         self._options = model.options()
         self.lrn_span = self._options["lrn_span"]
         self.devices = tuple(torch.device(d) for d in devices)
         self._classes = model.num_classes
         halves = torch.tensor_split(torch.arange(self._classes), 2)
         self.towers = nn.ModuleList(
-            Tower(len(h), self._options["dropout"], self._options["norm"] == "lrn", self._options["lrn_k"]) for h in halves)
+            Tower(len(h), self._options["dropout"], self._options["norm"] == "lrn", self._options["lrn_k"],
+                  self._options["pool5_grid"]) for h in halves)
         self.register_state_dict_post_hook(_merge_state)
         self.register_load_state_dict_pre_hook(_split_state)
         self.load_state_dict(model.state_dict())

@@ -45,10 +45,11 @@ class ModelConfig:
                                   "files); off: 2x2 stride 2")
     towers: int = setting(1, "cifar-11pct: 2 splits conv1 and conv2 into two towers, as the paper's two GPUs (Fig. 3); "
                         "the paper network always has two")
-    pool5_grid: int = setting(6, "paper and torchvision networks: the grid fc6 reads pool5 at (the paper's 6x6); "
-                            "0 = pool5's own size at --crop (1x1 below 99 px for paper, 95 for torchvision; 2x2 "
-                            "at 71 px with --ceil-pool); a larger grid copies each value and fc6 learns that many "
-                            "times too fast")
+    pool5_grid: int = setting(-1, "paper and torchvision networks: the grid fc6 reads pool5 at; -1 = the network's "
+                            "own: pool5's own size for the paper networks (the paper's 6x6 at 227 px, 1x1 below 99 "
+                            "px), 6 for torchvision (its layer, whose weights fc6 must fit); 0 = pool5's own size "
+                            "at --crop; N = an NxN grid (a grid larger than pool5 copies each value and fc6 learns "
+                            "that many times too fast)")
     ceil_pool: bool = setting(False, "paper networks: max pools round their output up, as Caffe's (the same 3x3/2 maps "
                                 "at 227 px); at inputs with even maps (71, 135, 199 px) the 3x3/2 and 2x2/2 pools "
                                 "then give the same maps and differ in overlap alone")
@@ -96,6 +97,10 @@ class DataConfig:
                             "(GPU memory), host (pinned host memory), auto (the first that holds them with half its "
                             "free memory to spare, else none), none (read and decode every epoch)",
                     ("none", "auto", "gpu", "host"))
+    cache_format: str = setting("auto", "--cache's pixels: rgb (3 bytes a pixel), 420 (JPEG's YCbCr with colour at "
+                                   "half resolution, 1.5 bytes a pixel, turned back into RGB on the device; a few "
+                                   "levels off at colour edges), auto (rgb where it fits, else 420)",
+                           ("auto", "rgb", "420"))
     holdout: int = setting(-1, "data without a val split (Fashion-MNIST, a folder without val/): this many training "
                           "images are held out for validation, a fixed choice; -1 = 10%, at most 5,000")
     limit_train: int = setting(0, "use only this many training images, a random choice by --seed (0 = all); for quick "
@@ -149,7 +154,8 @@ class TrainConfig:
     precision: str = setting("auto", "auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 (full fp32 "
                                 "arithmetic, no TF32 on GPUs), bf16, fp16",
                         ("auto", "fp32", "bf16", "fp16"))
-    channels_last: str = setting("auto", "channels-last memory format: auto (on CUDA), on, off", ("auto", "on", "off"))
+    channels_last: str = setting("auto", "channels-last memory format: auto (on CUDA and on the CPU, where every network's "
+                                    "training step measured 1.02-2.2x faster with it), on, off", ("auto", "on", "off"))
     compile: bool = setting(False, "torch.compile the model")
     cuda_graphs: bool = setting(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
                                   "CUDA, bf16 or fp32, fused SGD): launches cost one per step; 3-4% faster in the "
@@ -254,7 +260,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """A copy of ``cfg`` with the settings left to the network (``--init auto``, ``--normalize
-    auto``, ``--lr 0``, ``--weight-decay -1``, ``--pool5-grid 0``) set to the network's own; the
+    auto``, ``--lr 0``, ``--weight-decay -1``, ``--pool5-grid -1`` or ``0``) set to the network's own; the
     run records these."""
     from ..models.registry import VARIANTS
 
@@ -269,6 +275,8 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     o.weight_decay = net.DEFAULT_WEIGHT_DECAY if o.weight_decay == -1 else o.weight_decay
     m.dropout = net.DEFAULT_DROPOUT if m.dropout == -1 else m.dropout
     d.crop = d.crop or net.info.input_size
+    if m.pool5_grid == -1:  # the paper networks' fc6 reads each pool5 value once; torchvision's layer is 6x6
+        m.pool5_grid = 0 if m.variant in ("paper", "paper-half") else 6  # (6: what the others always recorded)
     if m.pool5_grid == 0 and m.variant in ("paper", "paper-half", "torchvision"):
         from ..models.alexnet import pool5_size
 
@@ -337,7 +345,8 @@ def validate(cfg: TrainConfig) -> None:
          f"--norm batch is for the paper networks; the {m.variant} network has its layer file's (lrn) or none"),
         (m.pool5_grid >= 1 or m.variant not in ("paper", "paper-half", "torchvision"),
          f"--pool5-grid must be at least 1, or 0 for pool5's own size (which is 0 at --crop {d.crop})"
-         if m.pool5_grid == 0 else f"--pool5-grid must be 0 or more, got {m.pool5_grid}"),
+         if m.pool5_grid == 0 else f"--pool5-grid must be -1 (the network's own), 0 (pool5's own size) or a "
+                                    f"grid of at least 1, got {m.pool5_grid}"),
         (m.variant in ("paper", "paper-half", "torchvision") or m.pool5_grid in (0, 6),
          f"--pool5-grid is for the paper and torchvision networks, not {m.variant}"),
         (m.variant in ("paper", "paper-half") or not m.ceil_pool, f"--ceil-pool is for the paper networks, not {m.variant}"),
@@ -352,8 +361,8 @@ def validate(cfg: TrainConfig) -> None:
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
         (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"
-                                    and m.pool5_grid == 6 and not m.ceil_pool),
-         "--model-parallel builds the 2012 structure: ReLU, overlapping pooling, LRN or none, fc6 on a 6x6 grid"),
+                                    and not m.ceil_pool),
+         "--model-parallel builds the 2012 structure: ReLU, overlapping floor-rounded pooling, LRN or none"),
     ]
     for ok, message in checks:
         if not ok:
@@ -390,7 +399,8 @@ def model_options(m: ModelConfig) -> dict[str, Any]:
         towers = {"towers": m.towers} if m.variant == "cifar-11pct" else {}
         return {"init": init, "activation": m.activation, "norm": m.norm, "overlap_pool": m.overlap_pool,
                 "dropout": dropout, **towers}
-    options = {"dropout": dropout, "init": init, "pool5_grid": m.pool5_grid}
+    grid = m.pool5_grid if m.pool5_grid >= 1 else 6  # unresolved (-1, 0): pool5's size at the native input
+    options = {"dropout": dropout, "init": init, "pool5_grid": grid}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
                        overlap_pool=m.overlap_pool, ceil_pool=m.ceil_pool)

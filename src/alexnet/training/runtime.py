@@ -99,6 +99,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         tf32 = cfg.precision != "fp32"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     dtype = autocast_dtype(cfg.precision, device)
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    # auto: on where measured faster, CUDA and the CPU (every network's step, docs/benchmarks.md)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
     env = distributed.setup(device)
     return Runtime(device, dtype, channels_last, env, towers)

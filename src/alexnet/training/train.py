@@ -438,7 +438,7 @@ def _splits(cfg: TrainConfig, rt: Runtime) -> data_loader.Splits:
     d, o = cfg.data, cfg.optim
     req = data_loader.Request(splits=("train", "val"), batch_size=o.batch_size, holdout=d.holdout,
                               limit_train=d.limit_train, limit_val=d.limit_val, workers=d.workers,
-                              gpu_decode=d.gpu_decode, cache=d.cache, seed=cfg.seed, rank=rt.env.rank, world=rt.env.world,
+                              gpu_decode=d.gpu_decode, cache=d.cache, cache_format=d.cache_format, seed=cfg.seed, rank=rt.env.rank, world=rt.env.world,
                               fashion_mnist_dir=d.fashion_mnist_dir or None)
     splits = data_loader.build(d.data, d.resize, rt.device, req)
     if len(splits.train) == 0:
