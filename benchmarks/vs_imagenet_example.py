@@ -11,7 +11,8 @@ validation pass and the files written all count:
   `imagenet/main.py -a alexnet` (torchvision's alexnet, fp32, ImageFolder + PIL transforms,
   DataLoader);
 - `alexnet fp32`: `alexnet train --data DIR --variant torchvision --epochs 1 --precision fp32`,
-  the same network, batch and worker count;
+  the same network, batch and worker count, each side with its own recipe otherwise
+  (initialisation, learning rate, augmentation, data path);
 - `alexnet auto`: the same with `--precision auto` (bf16 where the CPU has bf16 instructions,
   else fp32: then it repeats the fp32 arm).
 

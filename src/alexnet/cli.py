@@ -161,7 +161,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     as_trained = TrainConfig(model=m, data=DataConfig(resize=size, crop=size))
     validate(as_trained)  # options the network does not have are an error, as in train
     m = resolve_defaults(as_trained).model  # --pool5-grid -1 or 0: as the network has it at this size
-    own = resolve_defaults(TrainConfig(model=ModelConfig(variant=args.variant), data=as_trained.data)).model
+    own = resolve_defaults(TrainConfig(model=dataclasses.replace(as_trained.model, pool5_grid=-1),
+                                       data=as_trained.data)).model  # the grid these options give by default
     model = create_model(args.variant, num_classes=args.num_classes, **model_options(m))
     rows = summarize(model, size)
     if args.json:

@@ -65,6 +65,19 @@ def test_where_the_cache_goes_and_a_request_that_does_not_fit(monkeypatch):
     assert cache.cache_bytes(1, 5, "420") == 25 + 2 * 9  # odd sides: colour planes of 3x3
 
 
+def test_pinned_host_memory_is_counted_as_the_allocator_takes_it(monkeypatch):
+    """Training on CUDA pins the host cache, and pinned blocks are powers of two, one per plane:
+    10,000 images at 256 px as 420 take 1.07 + 0.54 GB pinned (0.98 GB unpinned)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device name: no GPU is needed to size
+    monkeypatch.setattr(cache, "free_bytes", lambda where, device: 3 * 10**9)  # 1.5 GB to spare
+    assert cache.choose("host", 10_000, 256, cpu, "420") == ("host", "420")
+    with pytest.raises(AlexNetError, match=r"--cache host needs 1.0 GB for 10,000 images of 256 px \(420\); the host "
+                                           r"has 1.5 GB to spare"):
+        cache.choose("host", 10_000, 256, cuda, "420")
+    monkeypatch.setattr(cache, "free_bytes", lambda where, device: 3.3 * 10**9)  # 1.65 GB to spare
+    assert cache.choose("host", 10_000, 256, cuda, "420") == ("host", "420")
+
+
 def _pil_rgb_of_ycbcr(y: np.ndarray, cbcr_half: np.ndarray) -> torch.Tensor:
     """RGB (1, 3, S, S) made by PIL from a Y plane and colour planes constant on 2x2 blocks."""
     full = cbcr_half.repeat(2, 1).repeat(2, 2)[:, :y.shape[0], :y.shape[1]]

@@ -103,3 +103,16 @@ def test_a_saved_config_from_before_the_dropout_option_keeps_training_without_dr
         assert from_dict(old).model.dropout == dropout
         new = to_dict(apply_overrides(TrainConfig(), {"variant": variant, "dropout": 0.5}))
         assert from_dict(new).model.dropout == 0.5  # asked for now: kept
+
+
+def test_a_saved_config_from_before_the_pool5_grid_option_keeps_the_6x6_grid():
+    """Runs saved before the option read pool5 on the paper's 6x6 grid at every size: resumed, or
+    re-checked by reproduce, they keep it (their fc6 has 9,216 inputs); saved now, the grid is
+    recorded, resolved."""
+    from alexnet.training.config import from_dict, resolve_defaults, to_dict
+
+    old = to_dict(apply_overrides(TrainConfig(), {"variant": "paper", "resize": 76, "crop": 67}))
+    del old["model"]["pool5_grid"]
+    assert resolve_defaults(from_dict(old)).model.pool5_grid == 6
+    new = to_dict(resolve_defaults(apply_overrides(TrainConfig(), {"variant": "paper", "resize": 76, "crop": 67})))
+    assert new["model"]["pool5_grid"] == 1 and resolve_defaults(from_dict(new)).model.pool5_grid == 1

@@ -73,7 +73,7 @@ def choose(choice: str, count: int, size: int, device: torch.device, form: str =
             continue
         room = int(SHARE * free_bytes(where, device) / (1 if where == "gpu" else local))
         for f in forms:
-            if _held(cache_bytes(count, size, f), where, device) <= room:
+            if _held(count, size, f, where, device) <= room:
                 return where, f
         if choice != "auto":
             need = cache_bytes(count, size, forms[-1])
@@ -84,37 +84,37 @@ def choose(choice: str, count: int, size: int, device: torch.device, form: str =
     return "none", form
 
 
-def _held(need: int, where: str, device: torch.device) -> int:
-    """Bytes a cache of ``need`` takes: pinned host memory comes in powers of two (PyTorch's host
-    allocator rounds up)."""
-    return 2 ** math.ceil(math.log2(need)) if where == "host" and device.type == "cuda" and need else need
+def _held(count: int, size: int, form: str, where: str, device: torch.device) -> int:
+    """Bytes a cache takes: pinned host memory comes in powers of two (PyTorch's host allocator
+    rounds each allocation up), one allocation per plane (``Pixels``)."""
+    planes = [cache_bytes(count, size, "rgb")] if form == "rgb" else [count * size * size,
+                                                                       cache_bytes(count, size, "420") - count * size * size]
+    if where == "host" and device.type == "cuda":
+        return sum(2 ** math.ceil(math.log2(b)) for b in planes if b)
+    return sum(planes)
 
 
-# JPEG's (JFIF's) full-range YCbCr, ITU-R BT.601: the rows give Y, Cb, Cr from R, G, B
-_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
-_FROM_YCC = torch.tensor([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
-
-
+# JPEG's (JFIF's) full-range YCbCr, ITU-R BT.601, written out as arithmetic on the planes (no matmul:
+# on CUDA a matmul may run in TF32 and move a value across a rounding boundary)
 def to_420(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 RGB (N, 3, S, S) as JPEG's YCbCr: Y (N, S, S) and Cb, Cr averaged over 2x2 blocks
     (N, 2, ceil(S/2), ceil(S/2)), uint8, rounded."""
-    x = images.float()
-    ycc = torch.einsum("ck,nkhw->nchw", _TO_YCC.to(x.device), x)
-    ycc[:, 1:] += 128
-    chroma = ycc[:, 1:]
+    r, g, b = images.float().unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    chroma = torch.stack([128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                          128 + 0.5 * r - 0.418688 * g - 0.081312 * b], 1)
     if chroma.shape[-1] % 2 or chroma.shape[-2] % 2:  # odd sides: the last row/column stands alone
         chroma = F.pad(chroma, (0, chroma.shape[-1] % 2, 0, chroma.shape[-2] % 2), mode="replicate")
-    chroma = F.avg_pool2d(chroma, 2)
-    return _u8(ycc[:, 0]), _u8(chroma)
+    return _u8(y), _u8(F.avg_pool2d(chroma, 2))
 
 
 def from_420(y: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
     """``to_420``'s planes back to uint8 RGB (N, 3, S, S), each colour sample covering its 2x2
     block, on the planes' device."""
     h, w = y.shape[-2:]
-    c = chroma.float().repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w] - 128
-    ycc = torch.cat([y.float().unsqueeze(1), c], 1)
-    return _u8(torch.einsum("ck,nkhw->nchw", _FROM_YCC.to(ycc.device), ycc))
+    cb, cr = (chroma.float().repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w] - 128).unbind(1)
+    y = y.float()
+    return _u8(torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1))
 
 
 def _u8(x: torch.Tensor) -> torch.Tensor:

@@ -191,7 +191,8 @@ NO_DROPOUT_BEFORE = ("lenet5", "cifar-18pct", "cifar-11pct")  # networks that ha
 
 
 def from_dict(d: dict) -> TrainConfig:
-    """Rebuild a config from ``to_dict`` output; unknown keys are an error, missing keys take defaults."""
+    """Rebuild a config from ``to_dict`` output (a saved run's); unknown keys are an error, missing
+    keys take defaults, except where a default changed after older runs were saved."""
     kwargs = {}
     top = {f.name for f in fields(TrainConfig)}
     for key, value in d.items():
@@ -205,6 +206,8 @@ def from_dict(d: dict) -> TrainConfig:
                 # configs from before --dropout reached these networks recorded the AlexNets' 0.5,
                 # which they ignored: they trained without dropout, and continue so
                 value = {**value, "dropout": 0.0}
+            if key == "model" and "pool5_grid" not in value:
+                value = {**value, "pool5_grid": 6}  # configs from before the option: the paper's 6x6 grid
             known = {f.name for f in fields(section)}
             bad = set(value) - known
             if bad:
