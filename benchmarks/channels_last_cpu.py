@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+from main_job_speed import training_step  # this folder's: the same step in both
 
 from alexnet import create_model
 from alexnet.training.config import TrainConfig, apply_overrides, model_options, resolve_defaults
@@ -33,18 +33,7 @@ def step_of(variant: str, size: int, batch: int, channels_last: bool, dtype: tor
     torch.manual_seed(0)
     cfg = resolve_defaults(apply_overrides(TrainConfig(), {"variant": variant, "resize": size, "crop": size}))
     model = create_model(variant, 10, **model_options(cfg.model))  # as the trainer builds it at this size
-    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return training_step(model, size, batch, channels_last, dtype, weight_decay=5e-4)
 
 
 def main() -> None:

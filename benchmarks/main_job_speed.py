@@ -30,10 +30,17 @@ BATCH, CROP = 128, 67
 def step_of(channels_last: bool, compiled: bool, dtype: torch.dtype | None, grid: int):
     torch.manual_seed(0)
     model = create_model("paper", num_classes=10, init="kaiming", pool5_grid=grid)
-    x, y = torch.randn(BATCH, 3, CROP, CROP), torch.randint(0, 10, (BATCH,))
+    return training_step(model, CROP, BATCH, channels_last, dtype, compiled)
+
+
+def training_step(model: torch.nn.Module, size: int, batch: int, channels_last: bool, dtype: torch.dtype | None,
+                  compiled: bool = False, weight_decay: float = 0.0):
+    """One training step of ``model`` on a synthetic batch already in memory, as a function:
+    forward under autocast (``dtype``; None: fp32), cross-entropy, backward, SGD with momentum."""
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=weight_decay)
     run = torch.compile(model) if compiled else model
 
     def step() -> None:
