@@ -36,11 +36,15 @@ FORMATS = ("auto", "rgb", "420")
 SHARE = 0.5  # of the free memory a cache may take: the rest is the training's
 
 
+def plane_shapes(count: int, size: int, form: str = "rgb") -> list[tuple[int, ...]]:
+    """The uint8 tensors a cache of ``form`` holds: RGB (N, 3, S, S), or 4:2:0's Y (N, S, S) and
+    Cb, Cr (N, 2, ceil(S/2), ceil(S/2))."""
+    half = (size + 1) // 2
+    return [(count, 3, size, size)] if form == "rgb" else [(count, size, size), (count, 2, half, half)]
+
+
 def cache_bytes(count: int, size: int, form: str = "rgb") -> int:
-    if form == "420":
-        half = (size + 1) // 2
-        return count * (size * size + 2 * half * half)
-    return count * 3 * size * size
+    return sum(math.prod(shape) for shape in plane_shapes(count, size, form))
 
 
 def free_bytes(where: str, device: torch.device) -> int:
@@ -87,8 +91,7 @@ def choose(choice: str, count: int, size: int, device: torch.device, form: str =
 def _held(count: int, size: int, form: str, where: str, device: torch.device) -> int:
     """Bytes a cache takes: pinned host memory comes in powers of two (PyTorch's host allocator
     rounds each allocation up), one allocation per plane (``Pixels``)."""
-    planes = [cache_bytes(count, size, "rgb")] if form == "rgb" else [count * size * size,
-                                                                       cache_bytes(count, size, "420") - count * size * size]
+    planes = [math.prod(shape) for shape in plane_shapes(count, size, form)]
     if where == "host" and device.type == "cuda":
         return sum(2 ** math.ceil(math.log2(b)) for b in planes if b)
     return sum(planes)
@@ -126,12 +129,10 @@ class Pixels:
     (Y (N, S, S) and Cb, Cr (N, 2, S/2, S/2))."""
 
     def __init__(self, count: int, size: int, form: str, where: str, device: torch.device) -> None:
-        half = (size + 1) // 2
-        shapes = [(count, 3, size, size)] if form == "rgb" else [(count, size, size), (count, 2, half, half)]
         pin = where == "host" and torch.cuda.is_available()
-        self.form, self.size = form, size
+        self.form = form
         self.planes = [torch.empty(sh, dtype=torch.uint8, device=device if where == "gpu" else "cpu", pin_memory=pin)
-                       for sh in shapes]
+                       for sh in plane_shapes(count, size, form)]
 
     def __len__(self) -> int:
         return len(self.planes[0])
