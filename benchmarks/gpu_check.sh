@@ -213,7 +213,7 @@ stage_main() {
     local run="$WORK/run-fashion-mnist"
     # shellcheck disable=SC2086  # the flags are words
     run_step train 540 "${ALEXNET[@]}" train --data fashion-mnist $MAIN_FLAGS "${DEVICE[@]}" --out "$run" --overwrite --log-every 10
-    run_step evaluate-center 120 "${ALEXNET[@]}" evaluate "$run" --split test --precision auto --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
+    # one pass: the 10 crops' figures and their center crop's alone
     run_step evaluate-ten-crop 180 "${ALEXNET[@]}" evaluate "$run" --split test --ten-crop --precision auto --json "${DEVICE[@]}" "${EVAL_ARGS[@]}"
     run_step metrics 30 cat "$run/metrics.jsonl"
     finish main

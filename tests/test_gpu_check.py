@@ -60,7 +60,7 @@ def test_main_stage_trains_and_evaluates_with_ten_crops(smoke):
     assert len(results["metrics"]) == 1 and results["metrics"][0]["train_images"] == 64
     ten = results["evaluate-ten-crop"]
     assert ten["protocol"] == "ten-crop" and ten["images"] == 32
-    assert results["evaluate-center"]["protocol"] == "center"
+    assert 0 <= ten["center_top1"] <= ten["center_top5"] <= 1  # the center protocol's figures from the same pass
 
 
 def test_a_failing_stage_is_reported_and_fails_the_script(tmp_path):

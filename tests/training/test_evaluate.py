@@ -111,6 +111,22 @@ def test_top_k_counts_the_label_within_the_k_best(case):
     assert center.top1 == pytest.approx(np.mean([p.argmax() == y for p, y in zip(center_probs, labels.tolist())]))
 
 
+def test_a_ten_crop_pass_also_reports_its_center_view_as_the_center_protocol_does(case):
+    model, images, labels, table = case
+    ranked = [np.argsort(-table[i, 4]) for i in range(4)]  # the center patch is view 4
+    relabelled = torch.tensor([ranked[0][1], ranked[1][0], ranked[2][5], ranked[3][3]])  # its 2nd, 1st, 6th, 4th class
+    ten = evaluate(model, Fixed([Batch(images[:3], relabelled[:3]), Batch(images[3:], relabelled[3:])]),
+                   EvalCrops(IDENTITY, CROP, ten_crop=True), progress=False)
+    center = evaluate(model, Fixed([Batch(images, relabelled)]), EvalCrops(IDENTITY, CROP), progress=False)
+    assert (center.top1, center.top5) == (pytest.approx(1 / 4), pytest.approx(3 / 4))
+    assert ten.center_top1 == pytest.approx(center.top1) and ten.center_top5 == pytest.approx(center.top5)
+    assert (ten.top1, ten.top5) == (pytest.approx(1 / 4), pytest.approx(2 / 4))  # the ten views' mean ranks otherwise
+    for view in (0, 9):  # another patch, or the center's reflection, would not give the center's figures
+        ranks = [int((table[i, view] > table[i, view][y]).sum()) for i, y in enumerate(relabelled.tolist())]
+        assert (np.mean([r < 1 for r in ranks]), np.mean([r < 5 for r in ranks])) != (1 / 4, 3 / 4)
+    assert "center crop alone: top-1 25.00%, top-5 75.00%" in ten.summary() and center.center_top1 is None
+
+
 def test_predict_ten_crop_probabilities_are_the_mean_softmax(case, tmp_path, monkeypatch):
     from alexnet import infer
     from alexnet.training.runtime import Runtime

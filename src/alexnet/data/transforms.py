@@ -169,6 +169,9 @@ def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:
     return [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
 
 
+CENTER_VIEW = 4  # the center patch's place among ``EvalCrops``' ten views (unreflected)
+
+
 def normalized_window(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, top: int, left: int,
                       crop: int) -> torch.Tensor:
     """The float patch at (top, left) of uint8 images (B, C, S, S), normalised: x/255 minus

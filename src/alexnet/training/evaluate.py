@@ -2,7 +2,9 @@
 
 ``center``: one center crop per image. ``ten-crop``: the four corner and the
 center patches and their horizontal reflections; the softmax outputs of the ten
-are averaged (paper section 4.1) and that average is ranked.
+are averaged (paper section 4.1) and that average is ranked. A ten-crop pass also
+reports its center view alone, which is the center protocol's crop, so one pass
+gives both of the paper's figures.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from . import distributed
 from ..data.loader import Batches
-from ..data.transforms import EvalCrops
+from ..data.transforms import CENTER_VIEW, EvalCrops
 from ..progress import Progress
 
 
@@ -29,6 +31,8 @@ class EvalResult:
     skipped: int
     protocol: str  # "center" or "ten-crop"
     split: str
+    center_top1: float | None = None  # ten-crop: the center view alone (the center protocol's figures)
+    center_top5: float | None = None
 
     @property
     def top1_error(self) -> float:
@@ -44,7 +48,9 @@ class EvalResult:
     def summary(self) -> str:
         return (f"{self.split} ({self.protocol}, {self.images} images): "
                 f"top-1 {100 * self.top1:.2f}% (error {100 * self.top1_error:.2f}%), "
-                f"top-5 {100 * self.top5:.2f}% (error {100 * self.top5_error:.2f}%)")
+                f"top-5 {100 * self.top5:.2f}% (error {100 * self.top5_error:.2f}%)"
+                + (f"; its center crop alone: top-1 {100 * self.center_top1:.2f}%, top-5 {100 * self.center_top5:.2f}%"
+                   if self.center_top1 is not None else ""))
 
 
 def average_views(logits: torch.Tensor, views: int) -> torch.Tensor:
@@ -70,7 +76,7 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
     """Accuracy of ``model`` over ``batches``; counts are summed across processes."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # top1, top5, nll, images, skipped
+    totals = torch.zeros(7, dtype=torch.float64)  # top1, top5, nll, images, skipped, center view's top1, top5
     bar = Progress(len(batches), f"eval {split}", enabled=progress, log_every=log_every)
     for batch in batches:
         totals[4] += len(batch.skipped)
@@ -86,8 +92,9 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
             logits = model(x)
         probs = average_views(logits, v)  # (B, classes)
         c1, c5 = topk_correct(probs, batch.labels)
+        center = topk_correct(logits.view(b, v, -1)[:, CENTER_VIEW], batch.labels) if v > 1 else (c1, c5)
         nll = -probs.gather(1, batch.labels[:, None]).clamp_min(1e-12).log().sum()
-        totals += torch.tensor([c1, c5, float(nll), b, 0], dtype=torch.float64)
+        totals += torch.tensor([c1, c5, float(nll), b, 0, *center], dtype=torch.float64)
         bar.update(top1=totals[0].item() / max(totals[3].item(), 1))
     bar.close()
     if distributed.is_active():
@@ -95,6 +102,8 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
         totals = distributed.all_reduce_sum(totals.to(device)).cpu()
     model.train(was_training)
     n = max(int(totals[3]), 1)
+    ten = crops.ten_crop
     return EvalResult(top1=float(totals[0]) / n, top5=float(totals[1]) / n, loss=float(totals[2]) / n,
-                      images=int(totals[3]), skipped=int(totals[4]),
-                      protocol="ten-crop" if crops.ten_crop else "center", split=split)
+                      images=int(totals[3]), skipped=int(totals[4]), protocol="ten-crop" if ten else "center",
+                      split=split, center_top1=float(totals[5]) / n if ten else None,
+                      center_top5=float(totals[6]) / n if ten else None)
