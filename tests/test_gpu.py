@@ -80,7 +80,6 @@ def test_bf16_training_step_moves_the_weights_as_fp32_does(variant):
     scale or a gradient routed to the wrong layer land far outside that."""
     torch.manual_seed(0)
     base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()
-    start = {n: p.detach().clone() for n, p in base.named_parameters()}
     size = base.info.input_size
     x, y = torch.randn(32, 3, size, size, device="cuda") * 60, torch.randint(0, 10, (32,), device="cuda")
 

@@ -143,3 +143,25 @@ def test_per_tower_lrn_is_the_two_gpu_network():
     torch.testing.assert_close(split(x), single(x), rtol=1e-5, atol=2e-6)
     with pytest.raises(AlexNetError, match="lrn_span"):
         create_model("paper", lrn_span="gpu")
+
+
+@pytest.mark.parametrize("change", [{}, {"activation": "tanh"}, {"overlap_pool": False}, {"norm": "batch"},
+                                    {"norm": "none"}, {"ceil_pool": True}, {"pool5_grid": 3}])
+def test_the_trainer_accepts_a_split_exactly_where_the_split_can_be_built(change):
+    """`--model-parallel`'s check in the configuration and the split itself answer alike for
+    each change of structure."""
+    from alexnet.training.config import TrainConfig, apply_overrides, validate
+
+    cfg = apply_overrides(TrainConfig(), {"variant": "paper", "model_parallel": "cpu,cpu", **change})
+    try:
+        validate(cfg)
+        accepted = True
+    except AlexNetError as e:
+        assert "2012 structure" in str(e)
+        accepted = False
+    try:
+        TwoTowerAlexNet(paper(**change), ("cpu", "cpu"))
+        built = True
+    except AlexNetError:
+        built = False
+    assert accepted == built == (change in ({}, {"norm": "none"}, {"pool5_grid": 3}))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -276,10 +277,7 @@ class PaperAlexNet(AlexNet):
         initialise(self, init)
 
     def is_standard(self) -> bool:
-        """The 2012 structure (ReLU, overlapping floor-rounded pooling, LRN or none; fc6 on any
-        grid): what the two-tower split builds."""
-        o = self._options
-        return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and not o["ceil_pool"]
+        return standard_structure(self._options)
 
     # The layers with weights, by module path: the names Caffe's bvlc_alexnet uses, and the
     # unit of the two-tower split (towers.py).
@@ -309,6 +307,14 @@ class HalfAlexNet(PaperAlexNet):
 
     def is_standard(self) -> bool:
         return False  # it has no towers to split
+
+
+def standard_structure(options: dict[str, Any]) -> bool:
+    """Whether a paper network's options (``options()``, or a config's model fields) are the 2012
+    structure: ReLU, overlapping floor-rounded pooling, LRN or none, fc6 on any grid. That is what
+    the two-tower split builds."""
+    o = options
+    return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and not o["ceil_pool"]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

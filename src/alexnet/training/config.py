@@ -363,17 +363,25 @@ def validate(cfg: TrainConfig) -> None:
          "host or splits the step)"),
         (not cfg.model_parallel or m.variant == "paper",
          f"--model-parallel splits the paper network's two towers; the {m.variant} network has none"),
-        (not cfg.model_parallel or (m.activation == "relu" and m.overlap_pool and m.norm != "batch"
-                                    and not m.ceil_pool),
+        (not cfg.model_parallel or _standard_structure(m),
          "--model-parallel builds the 2012 structure: ReLU, overlapping floor-rounded pooling, LRN or none"),
     ]
     for ok, message in checks:
         if not ok:
             raise AlexNetError(message)
+
     from .preempt import parse_every
 
     parse_every(cfg.checkpoint_every)
     milestones(o)
+
+
+def _standard_structure(m: ModelConfig) -> bool:
+    """What the two-tower split builds: the network's own test, read here only when a split is
+    asked for (it imports torch, which the rest of this module does without)."""
+    from ..models.alexnet import standard_structure
+
+    return standard_structure(dataclasses.asdict(m))
 
 
 def milestones(o: OptimConfig) -> list[int]:
