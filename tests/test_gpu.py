@@ -14,6 +14,7 @@ from alexnet.training.config import OptimConfig
 from alexnet.data import packed
 from alexnet.data.loader import Request, TensorBatches, build
 from alexnet.data.transforms import Normalizer, TrainAugment
+from alexnet.data.ycc import Planes420
 from alexnet.models.lrn import local_response_norm
 from alexnet.training.runtime import Runtime
 from alexnet.training.train import Learner, LRSchedule, build_optimizer, make_scaler, set_lr, train_one_epoch, train_step
@@ -283,7 +284,8 @@ def test_a_channels_last_network_stays_channels_last_on_cuda(variant, conv1):
 
 def test_the_420_cache_converts_on_the_gpu_as_on_the_cpu(tmp_path):
     """--cache-format 420: held in GPU memory or pinned host memory, the planes become the same
-    RGB on the GPU as the CPU makes of them, in the same order."""
+    RGB on the GPU as the CPU makes of them, in the same order: the training batches stay planes
+    there, which the fused augmentation converts as it crops."""
     tree = write_tree(tmp_path / "src", per_class=6, size=40)
     packed.prepare(tree, tmp_path / "dst", size=32, encoding="jpeg", workers=1, progress=False)
     req = dict(splits=("train",), batch_size=4, workers=1, seed=3)
@@ -292,7 +294,12 @@ def test_the_420_cache_converts_on_the_gpu_as_on_the_cpu(tmp_path):
         gpu = build(str(tmp_path / "dst"), 32, CUDA, Request(**req, cache=where, cache_format="420"))
         assert gpu.train.pixels.device.type == ("cuda" if where == "gpu" else "cpu")
         for a, b in zip(cpu.train, gpu.train):
-            assert b.images.device.type == "cuda" and torch.equal(a.labels, b.labels.cpu())
-            assert (a.images.int() - b.images.cpu().int()).abs().max() <= 1  # float rounding order only
+            assert isinstance(b.images, Planes420) and b.images.device.type == "cuda"
+            assert torch.equal(a.labels, b.labels.cpu())
+            assert (a.images.int() - b.images.rgb().cpu().int()).abs().max() <= 1  # float rounding order only
+            norm = Normalizer.channel().to(CUDA)
+            fused = TrainAugment(norm, 28, fused=True)(b.images, torch.Generator(CUDA).manual_seed(0))
+            plain = TrainAugment(norm, 28, fused=False)(b.images, torch.Generator(CUDA).manual_seed(0))
+            assert (fused - plain).abs().max() <= 1.01 / 255 / 0.22  # at most a grey level (FMA contraction)
         gpu.close()
     cpu.close()

@@ -35,7 +35,28 @@ CHECKS = textwrap.dedent("""
                                                                                                  contiguous())
     fused = TrainAugment(norm, 16, random_crop=False, flip=False, lighting=0.0, fused=True)(x)
     off = ((fused - shifted).abs().max() / shifted.abs().max()).item()
-    print(json.dumps(dict(rows=rows, off=off)))
+
+    # 4:2:0 planes, converted as the kernel reads them, against ycc.from_420 then the tensor path;
+    # odd sides (colour planes of ceil(S/2)), and an image of exact .5 ties (B = Y + 1.772 (Cb - 128)
+    # is Y + 221.5 at Cb 253), where round-half-even and round-half-up differ
+    from alexnet.data.ycc import Planes420, from_420, to_420
+    ycc = []
+    for size in (20, 21):
+        y, chroma = to_420(torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8))
+        y[3] = torch.randint(0, 34, (size, size), dtype=torch.uint8)
+        chroma[3, 0] = 253
+        planes = Planes420(y, chroma)
+        for norm_name, norm in (("mean-image", Normalizer.mean_image(torch.rand(3, size, size))),
+                                ("channel", Normalizer.channel())):
+            plain = TrainAugment(norm, 16, fused=False)(planes, torch.Generator().manual_seed(5))
+            same = TrainAugment(norm, 16, fused=False)(from_420(y, chroma), torch.Generator().manual_seed(5))
+            fused = TrainAugment(norm, 16, fused=True)(planes, torch.Generator().manual_seed(5))
+            ycc.append(dict(size=size, norm=norm_name, plain_is_rgb_path=torch.equal(plain, same),
+                            err=((fused - plain).abs().max() / plain.abs().max()).item()))
+    cb = chroma[3, 0].float().repeat_interleave(2, -2).repeat_interleave(2, -1)[:size, :size] - 128
+    ties = y[3].float() + 1.772 * cb
+    half_up_differs = bool(((ties.frac() == 0.5) & (ties.floor() % 2 == 1)).any())
+    print(json.dumps(dict(rows=rows, off=off, ycc=ycc, half_up_differs=half_up_differs)))
 """)
 
 
@@ -53,6 +74,17 @@ def test_the_fused_pass_is_the_tensor_path_in_every_setting(results):
         assert r["err"] < tol, r
         assert r["shape"] == [5, 3, 16, 16] and r["dtype_out"] == r["dtype"]
         assert r["channels_last"] == (r["dtype"] == "torch.bfloat16")
+
+
+def test_the_fused_pass_converts_420_planes_as_the_cache_does(results):
+    """A 4:2:0 batch, converted to RGB inside the fused pass, gives the pixels that converting first
+    (``ycc.from_420``) and then augmenting gives: the same rounding, ties included, and the
+    colour sample of each pixel's own 2x2 block, odd sides too."""
+    assert [(r["size"], r["norm"]) for r in results["ycc"]] == [(20, "mean-image"), (20, "channel"),
+                                                               (21, "mean-image"), (21, "channel")]
+    for r in results["ycc"]:
+        assert r["plain_is_rgb_path"] and r["err"] < 1e-5, r
+    assert results["half_up_differs"]  # the tie image tells round-half-even from round-half-up
 
 
 def test_the_tolerance_tells_a_crop_one_pixel_off(results):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from alexnet import AlexNetError
-from alexnet.data import cache, packed
+from alexnet.data import cache, packed, ycc
 from alexnet.data.loader import Request, build
 from conftest import sample_photos, write_tree
 
@@ -95,17 +95,17 @@ def test_420_planes_are_jpegs_ycbcr_and_come_back_as_the_same_rgb(size):
     half = (size + 1) // 2
     cbcr = rng.integers(108, 148, (2, half, half))  # moderate colour: no channel clips in RGB
     rgb = _pil_rgb_of_ycbcr(y, cbcr)
-    py, pc = cache.to_420(rgb)
+    py, pc = ycc.to_420(rgb)
     assert py.shape == (1, size, size) and pc.shape == (1, 2, half, half) and py.dtype == torch.uint8
     assert (py.int() - torch.from_numpy(y)).abs().max() <= 1
     assert (pc[0].int() - torch.from_numpy(cbcr)).abs().max() <= 1
-    back = cache.from_420(py, pc)
+    back = ycc.from_420(py, pc)
     assert back.shape == rgb.shape and back.dtype == torch.uint8
     assert (back.int() - rgb.int()).abs().max() <= 3
 
     photo = torch.from_numpy(np.array(sample_photos()[0][:size, :size])).permute(2, 0, 1)[None]
     ref = np.asarray(Image.fromarray(photo[0].permute(1, 2, 0).numpy()).convert("YCbCr")).astype(float)
-    py, pc = cache.to_420(photo.contiguous())
+    py, pc = ycc.to_420(photo.contiguous())
     assert np.abs(py[0].numpy() - ref[..., 0]).max() <= 1
     ref_c = torch.nn.functional.pad(torch.from_numpy(ref[..., 1:]).permute(2, 0, 1)[None],
                                     (0, size % 2, 0, size % 2), mode="replicate")
@@ -128,3 +128,36 @@ def test_the_420_cache_gives_the_same_batches_a_few_levels_off_in_half_the_bytes
     assert diff.mean() < 2.5 and diff.max() < 48, (diff.mean(), diff.max())  # measured: 1.47 and 21
     for s in (plain, rgb, small):
         s.train.close()
+
+
+def test_420_batches_can_stay_planes_for_the_fused_pass_and_read_as_the_same_rgb(packed_dir, monkeypatch):
+    """Where the augmentation fuses (CUDA with Triton; here made to say so), the 4:2:0 cache hands
+    the training split's batches over as planes, which read as the RGB batches of the same cache;
+    the validation split, and the mean image's pass, read RGB."""
+    from alexnet.data import augment_triton
+    from alexnet.data.loader import image_sum
+    from alexnet.data.transforms import to_rgb
+
+    req = Request(splits=("train", "val"), batch_size=4, workers=1, limit_train=12, holdout=4, seed=5,
+                  cache="host", cache_format="420")
+    rgb = build(packed_dir, 32, torch.device("cpu"), req)
+    monkeypatch.setattr(augment_triton, "fuses", lambda device: True)
+    planes = build(packed_dir, 32, torch.device("cpu"), req)
+    a, b = _epochs(rgb), [(ycc.Planes420(*p), l) for p, l in _epochs_planes(planes)]
+    assert len(a) == len(b) == 2 * 3  # two epochs of 12 images in 4s
+    for (x, lx), (p, lp) in zip(a, b):
+        assert p.shape == x.shape and torch.equal(lx, lp) and torch.equal(to_rgb(p), x)
+    assert all(isinstance(v.images, torch.Tensor) for v in planes.val)
+    assert torch.equal(image_sum(planes.train, 6)[0], image_sum(rgb.train, 6)[0])
+    for s in (rgb, planes):
+        s.train.close()
+
+
+def _epochs_planes(splits, epochs=2):
+    out = []
+    for e in range(epochs):
+        splits.train.set_epoch(e)
+        for batch in splits.train:
+            assert isinstance(batch.images, ycc.Planes420)
+            out.append(((batch.images.y.clone(), batch.images.chroma.clone()), batch.labels.clone()))
+    return out

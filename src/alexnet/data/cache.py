@@ -8,8 +8,9 @@ asynchronously), ``auto`` the first of the two whose memory holds them with room
 
 Two forms (``--cache-format``). ``rgb``: the packed size, uint8 RGB, N x 3 x S x S bytes.
 ``420``: JPEG's own YCbCr with the two colour planes at half resolution (4:2:0), 1.5 x S x S
-bytes an image, turned back into RGB on the training device as each batch is gathered (from
-the host, only the compact form crosses to the GPU). The packed JPEGs are already 4:2:0, so
+bytes an image, turned back into RGB on the training device (from the host, only the compact
+form crosses to the GPU): where the augmentation runs fused, by its kernel as it crops each
+training batch (``CachedBatches(planes=True)``), elsewhere as each batch is gathered. The packed JPEGs are already 4:2:0, so
 the second subsampling loses little: a pixel differs from the RGB form by a few levels, at
 colour edges. ``auto`` takes rgb where it fits and 420 where only that fits.
 
@@ -25,11 +26,11 @@ import os
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import AlexNetError
 from .loader import Batch, Batches, _worker_loader
 from .packed import PackedSplit
+from .ycc import Planes420, from_420, to_420
 
 CHOICES = ("none", "auto", "gpu", "host")
 FORMATS = ("auto", "rgb", "420")
@@ -97,33 +98,6 @@ def _held(count: int, size: int, form: str, where: str, device: torch.device) ->
     return sum(planes)
 
 
-# JPEG's (JFIF's) full-range YCbCr, ITU-R BT.601, written out as arithmetic on the planes (no matmul:
-# on CUDA a matmul may run in TF32 and move a value across a rounding boundary)
-def to_420(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB (N, 3, S, S) as JPEG's YCbCr: Y (N, S, S) and Cb, Cr averaged over 2x2 blocks
-    (N, 2, ceil(S/2), ceil(S/2)), uint8, rounded."""
-    r, g, b = images.float().unbind(1)
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    chroma = torch.stack([128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
-                          128 + 0.5 * r - 0.418688 * g - 0.081312 * b], 1)
-    if chroma.shape[-1] % 2 or chroma.shape[-2] % 2:  # odd sides: the last row/column stands alone
-        chroma = F.pad(chroma, (0, chroma.shape[-1] % 2, 0, chroma.shape[-2] % 2), mode="replicate")
-    return _u8(y), _u8(F.avg_pool2d(chroma, 2))
-
-
-def from_420(y: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """``to_420``'s planes back to uint8 RGB (N, 3, S, S), each colour sample covering its 2x2
-    block, on the planes' device."""
-    h, w = y.shape[-2:]
-    cb, cr = (chroma.float().repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w] - 128).unbind(1)
-    y = y.float()
-    return _u8(torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1))
-
-
-def _u8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
 class Pixels:
     """The cache's pixels, in memory: uint8 RGB (one plane set of (N, 3, S, S)), or 4:2:0
     (Y (N, S, S) and Cb, Cr (N, 2, S/2, S/2))."""
@@ -146,9 +120,10 @@ class Pixels:
         for plane, part in zip(self.planes, (images,) if self.form == "rgb" else to_420(images)):
             plane[at:at + len(part)].copy_(part, non_blocking=True)
 
-    def gather(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The images at ``idx`` as uint8 RGB (B, 3, S, S) on ``device``; from host memory to a
-        GPU only the cached form crosses (half the bytes at 4:2:0), converted there."""
+    def gather(self, idx: torch.Tensor, device: torch.device, planes: bool = False) -> torch.Tensor | Planes420:
+        """The images at ``idx`` as uint8 RGB (B, 3, S, S) on ``device``, or, where ``planes`` and the
+        form is 4:2:0, as its planes (for the fused augmentation, which converts as it crops). From
+        host memory to a GPU only the cached form crosses (half the bytes at 4:2:0)."""
         if self.device.type == device.type:  # on the GPU, or training on the CPU
             parts = [plane[idx] for plane in self.planes]
         else:
@@ -157,7 +132,9 @@ class Pixels:
                 part = torch.empty((len(idx), *plane.shape[1:]), dtype=torch.uint8, pin_memory=True)
                 torch.index_select(plane, 0, idx, out=part)
                 parts.append(part.to(device, non_blocking=True))
-        return parts[0] if self.form == "rgb" else from_420(*parts)
+        if self.form == "rgb":
+            return parts[0]
+        return Planes420(*parts) if planes else from_420(*parts)
 
 
 def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: torch.device, workers: int,
@@ -190,11 +167,12 @@ class _Owner:
 
 class CachedBatches(Batches):
     """Batches gathered from a decoded cache: the same batches, in the same order, as the
-    ``PackedBatches`` of the same images would yield (the same pixels in the rgb form)."""
+    ``PackedBatches`` of the same images would yield (the same pixels in the rgb form). With
+    ``planes``, a 4:2:0 cache's batches stay ``Planes420`` for the fused augmentation to convert."""
 
-    def __init__(self, pixels: Pixels, labels: torch.Tensor, **kw) -> None:
+    def __init__(self, pixels: Pixels, labels: torch.Tensor, planes: bool = False, **kw) -> None:
         super().__init__(len(pixels), **kw)
-        self.pixels = pixels
+        self.pixels, self.planes = pixels, planes
         self.labels = labels.to(pixels.device)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -203,4 +181,5 @@ class CachedBatches(Batches):
             order = torch.cat(chunks).pin_memory().to(self.pixels.device, non_blocking=True)
             chunks = list(order.split([len(c) for c in chunks]))
         for idx in chunks:
-            yield Batch(self.pixels.gather(idx, self.device), self.labels[idx].to(self.device, non_blocking=True))
+            yield Batch(self.pixels.gather(idx, self.device, self.planes),
+                        self.labels[idx].to(self.device, non_blocking=True))

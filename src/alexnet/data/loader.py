@@ -486,8 +486,11 @@ def _packed_splits(root: str, resize: int, device: torch.device, req: Request) -
         where, form = cache.choose(req.cache, len(indices), meta["size"], device, req.cache_format)
         data = PackedSplit(root, split, decode_later=req.gpu_decode and where == "none")
         if where != "none":  # decoded once, gathered from memory every epoch
+            from .augment_triton import fuses
+
             pixels = cache.decode_all(data, indices, where, device, req.workers, form)
-            return cache.CachedBatches(pixels, data.labels[indices], **_batching(req, device, train))
+            planes = form == "420" and train and not req.train_in_order and fuses(device)  # converted as it crops
+            return cache.CachedBatches(pixels, data.labels[indices], planes, **_batching(req, device, train))
         return PackedBatches(data, req.workers, indices=indices, **_batching(req, device, train))
 
     return _assemble(_Source(meta["classes"], lambda: set(meta["splits"]),

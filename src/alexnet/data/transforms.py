@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .ycc import Planes420
+
 # PCA of ImageNet's RGB pixels in [0, 1] (PAPER.md, "PCA lighting constants"):
 # eigenvalues, and eigenvectors as columns (rows are R, G, B).
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
@@ -24,8 +26,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) grayscale becomes 3 identical channels (a view, no copy)."""
+def to_rgb(x: torch.Tensor | Planes420) -> torch.Tensor:
+    """(B, 1, H, W) grayscale becomes 3 identical channels (a view, no copy); 4:2:0 planes, RGB."""
+    if isinstance(x, Planes420):
+        return x.rgb()
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
@@ -136,8 +140,9 @@ class TrainAugment:
             else None
         return top, left, flip, rgb
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B, C, S, S) -> (B, 3, crop, crop): float32 on the tensor path, ``dtype`` fused."""
+    def __call__(self, x: torch.Tensor | Planes420, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B, C, S, S), or its 4:2:0 planes -> (B, 3, crop, crop): float32 on the tensor
+        path, ``dtype`` fused (which converts 4:2:0 to RGB as it reads each pixel)."""
         b, size, dev = x.shape[0], x.shape[-1], x.device
         top, left, flip, rgb = self.draws(b, size, dev, generator)
         if self._fused(x):
@@ -147,6 +152,7 @@ class TrainAugment:
             rgb = torch.zeros(b, 3, device=dev) if rgb is None else rgb
             return augment_triton.augment(x, n.mean, n.std, top, left, flip, rgb, self.crop, self.dtype,
                                           self.channels_last)
+        x = x.rgb() if isinstance(x, Planes420) else x
         rows, cols = crop_indices(self.crop, top, left, flip)
         out = self.normalizer.crops(x, rows, cols)
         if rgb is not None:
@@ -154,12 +160,12 @@ class TrainAugment:
             out += (rgb / self.normalizer.std.view(1, 3)).view(b, 3, 1, 1)
         return out
 
-    def _fused(self, x: torch.Tensor) -> bool:
+    def _fused(self, x: torch.Tensor | Planes420) -> bool:
         """The fused kernel where asked, else on CUDA where Triton is installed (decided once)."""
         if self.fused is None:
             from . import augment_triton
 
-            self.fused = x.is_cuda and augment_triton.available()
+            self.fused = augment_triton.fuses(x.device)
         return self.fused
 
 
