@@ -51,11 +51,16 @@ CHECKS = textwrap.dedent("""
             plain = TrainAugment(norm, 16, fused=False)(planes, torch.Generator().manual_seed(5))
             same = TrainAugment(norm, 16, fused=False)(from_420(y, chroma), torch.Generator().manual_seed(5))
             fused = TrainAugment(norm, 16, fused=True)(planes, torch.Generator().manual_seed(5))
+            bf16 = TrainAugment(norm, 16, dtype=torch.bfloat16, channels_last=True, fused=True)(
+                planes, torch.Generator().manual_seed(5))
             ycc.append(dict(size=size, norm=norm_name, plain_is_rgb_path=torch.equal(plain, same),
-                            err=((fused - plain).abs().max() / plain.abs().max()).item()))
+                            err=((fused - plain).abs().max() / plain.abs().max()).item(),
+                            bf16_err=((bf16.float() - plain).abs().max() / plain.abs().max()).item(),
+                            bf16_channels_last=bf16.dtype == torch.bfloat16
+                            and bf16.is_contiguous(memory_format=torch.channels_last) and not bf16.is_contiguous()))
     cb = chroma[3, 0].float().repeat_interleave(2, -2).repeat_interleave(2, -1)[:size, :size] - 128
     ties = y[3].float() + 1.772 * cb
-    half_up_differs = bool(((ties.frac() == 0.5) & (ties.floor() % 2 == 1)).any())
+    half_up_differs = bool(((ties.frac() == 0.5) & (ties.floor() % 2 == 0)).any())
     print(json.dumps(dict(rows=rows, off=off, ycc=ycc, half_up_differs=half_up_differs)))
 """)
 
@@ -84,6 +89,7 @@ def test_the_fused_pass_converts_420_planes_as_the_cache_does(results):
                                                                (21, "mean-image"), (21, "channel")]
     for r in results["ycc"]:
         assert r["plain_is_rgb_path"] and r["err"] < 1e-5, r
+        assert r["bf16_err"] < 8e-3 and r["bf16_channels_last"], r  # as the network reads it on a GPU
     assert results["half_up_differs"]  # the tie image tells round-half-even from round-half-up
 
 

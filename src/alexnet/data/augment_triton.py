@@ -4,8 +4,8 @@ has the mean (image or per channel) subtracted, is divided by the std, takes the
 colour offset, and is written in the dtype and memory format the network reads. The unfused
 path (``transforms.TrainAugment``) does the same in some ten passes and a layout copy. A batch
 from the 4:2:0 cache (``ycc.Planes420``) is read as its planes: each pixel's RGB is computed
-from its Y and its block's Cb and Cr, rounded as ``ycc.from_420`` rounds, where it is read,
-so the conversion costs no pass of its own.
+from its Y and its block's Cb and Cr where it is read, with ``ycc.from_420``'s operations in
+its order and its rounding (no fused multiply-adds), so the conversion costs no pass of its own.
 
 The random draws (crops, flips, colour noise) are ``TrainAugment``'s own, from the same
 generator in the same order, so the fused and unfused paths give the same batch; the suite
@@ -118,5 +118,6 @@ def augment(x: torch.Tensor | Planes420, mean: torch.Tensor, std: torch.Tensor, 
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         _augment[grid](x, chroma, mean, std.float().reshape(3).contiguous(), top.to(torch.int32),
                        left.to(torch.int32), flip.to(torch.int32), rgb.float().contiguous(), out, crop,
-                       sxb, sxc, sxh, sxw, scb, scc, sch, scw, smc, smh, smw, *out.stride(), YCC=ycc, BLOCK=BLOCK)
+                       sxb, sxc, sxh, sxw, scb, scc, sch, scw, smc, smh, smw, *out.stride(), YCC=ycc, BLOCK=BLOCK,
+                       enable_fp_fusion=False)  # multiply, then add: ycc.from_420's two roundings, not an FMA's one
     return out

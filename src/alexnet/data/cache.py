@@ -10,9 +10,10 @@ Two forms (``--cache-format``). ``rgb``: the packed size, uint8 RGB, N x 3 x S x
 ``420``: JPEG's own YCbCr with the two colour planes at half resolution (4:2:0), 1.5 x S x S
 bytes an image, turned back into RGB on the training device (from the host, only the compact
 form crosses to the GPU): where the augmentation runs fused, by its kernel as it crops each
-training batch (``CachedBatches(planes=True)``), elsewhere as each batch is gathered. The packed JPEGs are already 4:2:0, so
-the second subsampling loses little: a pixel differs from the RGB form by a few levels, at
-colour edges. ``auto`` takes rgb where it fits and 420 where only that fits.
+training batch (``CachedBatches(planes=True)``), elsewhere as each batch is gathered. The
+packed JPEGs are already 4:2:0, so the second subsampling loses little: a pixel differs from
+the RGB form by a few levels, at colour edges. ``auto`` takes rgb where it fits and 420 where
+only that fits.
 
 ImageNet's 1,281,167 training images at 256 px take 252 GB as rgb and 126 GB as 420: neither
 fits an H100 (80 GB) or half of an H200's 141 GB, nor half of a machine's 128 GiB; at 224 px,

@@ -28,11 +28,14 @@ from . import cifar10, fashion_mnist
 from .folder import ImageFolder, find_classes, resolve_workers
 from .transforms import to_rgb
 from .packed import PackedSplit, is_packed, read_meta, split_encoded
+from .ycc import Planes420
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 (B, C, S, S) on the device
+    # uint8 (B, C, S, S) on the device; or its planes, from a 4:2:0 cache's training split where the
+    # augmentation fuses (cache.CachedBatches), which the augmentation converts as it crops
+    images: torch.Tensor | Planes420
     labels: torch.Tensor  # int64 (B,)
     skipped: list[str] = field(default_factory=list)  # "PATH (why)" of each file dropped from this batch
 

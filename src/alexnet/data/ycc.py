@@ -44,7 +44,7 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-@dataclass
+@dataclass(eq=False)
 class Planes420:
     """A batch of images in 4:2:0: Y (B, S, S) and Cb, Cr (B, 2, ceil(S/2), ceil(S/2)), uint8.
     The fused training augmentation reads the planes as they are; every other reader asks for

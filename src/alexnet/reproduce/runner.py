@@ -88,7 +88,8 @@ def test_errors(study: Study) -> Callable[[Path], dict]:
     def measure(path: Path) -> dict:
         from ..infer import evaluate_weights
 
-        ten = evaluate_weights(path, split="test", ten_crop=True, device=study.device, progress=False)  # and its center view
+        # the 10 views' figures, and the center view's alone from the same pass
+        ten = evaluate_weights(path, split="test", ten_crop=True, device=study.device, progress=False)
         val = evaluate_weights(path, split="val", device=study.device, progress=False)
         return {"test_error_10view": ten.top1_error, "test_error_center": 1 - ten.center_top1,
                 "val_error": val.top1_error, "test_images": ten.images}

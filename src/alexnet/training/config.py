@@ -377,8 +377,8 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _standard_structure(m: ModelConfig) -> bool:
-    """What the two-tower split builds: the network's own test, read here only when a split is
-    asked for (it imports torch, which the rest of this module does without)."""
+    """What the two-tower split builds: the network's own test (imported when needed, as the
+    module's other reads of the models are)."""
     from ..models.alexnet import standard_structure
 
     return standard_structure(dataclasses.asdict(m))

@@ -4,7 +4,7 @@
 center patches and their horizontal reflections; the softmax outputs of the ten
 are averaged (paper section 4.1) and that average is ranked. A ten-crop pass also
 reports its center view alone, which is the center protocol's crop, so one pass
-gives both of the paper's figures.
+gives the paper's figure and Caffe's and torchvision's.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
             logits = model(x)
         probs = average_views(logits, v)  # (B, classes)
         c1, c5 = topk_correct(probs, batch.labels)
-        center = topk_correct(logits.view(b, v, -1)[:, CENTER_VIEW], batch.labels) if v > 1 else (c1, c5)
+        center = topk_correct(logits.reshape(b, v, -1)[:, CENTER_VIEW], batch.labels) if v > 1 else (c1, c5)
         nll = -probs.gather(1, batch.labels[:, None]).clamp_min(1e-12).log().sum()
         totals += torch.tensor([c1, c5, float(nll), b, 0, *center], dtype=torch.float64)
         bar.update(top1=totals[0].item() / max(totals[3].item(), 1))
