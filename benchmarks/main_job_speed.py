@@ -9,7 +9,9 @@ as the trainer's default has it; one more form reads it on the paper's 6x6 grid,
 before 2026-11-27 (fc6 of 9,216 inputs instead of 256). The forms run in interleaved
 rounds (each round times two steps of every form), so that a slower minute of a shared machine
 falls on all of them; the figure is the median round. `--compile` adds torch.compile (its
-compilation is not timed).
+compilation is not timed). One form swaps the package's dropout (models/dropout.py: on the CPU
+a mask from uniform floats) for ATen's `nn.Dropout` (bernoulli_), the only difference between
+the two forms.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ from alexnet.models.alexnet import pool5_size
 BATCH, CROP = 128, 67
 
 
-def step_of(channels_last: bool, compiled: bool, dtype: torch.dtype | None, grid: int):
+def step_of(channels_last: bool, compiled: bool, grid: int, aten_dropout: bool = False,
+            dtype: torch.dtype | None = None):
     torch.manual_seed(0)
     model = create_model("paper", num_classes=10, init="kaiming", pool5_grid=grid)
+    if aten_dropout:
+        for name in ("drop6", "drop7"):
+            setattr(model.classifier, name, torch.nn.Dropout(model.classifier.get_submodule(name).p))
     return training_step(model, CROP, BATCH, channels_last, dtype, compiled)
 
 
@@ -61,10 +67,11 @@ def main() -> None:
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     own = pool5_size("paper", CROP)
     forms = {"eager": (False, False, own), "eager, channels-last": (True, False, own),
-             "eager, channels-last, 6x6 grid": (True, False, 6)}
+             "eager, channels-last, 6x6 grid": (True, False, 6),
+             "eager, channels-last, ATen dropout": (True, False, own, True)}
     if args.compile:
         forms |= {"compiled": (False, True, own), "compiled, channels-last": (True, True, own)}
-    steps = {name: step_of(cl, comp, dtype, grid) for name, (cl, comp, grid) in forms.items()}
+    steps = {name: step_of(*form, dtype=dtype) for name, form in forms.items()}
     for step in steps.values():  # warm-up (and compilation)
         step()
         step()

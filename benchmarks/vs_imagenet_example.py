@@ -16,6 +16,11 @@ validation pass and the files written all count:
 - `alexnet auto`: the same with `--precision auto` (bf16 where the CPU has bf16 instructions,
   else fp32: then it repeats the fp32 arm).
 
+The trainer drops an epoch's last short batch (whole batches only, as CUDA graphs need); the
+example trains it. Give a number of training images that is a multiple of the batch, so that
+both sides train on every image (`make_images.py DIR --classes 8 --per-class 128` at batch
+128); otherwise the script says how many each side trains on, and the ratio favours `alexnet`.
+
 The arms run in rounds, each round in a rotated order, so that a slower minute of a shared
 machine falls on every arm; the table gives each arm's median seconds and the median of the
 per-round ratios example / arm, with their range.
@@ -66,6 +71,11 @@ def main() -> None:
     if not (a.data / "train").is_dir() or not (a.data / "val").is_dir():
         sys.exit(f"{a.data} needs train/ and val/ class folders (benchmarks/make_images.py writes them)")
     a.out.mkdir(parents=True, exist_ok=True)
+    images = sum(1 for f in (a.data / "train").rglob("*") if f.is_file())
+    trained = {"example": images, "alexnet": images - images % a.batch_size}
+    if trained["alexnet"] != images:
+        print(f"note: {images} training images; the example trains all of them, alexnet {trained['alexnet']} "
+              f"(whole batches of {a.batch_size}): use a multiple of the batch to compare like with like", flush=True)
     arms = commands(a.data, a.out, a.batch_size, a.workers)
     names = list(arms)
     seconds = {n: [] for n in names}
@@ -84,7 +94,8 @@ def main() -> None:
         print(f"| {row['arm']} | {row['median_s']:.1f} | {row['speedup_median']:.2f} | "
               f"{row['speedup_range'][0]:.2f}-{row['speedup_range'][1]:.2f} |")
     print(json.dumps({"when": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": platform.processor()
-                      or platform.machine(), "batch": a.batch_size, "workers": a.workers, "rows": rows}))
+                      or platform.machine(), "batch": a.batch_size, "workers": a.workers, "images_trained": trained,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,9 @@ def test_the_pytorch_example_peer_trains_and_the_side_by_side_run_times_every_ar
     both = subprocess.run([sys.executable, str(root / "vs_imagenet_example.py"), str(tree), "--rounds", "1", "-b", "4",
                            "-j", "0", "--out", str(tmp_path / "vs")], capture_output=True, text=True, timeout=600)
     assert both.returncode == 0, both.stderr
-    rows = json.loads(both.stdout.strip().splitlines()[-1])["rows"]
+    result = json.loads(both.stdout.strip().splitlines()[-1])
+    rows, n = result["rows"], sum(1 for f in (tree / "train").rglob("*") if f.is_file())
+    assert result["images_trained"] == {"example": n, "alexnet": n - n % 4}  # whole batches of 4
     assert [r["arm"] for r in rows] == ["example", "alexnet fp32", "alexnet auto"]
     assert all(len(r["seconds"]) == 1 and r["seconds"][0] > 0 for r in rows)
     example = rows[0]["seconds"][0]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AlexNetError
+from .dropout import Dropout
 from .lrn import LocalResponseNorm
 
 __all__ = ["AlexNet", "HalfAlexNet", "PaperAlexNet", "TorchvisionAlexNet", "VariantInfo", "initialise", "pool5_size"]
@@ -268,10 +269,10 @@ class PaperAlexNet(AlexNet):
         self.classifier = nn.Sequential(OrderedDict([
             ("fc6", nn.Linear(c5 * g5 * g5, 4096)),
             (f"{activation}6", act()),
-            ("drop6", nn.Dropout(dropout)),  # the paper drops after fc6 and fc7
+            ("drop6", Dropout(dropout)),  # the paper drops after fc6 and fc7
             ("fc7", nn.Linear(4096, 4096)),
             (f"{activation}7", act()),
-            ("drop7", nn.Dropout(dropout)),
+            ("drop7", Dropout(dropout)),
             ("fc8", nn.Linear(4096, num_classes)),
         ]))
         initialise(self, init)
@@ -365,10 +366,10 @@ class TorchvisionAlexNet(AlexNet):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((g5, g5))
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout),  # "one weird trick" drops *before* fc6 and fc7
+            Dropout(dropout),  # "one weird trick" drops *before* fc6 and fc7
             nn.Linear(256 * g5 * g5, 4096),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(4096, 4096),
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout import Dropout
 from .lrn import LocalResponseNorm
 from .alexnet import ACTIVATIONS, AlexNet, VariantInfo, _check_choice
 
@@ -116,7 +117,7 @@ class ConvNet(AlexNet):
     def _finish(self, layers: list, channels: int, side: int, num_classes: int, dropout: float) -> None:
         self.features = nn.Sequential(OrderedDict(layers))
         self.avgpool = nn.AdaptiveAvgPool2d((side, side))
-        self.classifier = nn.Sequential(OrderedDict([("drop", nn.Dropout(dropout)),  # p = 0: the identity
+        self.classifier = nn.Sequential(OrderedDict([("drop", Dropout(dropout)),  # p = 0: the identity
                                                      ("fc10", nn.Linear(channels * side * side, num_classes))]))
 
     @staticmethod

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AlexNetError
+from .dropout import Dropout
 from .lrn import LocalResponseNorm
 from .alexnet import PaperAlexNet, fc6_on_pool5
 
@@ -65,7 +66,7 @@ class Tower(nn.Module):
         self.norm = LocalResponseNorm(k=lrn_k) if lrn else None
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((grid, grid))                       # (B, 256, 6, 6) at 227 px
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
 
 class TwoTowerAlexNet(nn.Module):
