@@ -695,6 +695,7 @@ class Run:
             _log(rt, f"weights: {self.rundir.weights}")
         self.board.finish(to_dict(cfg), final.as_dict())
         self.splits.close()
+        distributed.barrier()  # the group ends together, not with one process gone while another writes
         distributed.teardown()
         return {"final": final.as_dict(), "history": self.history, "out": str(self.out)}
 
