@@ -127,3 +127,18 @@ def test_serve_and_bench_flags_default_to_their_settings_defaults():
     fields = {f.name for f in dataclasses.fields(BenchConfig)} - {"variants"}
     assert BenchConfig(**{k: bench[k] for k in fields}) == BenchConfig()
     assert vars(parser.parse_args(["bench", "--no-baseline"]))["baseline"] is False
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_the_command_asks_for_huge_pages_unless_told_not_to(given, expected, monkeypatch):
+    """THP_MEM_ALLOC_ENABLE: on by default for the command's process (and the processes it starts),
+    a user's own setting kept."""
+    import os
+
+    if given is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", given)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -736,6 +737,11 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Large CPU tensors (weights, gradients, autocast's bf16 copies, batches) on transparent huge
+    # pages: one 2-MB page where 512 faults of 4 KB each would zero memory every time such a tensor
+    # is allocated again (benchmarks/thp_cpu.py measures it). PyTorch reads the switch once, at its
+    # first allocation: set here, before torch is imported; THP_MEM_ALLOC_ENABLE=0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
