@@ -8,8 +8,8 @@ RUN    ?= runs/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The main job's two presets. On a 2-core CPU the paper network trains on Fashion-MNIST upsampled to
-# 76 px with 67-px crops (its smallest input) for 9 epochs (as many as fit in 10 minutes on the 2-core
-# development CPU: 9 min 03 s there, docs/benchmarks.md), in bf16 where the CPU has native bf16 (--precision auto), else fp32; on a GPU it
+# 76 px with 67-px crops (its smallest input) for 9 epochs (9 min 03 s on the 2-core development CPU,
+# docs/benchmarks.md: 57 s of headroom, less than a tenth epoch's with its validation), in bf16 where the CPU has native bf16 (--precision auto), else fp32; on a GPU it
 # runs at the full 256/227 size. Both evaluate as they trained (--precision auto), in one pass that
 # gives the paper's 10-crop figure and the center crop's (Caffe's and torchvision's protocol).
 CPU_FLAGS ?= --variant paper --resize 76 --crop 67 --epochs 9 --init kaiming --schedule cosine

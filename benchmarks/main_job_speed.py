@@ -1,7 +1,7 @@
 """Where the main job's time goes on a CPU: the training step of its network alone, in each form
 the trainer offers, side by side in one process (issue 17, point 7).
 
-    python benchmarks/main_job_speed.py [--compile] [--precision fp32|bf16] [--rounds 4]
+    python benchmarks/main_job_speed.py [--compile] [--precision fp32|bf16] [--rounds 4] [--profile]
 
 The `paper` network at the main job's 67-px crops, batch 128, 10 classes, SGD with momentum:
 forward, backward and step on synthetic data already in memory. fc6 reads the 1x1 pool5 once,
@@ -11,7 +11,8 @@ rounds (each round times two steps of every form), so that a slower minute of a 
 falls on all of them; the figure is the median round. `--compile` adds torch.compile (its
 compilation is not timed). One form swaps the package's dropout (models/dropout.py: on the CPU
 a mask from uniform floats) for ATen's `nn.Dropout` (bernoulli_), the only difference between
-the two forms.
+the two forms. `--profile` instead prints where the default form's time goes (torch.profiler
+over four steps after warm-up, operators by their own CPU time).
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     dtype = torch.bfloat16 if args.precision == "bf16" else None
+    if args.profile:
+        return profile(step_of(True, False, pool5_size("paper", CROP), dtype=dtype))
     own = pool5_size("paper", CROP)
     forms = {"eager": (False, False, own), "eager, channels-last": (True, False, own),
              "eager, channels-last, 6x6 grid": (True, False, 6),
@@ -86,6 +90,17 @@ def main() -> None:
           f"torch {torch.__version__}")
     for name, t in times.items():
         print(f"{name:32s} {BATCH / statistics.median(t):7.1f} img/s   steps: {', '.join(f'{s:.3f}' for s in t)} s")
+
+
+def profile(step) -> None:
+    from torch.profiler import ProfilerActivity, profile as profiler
+
+    for _ in range(3):
+        step()
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(4):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,18 @@ def image_tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _keep_the_huge_page_switch():
+    """``cli.main`` sets THP_MEM_ALLOC_ENABLE for its process; a test calling it in-process must
+    not leave it set for the tests (and the processes they start) that follow."""
+    saved = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    yield
+    if saved is None:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    else:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = saved
+
+
+@pytest.fixture(autouse=True)
 def _quiet_threads():
     # Two threads, or one per worker when pytest-xdist runs two test processes side by side.
     share = 2 if "PYTEST_XDIST_WORKER" not in os.environ else 1

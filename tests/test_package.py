@@ -87,8 +87,10 @@ def test_the_layer_check_catches_an_upward_import():
     assert _violations(probe) == ["training/_upward_probe.py:1 imports alexnet.infer"]
 
 
-def test_import_alexnet_does_not_load_torch():
-    code = "import sys, alexnet; print('torch' in sys.modules)"
+def test_import_alexnet_and_its_command_do_not_load_torch():
+    """Nor does the command's module: cli.main sets PyTorch's huge-page switch, which PyTorch reads
+    once, at its first allocation."""
+    code = "import sys, alexnet, alexnet.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -28,6 +28,16 @@ def test_each_unit_is_kept_with_probability_one_minus_p_and_scaled_to_keep_the_m
     assert (blocks - (1 - p)).abs().max() < 6 * math.sqrt(p * (1 - p) / 4096)
 
 
+def test_the_cpu_draws_its_mask_from_uniform_floats():
+    """The cheap path is the one taken in training on the CPU: kept where a uniform draw is at
+    least p (what plain nn.Dropout, which draws with bernoulli_, would not match)."""
+    x = torch.rand(64, 512) + 0.5
+    torch.manual_seed(7)
+    ours = Dropout(0.3).train()(x)
+    torch.manual_seed(7)
+    assert torch.equal(ours, x * ((torch.rand(x.shape) >= 0.3).float() * (1 / 0.7)))
+
+
 def test_the_mask_is_new_every_call_and_repeats_from_the_same_seed():
     drop, x = Dropout(0.5).train(), torch.ones(64, 512)
     torch.manual_seed(3)
