@@ -1,6 +1,8 @@
-"""What the LRN's Triton kernels compile to on a Hopper GPU (sm_90a), without a GPU: registers,
-spills, shared memory, the matrix instructions of their products and the width of their
-global loads and stores, read from Triton's PTX and ptxas's report.
+"""What the LRN's and the training augmentation's Triton kernels compile to on a Hopper GPU
+(sm_90a), without a GPU: registers, spills, shared memory, the matrix instructions of their
+products, the width of their global loads and stores, and their fused multiply-adds (the
+augmentation's 4:2:0 conversion must have none: it rounds as the tensor path does), read from
+Triton's PTX and ptxas's report.
 
     python benchmarks/triton_static.py                 # every kernel, channels-last bf16 and fp32
     python benchmarks/triton_static.py --json OUT.json
@@ -36,7 +38,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from alexnet.models import lrn_triton as lt  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-INTS = {"P", "HW", "W", "sN", "sC", "sH", "sW", "Cg"}
+INTS = {"P", "HW", "W", "sN", "sC", "sH", "sW", "Cg",  # the LRN's
+        "crop", "sxb", "sxc", "sxh", "sxw", "scb", "scc", "sch", "scw", "smc", "smh", "smw", "sob", "soc", "soh", "sow"}
 DIVISIBLE = {"P", "sN", "sH", "sW", "Cg"}  # by 16 at the paper's shapes; HW and W are not
 FLOATS = {"alpha_n", "beta", "k"}
 
@@ -63,10 +66,13 @@ def signature(fn, pointers: dict, constants: dict) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def report(name: str, fn, pointers: dict, constants: dict, num_warps: int, scratch: Path) -> dict:
-    """One kernel compiled for sm_90a: ptxas's resource report and what its PTX holds."""
+def report(name: str, fn, pointers: dict, constants: dict, num_warps: int, scratch: Path,
+           options: dict | None = None) -> dict:
+    """One kernel compiled for sm_90a (with its launch's ``options``): ptxas's resource report and
+    what its PTX holds."""
     sig, attrs = signature(fn, pointers, constants)
-    kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=TARGET, options={"num_warps": num_warps})
+    kernel = triton.compile(ASTSource(fn, sig, constants, attrs), target=TARGET,
+                            options={"num_warps": num_warps, **(options or {})})
     ptx = kernel.asm["ptx"]
     path = scratch / f"{name}.ptx"
     path.write_text(ptx)
@@ -86,12 +92,20 @@ def report(name: str, fn, pointers: dict, constants: dict, num_warps: int, scrat
             "spill_stores": number(r"(\d+) bytes spill stores"), "spill_loads": number(r"(\d+) bytes spill loads"),
             "shared_bytes": kernel.metadata.shared,
             "products": count(r"\b((?:wgmma\.mma_async|mma\.sync)[\w.]*)"),
-            "loads": count(r"\b(ld\.global(?:\.\w+)*)"), "stores": count(r"\b(st\.global(?:\.\w+)*)")}
+            "loads": count(r"\b(ld\.global(?:\.\w+)*)"), "stores": count(r"\b(st\.global(?:\.\w+)*)"),
+            "fma": len(re.findall(r"\bfma\.rn", ptx))}
 
 
 def kernels(warps: int = 4) -> list[tuple]:
-    """(name, kernel, pointer types, constants, warps) for every kernel and setting reported."""
+    """(name, kernel, pointer types, constants, warps, options) for every kernel and setting reported."""
+    from alexnet.data import augment_triton as at
+
     out = []
+    for ycc in (False, True):  # uint8 RGB, or the 4:2:0 planes; out in bf16, as training reads it
+        pointers = dict(x_ptr="u8", c_ptr="u8", mean_ptr="fp32", std_ptr="fp32", top_ptr="i32", left_ptr="i32",
+                        flip_ptr="i32", rgb_ptr="fp32", out_ptr="bf16")
+        out.append((f"augment_{'420' if ycc else 'rgb'}_bf16", at._augment, pointers, dict(YCC=ycc, BLOCK=at.BLOCK),
+                    warps, at.LAUNCH_OPTIONS))
     for dt in ("bf16", "fp32"):
         band = dict(sC=1, SIZE=5, BLOCK_P=lt.BAND_BLOCK_P, TC=lt.BAND_CHUNK)
         out.append((f"band_forward_{dt}", lt._lrn_fwd_band, dict(x_ptr=dt, y_ptr=dt), band, warps))
@@ -113,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for name, fn, pointers, constants, warps in kernels(args.warps):
+        for name, fn, pointers, constants, warps, *options in kernels(args.warps):
             if args.only in name:
-                rows.append(report(name, fn, pointers, constants, warps, Path(scratch)))
-    print(f"{'kernel':<28}{'regs':>6}{'spills':>8}{'shared':>8}  products; global loads")
+                rows.append(report(name, fn, pointers, constants, warps, Path(scratch), *options))
+    print(f"{'kernel':<28}{'regs':>6}{'spills':>8}{'shared':>8}{'fma':>6}  products; global loads")
     for r in rows:
-        print(f"{r['kernel']:<28}{r['registers']:>6}{r['spill_stores'] + r['spill_loads']:>8}{r['shared_bytes']:>8}  "
-              f"{r['products'] or '-'}; {r['loads']}")
+        print(f"{r['kernel']:<28}{r['registers']:>6}{r['spill_stores'] + r['spill_loads']:>8}{r['shared_bytes']:>8}"
+              f"{r['fma']:>6}  {r['products'] or '-'}; {r['loads']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"triton": triton.__version__, "target": "sm_90a", "rows": rows},
                                               indent=1) + "\n")

@@ -95,3 +95,42 @@ def test_the_fused_pass_converts_420_planes_as_the_cache_does(results):
 
 def test_the_tolerance_tells_a_crop_one_pixel_off(results):
     assert results["off"] > 100 * 1e-5
+
+
+def test_the_420_kernel_compiles_for_hopper_without_fused_multiply_adds():
+    """benchmarks/triton_static.py, no GPU needed: compiled for sm_90a as it is launched, the
+    4:2:0 conversion keeps the tensor path's separate multiply and add (an FMA rounds once, and
+    moves a pixel across a rounding boundary now and then); compiled with fusion allowed, the
+    same kernel has them, so the count tells."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no ptxas")
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    code = textwrap.dedent(f"""
+        import json, sys, tempfile
+        from pathlib import Path
+        sys.path.insert(0, {str(bench)!r})
+        import triton_static as ts
+        rows = {{}}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, fn, pointers, constants, warps, *options in ts.kernels():
+                if name.startswith("augment"):
+                    rows[name] = ts.report(name, fn, pointers, constants, warps, Path(tmp), *options)
+                    rows[name + "_fused"] = ts.report(name, fn, pointers, constants, warps, Path(tmp),
+                                                      {{"enable_fp_fusion": True}})
+        print(json.dumps(rows))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rows["augment_420_bf16"]["fma"] == 0 and rows["augment_420_bf16_fused"]["fma"] > 0
+    for name in ("augment_rgb_bf16", "augment_420_bf16"):
+        assert rows[name]["spill_stores"] == rows[name]["spill_loads"] == 0, rows[name]

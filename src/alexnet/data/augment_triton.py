@@ -27,6 +27,8 @@ except ImportError:
     triton = None
 
 BLOCK = 256  # output pixels per program
+# multiply, then add: ycc.from_420's two roundings, not a fused multiply-add's one
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 
 
 def available() -> bool:
@@ -119,5 +121,5 @@ def augment(x: torch.Tensor | Planes420, mean: torch.Tensor, std: torch.Tensor, 
         _augment[grid](x, chroma, mean, std.float().reshape(3).contiguous(), top.to(torch.int32),
                        left.to(torch.int32), flip.to(torch.int32), rgb.float().contiguous(), out, crop,
                        sxb, sxc, sxh, sxw, scb, scc, sch, scw, smc, smh, smw, *out.stride(), YCC=ycc, BLOCK=BLOCK,
-                       enable_fp_fusion=False)  # multiply, then add: ycc.from_420's two roundings, not an FMA's one
+                       **LAUNCH_OPTIONS)
     return out
