@@ -152,8 +152,7 @@ class TrainAugment:
             rgb = torch.zeros(b, 3, device=dev) if rgb is None else rgb
             return augment_triton.augment(x, n.mean, n.std, top, left, flip, rgb, self.crop, self.dtype,
                                           self.channels_last)
-        x = x.rgb() if isinstance(x, Planes420) else x
-        rows, cols = crop_indices(self.crop, top, left, flip)
+        rows, cols = crop_indices(self.crop, top, left, flip)  # crops' to_rgb converts 4:2:0 planes
         out = self.normalizer.crops(x, rows, cols)
         if rgb is not None:
             # The noise lives in [0, 1] RGB space; after normalisation it is divided by std.
