@@ -16,6 +16,23 @@ from alexnet.data import fashion_mnist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # serve_load's client and server
 
 
+# The suite writes up to about 3.2 GB at once under the temporary directory (full-size networks'
+# weights, checkpoints and Caffe files; measured with `make test`, 2026-11-27). Short of room it
+# fails in a dozen unrelated places; this says why, once, before anything runs.
+NEEDS_FREE_GB = 4.0
+
+
+def pytest_sessionstart(session):
+    import shutil
+    import tempfile
+
+    tmp = session.config.option.basetemp or tempfile.gettempdir()
+    free = shutil.disk_usage(Path(tmp) if Path(tmp).exists() else Path(tmp).parent).free / 1e9
+    if free < NEEDS_FREE_GB:
+        pytest.exit(f"only {free:.1f} GB free under {tmp}; the suite needs about {NEEDS_FREE_GB:.0f} GB there "
+                    "(set TMPDIR or --basetemp to a roomier place)", returncode=2)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -75,8 +75,10 @@ def initial_weights():
 
 
 def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir, one_process):
-    r = torchrun(tmp_path, fmnist_dir, tmp_path / "two")
+    # with a time budget that holds every epoch: both processes plan together (25 steps, undone)
+    r = torchrun(tmp_path, fmnist_dir, tmp_path / "two", "--time-budget", "3600")
     assert "x 2 processes" in r.stdout
+    assert r.stdout.count("time budget 3600 s") == 1 and ": 2 epochs" in r.stdout
     assert r.stdout.count("epoch 2/2") == 1  # only rank 0 prints
     one, _, _ = read_weights(one_process / "model.safetensors")
     two, _, _ = read_weights(tmp_path / "two" / "model.safetensors")
@@ -95,7 +97,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, fmnist_dir, one_process)
         assert a["train_images"] == b["train_images"] == 32  # metrics are reduced across ranks
         assert a["val_top1"] == b["val_top1"]
     # the two-process checkpoint resumes in one process (any world size)
-    run([sys.executable, "-m", "alexnet", "train", "--resume", str(tmp_path / "two"), "--epochs", "3"], tmp_path)
+    # (its planned 2 epochs set anew: a budgeted run's --epochs can otherwise only go down)
+    run([sys.executable, "-m", "alexnet", "train", "--resume", str(tmp_path / "two"), "--epochs", "3",
+         "--time-budget", "0"], tmp_path)
     assert load_checkpoint(tmp_path / "two")["epoch"] == 3
 
 

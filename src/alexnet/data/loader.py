@@ -180,9 +180,12 @@ def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.d
     """A DataLoader over ``owner``'s batches of indices, decoded by ``workers`` processes
     (-1: one per CPU core, as --workers documents), kept alive across epochs, 4 batches ahead each."""
     workers = resolve_workers(workers)
+    # its own generator: a DataLoader draws its workers' base seed from the global random state
+    # each time it starts a pass, which would move the dropout masks drawn after it by whether
+    # and when a pass started (a resumed run, or a run whose time budget was measured first)
     return torch.utils.data.DataLoader(
         dataset, num_workers=workers, pin_memory=owner.device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH if workers > 0 else None, **kw)
+        prefetch_factor=PREFETCH if workers > 0 else None, generator=torch.Generator(), **kw)
 
 
 def close_loader(loader: torch.utils.data.DataLoader) -> None:

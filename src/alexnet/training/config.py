@@ -110,7 +110,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = setting(90, "epochs to train (paper: about 90)")
+    epochs: int = setting(90, "epochs to train (paper: about 90); with --time-budget, at most this many")
+    time_budget: float = setting(0.0, "seconds the run may take: train as many epochs as fit (at most --epochs), "
+                                 "planned from the step time measured here before the first epoch, set-up, "
+                                 "validation and a final --ten-crop pass included; 0 = train --epochs")
+    budget_eval_views: int = setting(0, "with --time-budget: keep time for evaluating this many image views after "
+                                     "the run, e.g. 100000 for `alexnet evaluate --split test --ten-crop` of 10,000 "
+                                     "images (make main does)")
     batch_size: int = setting(128, "images per step, across all processes (paper: 128)")
     lr: float = setting(0.0, "initial learning rate; 0 = the network's own: 0.01 (the paper) for the ImageNet networks "
                         "and LeNet-5, 0.001 for the cifar networks (cuda-convnet's epsW)")
@@ -318,6 +324,8 @@ def validate(cfg: TrainConfig) -> None:
     crop = d.crop
     checks = [
         (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
+        (0 <= o.time_budget < float("inf"), f"--time-budget must be a finite number of seconds, got {o.time_budget:g}"),
+        (o.budget_eval_views >= 0, f"--budget-eval-views must be non-negative, got {o.budget_eval_views}"),
         (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
         (o.lr > 0, f"--lr must be positive, got {o.lr}"),
         (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),

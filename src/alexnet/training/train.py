@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import budget, distributed
 from ..models import fastconv
 from .board import Board
 from .checkpoint import (load_checkpoint, load_model, load_state, metadata_record,
@@ -309,6 +309,13 @@ def train_one_epoch(learner: Learner, batches: data_loader.Batches, epoch: int, 
             | _trace(state.trace) | ({"nonfinite_skipped": state.nonfinite} if learner.skip_nonfinite else {}))
 
 
+def _endless(batches: data_loader.Batches):
+    """Epoch 0's batches, over and over (the planning steps of a small data set)."""
+    batches.set_epoch(0)
+    while True:
+        yield from batches
+
+
 def _one_step(learner: Learner, batch, epoch: int, generator: torch.Generator, state: EpochState) -> None:
     model, optimizer, scaler, rt = learner.model, learner.optimizer, learner.scaler, learner.rt
     step = state.step
@@ -388,9 +395,25 @@ def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tupl
         if "bias_lr_mult" not in ckpt["config"].get("optim", {}):  # a run from before the bias multipliers
             saved.optim.bias_lr_mult = saved.optim.bias_decay_mult = 1.0  # continues as it began
         cfg = saved
+        if saved.optim.time_budget and overrides:
+            overrides = _keep_plan(saved.optim, overrides)
     if overrides:
         cfg = apply_overrides(from_dict(to_dict(cfg)), overrides)  # on a copy: the caller's stays as it was
     return cfg, ckpt
+
+
+def _keep_plan(saved: OptimConfig, overrides: dict) -> dict:
+    """A resumed run that planned its epochs to a time budget keeps them: the same command
+    again (``--resume auto``) continues as planned, and ``--epochs`` can only lower them;
+    ``--time-budget 0`` with ``--epochs`` sets them anew."""
+    given = overrides.get("time_budget", saved.time_budget)
+    if given == 0:
+        return overrides
+    if given != saved.time_budget:
+        raise AlexNetError(f"this run planned {saved.epochs} epochs to --time-budget {saved.time_budget:g}; a "
+                           "resumed run keeps its plan: resume with the same budget, or with --time-budget 0 "
+                           "and --epochs N")
+    return {**overrides, "epochs": min(overrides.get("epochs", saved.epochs), saved.epochs)}
 
 
 def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
@@ -407,7 +430,7 @@ def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
 class Start:
     """What a run starts from, resolved once before anything is built (``resolve``)."""
 
-    cfg: TrainConfig  # final: the run records it, and nothing changes it afterwards
+    cfg: TrainConfig  # final, but for the epochs a --time-budget plans (Run.plan_epochs), then recorded
     ckpt: dict | None  # the checkpoint a resumed run continues from
     pretrained: tuple[nn.Module, Normalizer] | None  # the weights a fine-tuning run starts from
     rt: Runtime
@@ -548,6 +571,24 @@ class Run:
         self.schedule.load_state_dict(ckpt["schedule"])
         self.history, self.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
         self.position = ckpt.get("position")
+
+    def plan_epochs(self, started: float) -> budget.Plan:
+        """--time-budget: the epochs set to as many as fit (training/budget.py), timed on the
+        first epoch's first steps, which are then undone; before config.json and the schedule
+        see them. A resumed run keeps the epochs it planned."""
+        generator = seed_epoch(self.cfg.seed, 0, self.rt.env.rank, self.rt.device)
+        state = EpochState.fresh(len(self.splits.train), False, self.rt.device)
+        learner = dataclasses.replace(self.learner, skip_nonfinite=0)  # the per-epoch count is the run's
+        batches = _endless(self.splits.train)
+        try:
+            plan = budget.fit_to_budget(lambda: _one_step(learner, next(batches), 0, generator, state),
+                                        learner, self.splits, self.cfg, started)
+        finally:
+            batches.close()
+        if isinstance(self.learner.step_fn, GraphedStep):  # its graph holds the optimiser state put back
+            self.learner.step_fn = GraphedStep(train_step)
+        self.cfg.optim.epochs = plan.epochs  # the schedule reads the same OptimConfig
+        return plan
 
     # -- the run directory --------------------------------------------------------------
 
@@ -718,9 +759,18 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     """
+    started = time.perf_counter()
     run = Run(resolve(cfg, resume, overrides, overwrite))
     cfg = run.cfg
+    try:
+        plan = run.plan_epochs(started) if cfg.optim.time_budget and not run.resumed else None
+    except BaseException:  # nothing written yet; the loader's processes and the group end here
+        run.splits.close()
+        distributed.teardown()
+        raise
     run.open()
+    if plan is not None:
+        _log(run.rt, plan.describe(cfg.optim.time_budget))
     last_val = None
     try:
         with StopRequest() as stop:
