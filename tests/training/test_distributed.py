@@ -155,7 +155,7 @@ class _Fixed:
         return iter(self.items)
 
 
-def _empty_batch_worker(rank, init_file, out_dir):
+def _empty_batch_worker(rank, init_file, out_dir, skip_nonfinite=0):
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -184,17 +184,21 @@ def _empty_batch_worker(rank, init_file, out_dir):
         rt = Runtime(torch.device("cpu"), None, False, distributed.Env(rank, rank, 2))
         cfg = OptimConfig(lr=0.01, epochs=1)
         learner = Learner(ddp, build_optimizer(model, cfg), LRSchedule(cfg, 2), make_scaler(rt),
-                          TrainAugment(Normalizer.channel(), 67, False, False, 0.0), rt)
+                          TrainAugment(Normalizer.channel(), 67, False, False, 0.0), rt,
+                          skip_nonfinite=skip_nonfinite)
         stats = train_one_epoch(learner, _Fixed(items), 0, torch.Generator(), progress=False)
         torch.save({"weights": model.state_dict(), "stats": stats}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_a_rank_with_an_unreadable_batch_still_takes_part_in_the_step(tmp_path):
-    """Without its share of the step's gradient all-reduce, the other rank would wait until the
-    timeout; with it, both ranks finish with the same weights and count the images of both."""
-    torch.multiprocessing.spawn(_empty_batch_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+@pytest.mark.parametrize("skip_nonfinite", [0, 3])
+def test_a_rank_with_an_unreadable_batch_still_takes_part_in_the_step(tmp_path, skip_nonfinite):
+    """Without its share of the step's gradient all-reduce (and, with --skip-nonfinite, of the
+    vote on the loss), the other rank would wait until the timeout; with it, both ranks finish
+    with the same weights and count the images of both."""
+    torch.multiprocessing.spawn(_empty_batch_worker, args=(str(tmp_path / "init"), str(tmp_path), skip_nonfinite),
+                                nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     init = create_model("paper", num_classes=3, dropout=0.0, init="kaiming").state_dict()

@@ -196,10 +196,11 @@ def forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, scaler:
     return loss.detach(), logits.detach()
 
 
-def guarded_step(model, optimizer, scaler, rt: Runtime, x, labels) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def guarded_step(model, optimizer, scaler, rt: Runtime, x, labels,
+                 weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``train_step`` that leaves the weights alone when the loss is not finite on any process
     (a host sync per step): (loss, logits, whether the update was applied)."""
-    loss, logits = forward_backward(model, optimizer, scaler, rt, x, labels)
+    loss, logits = forward_backward(model, optimizer, scaler, rt, x, labels, weight)
     bad = distributed.all_reduce_sum((~torch.isfinite(loss)).double().reshape(1))
     if bad.item() > 0:
         optimizer.zero_grad(set_to_none=True)
@@ -209,12 +210,14 @@ def guarded_step(model, optimizer, scaler, rt: Runtime, x, labels) -> tuple[torc
     return loss, logits, True
 
 
-def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int) -> None:
+def _idle_step(model, optimizer, scaler, rt: Runtime, crop: int, guarded: bool) -> None:
     """Under DistributedDataParallel every process must join every step's gradient
     all-reduce: a process whose whole batch was unreadable steps on one blank image with
-    zero weight, so it contributes nothing and applies the others' average like them."""
+    zero weight, so it contributes nothing and applies the others' average like them; with
+    --skip-nonfinite (``guarded``) it also joins their vote on whether the loss was finite."""
     x = rt.prepare(torch.zeros(1, 3, crop, crop, device=rt.device))
-    train_step(model, optimizer, scaler, rt, x, torch.zeros(1, dtype=torch.long, device=rt.device), weight=0.0)
+    labels = torch.zeros(1, dtype=torch.long, device=rt.device)
+    (guarded_step if guarded else train_step)(model, optimizer, scaler, rt, x, labels, weight=0.0)
 
 
 @dataclass
@@ -324,7 +327,7 @@ def _one_step(learner: Learner, batch, epoch: int, generator: torch.Generator, s
     set_lr(optimizer, learner.schedule.lr(epoch, step))
     if batch.labels.numel() == 0:
         if distributed.is_active():
-            _idle_step(model, optimizer, scaler, rt, learner.augment.crop)
+            _idle_step(model, optimizer, scaler, rt, learner.augment.crop, learner.skip_nonfinite > 0)
         return
     x = rt.prepare(learner.augment(batch.images, generator))  # (B, 3, crop, crop)
     if learner.skip_nonfinite:
