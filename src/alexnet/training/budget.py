@@ -2,8 +2,8 @@
 measured on this machine before the first epoch.
 
 The same command then fits its time on any machine: on the 2-core development CPU the main
-job's step is 2.3 times faster in bf16 than an AVX2 CPU's fp32, so a fixed epoch count that
-fits ten minutes on one takes twenty on the other. Choosing the count before training
+job trains about 2.2 times faster in bf16 than in fp32 with the CPU held to AVX2, so a fixed
+epoch count that fits ten minutes on one takes twenty on the other. Choosing the count before training
 keeps the learning-rate schedule whole (a cosine decay ends at zero on the last epoch), which
 stopping when time runs out would not.
 
@@ -34,8 +34,8 @@ from .runtime import Runtime
 
 # A whole epoch takes longer than its steps' median: now and then a step runs two or three times
 # as long (the data path's processes, the allocator, a shared machine), and the checkpoint and the
-# progress lines add a little. On the 2-core development CPU the main job's epochs took 1.10
-# times the median in bf16 and 1.05 times in fp32 held to AVX2 (docs/benchmarks.md, 2026-11-27).
+# progress lines add a little. On the 2-core development CPU the main job's epochs took 1.02-1.15
+# times the median in bf16 and 1.03-1.08 times in fp32 held to AVX2 (docs/benchmarks.md, 2026-11-27).
 # The median, not the mean, of 20 steps: one slow step among them moved the mean by 8%.
 MARGIN = 1.10
 # An evaluation costs more than its forward passes timed alone: making the crops, the data, and,
@@ -52,7 +52,7 @@ WARMUP, TIMED = 5, 20
 class Plan:
     """What the measurement found and the epochs it allows."""
 
-    step_s: float  # one training step (forward and backward)
+    step_s: float  # one step of the loop: data, augmentation, forward, backward, update
     eval_s: float  # one evaluation batch
     epoch_s: float  # an epoch with its validation, margin included
     epochs: int
@@ -65,10 +65,10 @@ class Plan:
                 f"validation about {self.epoch_s:.0f} s, set-up took {self.spent:.0f} s{after}: {self.epochs} epochs")
 
 
-def plan(budget: float, spent: float, epoch_s: float, final_eval_s: float, max_epochs: int) -> int:
-    """How many whole epochs fit the ``budget`` seconds after ``spent``, leaving the final
-    evaluation its time; at most ``max_epochs``. Zero when not even one fits."""
-    room = budget - spent - final_eval_s
+def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs: int) -> int:
+    """How many whole epochs fit the ``budget`` seconds after ``spent``, leaving ``after_s``
+    for the evaluations after the last one; at most ``max_epochs``. Zero when not even one fits."""
+    room = budget - spent - after_s
     return max(0, min(max_epochs, math.floor(room / epoch_s)))
 
 
