@@ -15,7 +15,8 @@ SRC = Path(alexnet.__file__).resolve().parent
 # Lower layers first. A module may import from its own package and from the layers before its
 # own; the applications (the top-level modules) may also use each other.
 LAYERS = [
-    {"errors", "files", "classes", "progress", "__init__"},  # what every layer shares
+    {"errors"},  # the one error type, below everything
+    {"files", "classes", "progress", "__init__"},  # what every layer shares
     {"models"},
     {"data"},
     {"training"},
@@ -23,7 +24,7 @@ LAYERS = [
     {"cli"},
     {"__main__"},
 ]
-APPLICATIONS = 4
+APPLICATIONS = 5  # the index of the applications in LAYERS
 
 
 def _layer(unit: str) -> int:

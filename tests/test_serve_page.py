@@ -51,6 +51,16 @@ def test_the_page_classifies_a_photograph(serve_run, photo, browser):
         heat = browser.find_element(By.ID, "heat")  # Grad-CAM over the photo's crop, beside the bars
         why_shown = browser.find_element(By.ID, "why").is_displayed()
         heat_size = (heat.get_attribute("naturalWidth"), heat.size["width"])
+        bars_end = max(r.location["x"] + r.size["width"] for r in rows)
+        beside = heat.location["x"] >= bars_end and heat.location["y"] < rows[-1].location["y"]
+        # the heat map's pixels: the crop at 55% (red at most 140) with the map's peak drawn red
+        # (above 200 where it is strongest): a blank map has no pixel above 140
+        red = browser.execute_script(
+            "const i = arguments[0], c = document.createElement('canvas'); c.width = i.naturalWidth;"
+            "c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0);"
+            "const d = g.getImageData(0, 0, c.width, c.height).data; let hi = 0, lo = 255;"
+            "for (let k = 0; k < d.length; k += 4) { hi = Math.max(hi, d[k]); lo = Math.min(lo, d[k]); }"
+            "return [lo, hi];", heat)
         caption = browser.find_element(By.ID, "heat-caption").text
         strips = [(f.find_element(By.TAG_NAME, "figcaption").text, f.find_element(By.TAG_NAME, "img")
                    .get_attribute("naturalWidth")) for f in browser.find_elements(By.CSS_SELECTOR, "#stages .stage")]
@@ -65,6 +75,8 @@ def test_the_page_classifies_a_photograph(serve_run, photo, browser):
     assert shown == [(t["class"], f"{100 * t['prob']:.2f}%") for t in api]  # the API's answer, as bars
     assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1] > 0
     assert why_shown and heat_size[0] == "32" and heat_size[1] > 100  # the 32-px crop, drawn large
+    assert beside  # at 900 px, to the right of the bars and level with them
+    assert red[1] > 200 and red[0] < 150, red  # a map with a peak, not blank and not everywhere
     assert f"\u201c{api[0]['class']}\u201d" in caption and "Grad-CAM at conv2" in caption
     assert [name.split()[0] for name, _ in strips] == ["conv1", "conv2"] and all(int(w) > 0 for _, w in strips)
     assert origins and all(o.startswith(url) for o in origins)  # nothing from elsewhere

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import AlexNetError, one_line
+from .files import output_file
 
 # -------------------------------------------------------------------------------------
 # Shared by the commands' parsers.
@@ -397,6 +398,7 @@ def _features(sub) -> None:
 def cmd_features(args: argparse.Namespace) -> int:
     from .infer import extract_features, save_features
 
+    output_file(args.out)  # before the work, not after it
     skipped: list[str] = []
     found = extract_features(args.weights, args.inputs, args.layer, batch_size=args.batch_size, device=args.device,
                              workers=args.workers, precision=args.precision, skipped=skipped)
@@ -415,8 +417,12 @@ def _explain(sub) -> None:
     _weights(p)
     p.add_argument("image", nargs="?", help="an image file")
     p.add_argument("--out", required=True, help="folder for the PNGs and summary.json")
-    p.add_argument("--layer", default="", help="also Grad-CAM at this stage (conv1, conv2, ...; the last is "
+    p.add_argument("--layer", default="", help="also Grad-CAM at this map (conv1, conv2, ..., or a stage's "
+                                                "normalised or pooled map: norm1, pool2, ...; the last stage is "
                                                 "always shown)")
+    p.add_argument("--maps", default="stages", choices=("stages", "all"),
+                   help="the maps drawn: each stage's after its nonlinearity, or all: also each stage's "
+                        "normalised and pooled maps (norm1, pool1, ...)")
     _lib(p, "--topk", "explain:explain", type=int, help="classes listed")
     _lib(p, "--ig-steps", "explain:explain", type=int, help="integrated gradients' steps from the mean image")
     p.add_argument("--units", default="", metavar="STAGE[:C,C,...]",
@@ -438,6 +444,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.units:
         if not args.data:
             raise AlexNetError("--units searches the images of --data DIR for the patches that excite them")
+        if args.image:
+            raise AlexNetError(f"--units searches --data's images; drop the IMAGE {args.image!r}, or explain it "
+                               "without --units")
+        for flag, given in (("--layer", args.layer), ("--maps all", args.maps == "all")):
+            if given:
+                raise AlexNetError(f"{flag} is for one IMAGE's explanation, not for --units")
         found = explain_units(args.weights, args.units, args.data, args.out, k=args.k, device=args.device)
         if args.json:
             print(json.dumps(found, indent=2))
@@ -447,15 +459,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     if not args.image:
         raise AlexNetError("alexnet explain needs an IMAGE (or --units STAGE --data DIR)")
+    if args.data:
+        raise AlexNetError("--data is the folder that --units searches; one IMAGE needs neither")
     summary = explain(args.weights, args.image, args.out, layer=args.layer, device=args.device, topk=args.topk,
-                      ig_steps=args.ig_steps)
+                      ig_steps=args.ig_steps, all_maps=args.maps == "all")
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     for t in summary["top"]:
         print(f"{t['prob']:6.1%}  {t['class']}")
     for s in summary["stages"]:
-        sparsity = "" if s["sparsity"] is None else f", {s['sparsity']:.0%} of its ReLU outputs zero"
+        what = " of its ReLU outputs" if s["name"].startswith("conv") else ""  # norm and pool: of their maps
+        sparsity = "" if s["sparsity"] is None else f", {s['sparsity']:.0%}{what} zero"
         print(f"{s['name']}: {'x'.join(map(str, s['shape']))}{sparsity} -> {s['file']}")
     print(f"evidence for {summary['target']['class']!r}: " + ", ".join(summary["files"].values()) + f" in {args.out}")
     return 0

@@ -3,7 +3,8 @@ each stage of the network responds with, and where the evidence for the top clas
 
 - **Stages**: for each convolutional stage (conv1, conv2, ... of any variant, counted in the
   order the input meets them) the maps after its nonlinearity: the most active channels as
-  one grid, and the stage's sparsity (the fraction of its ReLU outputs that are zero).
+  one grid, and the stage's sparsity (the fraction of its ReLU outputs that are zero); where
+  asked (``all_maps``), also its normalised and pooled maps (norm1, pool1, ...).
 - **Occlusion** (Zeiler and Fergus 2014): the drop in the top class's score when a gray square
   (the mean, 0 after normalisation) covers each place of the crop.
 - **Grad-CAM** (Selvaraju et al. 2017) at the last convolutional stage and at ``layer``: the
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from .errors import AlexNetError
-from .files import atomic_write, atomic_write_text, printable
+from .files import atomic_write, atomic_write_text, output_folder, printable
 
 TOP_CHANNELS = 16  # maps shown per stage
 
@@ -39,20 +40,31 @@ class Stage:
     module: str  # its module path (features.conv1, features.3, ...)
     conv: nn.Module
     act: nn.Module | None  # the nonlinearity after it (its output is the stage's maps)
+    # the normalisation and pooling layers of the stage, up to the next convolution, as (name,
+    # module, whether the stage's ReLU comes before it): norm1 and pool1 for the paper's conv1
+    # (ReLU, LRN, max-pool); bn1 before the ReLU with --norm batch
+    after: list[tuple[str, nn.Module, bool]] = field(default_factory=list)
+
+    @property
+    def output(self) -> nn.Module:
+        """The module whose output is the stage's maps."""
+        return self.act if self.act is not None else self.conv
 
 
 def stages(model: nn.Module) -> list[Stage]:
     """The convolutional stages in the order the input meets them: each convolution (or
-    locally connected layer) of ``features`` and the nonlinearity that follows it."""
+    locally connected layer) of ``features``, the nonlinearity that follows it, and the
+    normalisation and pooling layers before the next convolution."""
     from .models.convnet import LocallyConnected2d
 
-    children = list(model.features.named_children())
-    out = []
-    for i, (name, m) in enumerate(children):
+    out: list[Stage] = []
+    for name, m in model.features.named_children():
         if isinstance(m, (nn.Conv2d, LocallyConnected2d)):
-            act = next((c for _, c in children[i + 1:] if not isinstance(c, (nn.Conv2d, LocallyConnected2d))
-                        and _is_activation(c)), None)
-            out.append(Stage(f"conv{len(out) + 1}", f"features.{name}", m, act))
+            out.append(Stage(f"conv{len(out) + 1}", f"features.{name}", m, None))
+        elif out and _is_activation(m) and out[-1].act is None:
+            out[-1].act = m
+        elif out and (kind := _kind(m)):
+            out[-1].after.append((f"{kind}{len(out)}", m, isinstance(out[-1].act, nn.ReLU)))
     return out
 
 
@@ -60,10 +72,37 @@ def _is_activation(m: nn.Module) -> bool:
     return isinstance(m, (nn.ReLU, nn.Tanh)) or type(m).__name__ in ("ScaledTanh",)
 
 
-def stage_named(model: nn.Module, name: str) -> Stage:
+def _kind(m: nn.Module) -> str:
+    """'norm' for a normalisation layer (LRN, batch norm, cuda-convnet's rnorm), 'pool' for a
+    pooling layer, else ''."""
+    name = type(m).__name__
+    return "norm" if "Norm" in name else "pool" if "Pool" in name else ""
+
+
+def map_points(model: nn.Module, extra: bool = False) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, after a ReLU) of every map a stage gives: conv1, conv2, ..., and with
+    ``extra`` also each stage's normalised and pooled maps (norm1, pool1, ...), in the order the
+    input meets them."""
+    points = []
+    for s in stages(model):
+        points.append((s.name, s.output, isinstance(s.act, nn.ReLU)))
+        if extra:
+            points += s.after
+    return points
+
+
+def point_named(model: nn.Module, name: str, flag: str = "--layer") -> nn.Module:
+    """The module whose output is the map called ``name`` (conv2, norm2, pool5, ...)."""
+    found = {n: m for n, m, _ in map_points(model, extra=True)}
+    if name not in found:
+        raise AlexNetError(f"{flag} {name!r}: this network's maps are {', '.join(found)}")
+    return found[name]
+
+
+def stage_named(model: nn.Module, name: str, flag: str = "--layer") -> Stage:
     found = {s.name: s for s in stages(model)}
     if name not in found:
-        raise AlexNetError(f"--layer {name!r}: this network's stages are {', '.join(found)}")
+        raise AlexNetError(f"{flag} {name!r}: this network's stages are {', '.join(found)}")
     return found[name]
 
 
@@ -72,26 +111,20 @@ def explainable(model: nn.Module):
     """The network in eval mode with out-of-place ReLUs (attribution hooks read activations
     that an in-place ReLU would overwrite) and the plain fc6, restored afterwards: no copy of
     the weights, so a server can explain with the network it serves (one thread at a time)."""
+    from .models.alexnet import plain_fc6
+
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
     training = model.training
-    own = model.__dict__.get("_fc6_first", _UNSET)  # an instance value to put back, or none
     model.eval()
     for m in relus:
         m.inplace = False
-    model._fc6_first = False  # the plain fc6, whose hooks and gradients are the ordinary ones
     try:
-        yield model
+        with plain_fc6(model):  # whose hooks and gradients are the ordinary ones
+            yield model
     finally:
-        if own is _UNSET:
-            del model._fc6_first
-        else:
-            model._fc6_first = own
         for m in relus:
             m.inplace = True
         model.train(training)
-
-
-_UNSET = object()
 
 
 # ---------------------------------------------------------------------------
@@ -99,16 +132,26 @@ _UNSET = object()
 
 
 @torch.no_grad()
-def stage_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each stage's maps (C, h, w) after its nonlinearity (or the convolution's, without one)."""
+def stage_maps(model: nn.Module, x: torch.Tensor, extra: bool = False) -> dict[str, torch.Tensor]:
+    """Each stage's maps (C, h, w) after its nonlinearity (or the convolution's, without one),
+    and with ``extra`` its normalised and pooled maps, by the names of ``map_points``."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [_keep_output(s.act if s.act is not None else s.conv, seen, s.name) for s in stages(model)]
+    hooks = [_keep_output(m, seen, name) for name, m, _ in map_points(model, extra)]
     try:
         model(x)
     finally:
         for h in hooks:
             h.remove()
     return {name: maps[0] for name, maps in seen.items()}
+
+
+def most_active(maps: torch.Tensor, relu: bool, count: int = 16) -> tuple[list[int], float | None]:
+    """The ``count`` channels of ``maps`` (C, h, w) with the largest mean response, strongest
+    first, and the sparsity: the fraction of the maps that are zero (None where no ReLU came
+    before them, when zero means nothing)."""
+    strength = maps.flatten(1).float().mean(1)
+    channels = strength.topk(min(count, len(strength))).indices.tolist()
+    return channels, float((maps == 0).float().mean()) if relu else None
 
 
 def _keep_output(module: nn.Module, store: dict, key: str):
@@ -127,10 +170,10 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: int, window: int, strid
     return attr[0].sum(0).detach()  # (h, w): positive where covering lowers the score
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: int, stage: Stage) -> torch.Tensor:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: int, where: nn.Module) -> torch.Tensor:
+    """Grad-CAM at the output of ``where`` (a stage's ``output``, or any map of ``map_points``)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    where = stage.act if stage.act is not None else stage.conv
     cam = LayerGradCam(model, where).attribute(x, target=target, relu_attributions=True)
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0].detach()
 
@@ -198,22 +241,23 @@ def _captum_version() -> str:
     try:
         import captum
     except ImportError:
-        raise AlexNetError("alexnet explain needs Captum: pip install captum (or the package's [explain] extra)") \
-            from None
+        raise AlexNetError("alexnet explain needs Captum, which the package installs; reinstall it: pip install "
+                           "-c constraints.txt -e .") from None
     return captum.__version__
 
 
 def describe(net, img: torch.Tensor, layer: str = "", topk: int = 5, ig_steps: int = 32,
              methods: tuple[str, ...] = ("occlusion", "gradcam", "integrated_gradients"),
-             columns: int = 8) -> dict:
+             columns: int = 8, all_maps: bool = False) -> dict:
     """One decoded image (uint8 3 x S x S) through a loaded network (``infer.Loaded``): the
-    figures of summary.json, and the pictures as arrays under ``images`` (stage maps as
-    ``maps_convN``, heat maps by method). Shared by the command and the server."""
+    figures of summary.json, and the pictures as arrays under ``images`` (maps as ``maps_NAME``,
+    heat maps by method). ``layer``: Grad-CAM there too (any map of ``map_points``);
+    ``all_maps``: the normalised and pooled maps too. Shared by the command and the server."""
     from .classes import class_names
 
     captum_version = _captum_version()
     with explainable(net.model) as model:
-        chosen = stage_named(model, layer) if layer else None
+        chosen = point_named(model, layer) if layer else None
         last = stages(model)[-1]
         x = net.crops(False)(img[None].to(net.device))[:, 0]  # (1, 3, crop, crop), normalised
         crop = x.shape[-1]
@@ -229,39 +273,45 @@ def describe(net, img: torch.Tensor, layer: str = "", topk: int = 5, ig_steps: i
                           for p, i in zip(top.values, top.indices)],
                   "target": {"index": target, "class": names[target]},
                   "library": {"attribution": f"captum {captum_version}"}, "stages": [], "images": {}}
-        for name, maps in stage_maps(model, x).items():
-            strength = maps.flatten(1).mean(1)
-            channels = strength.topk(min(TOP_CHANNELS, len(strength))).indices.tolist()
-            relu = isinstance(next(s for s in stages(model) if s.name == name).act, nn.ReLU)
+        relu = {name: r for name, _, r in map_points(model, all_maps)}
+        for name, maps in stage_maps(model, x, all_maps).items():
+            channels, sparsity = most_active(maps, relu[name], TOP_CHANNELS)
             result["images"][f"maps_{name}"] = maps_image(maps, channels, columns=columns)
             result["stages"].append({"name": name, "shape": list(maps.shape), "channels_shown": channels,
-                                     "sparsity": float((maps == 0).float().mean()) if relu else None})
-        window = max(2, crop // 8)
-        heats = {}
-        if "occlusion" in methods:
-            heats["occlusion"] = occlusion(model, x, target, window, max(1, window // 2))
-            result["occlusion"] = {"window": window, "stride": max(1, window // 2),
-                                   "baseline": "the mean (0 normalised)"}
-        if "gradcam" in methods:
-            heats[f"gradcam_{last.name}"] = grad_cam(model, x, target, last)
-            if chosen is not None and chosen.name != last.name:
-                heats[f"gradcam_{chosen.name}"] = grad_cam(model, x, target, chosen)
-        if "integrated_gradients" in methods:
-            heats["integrated_gradients"] = integrated_gradients(model, x, target, ig_steps)
-            result["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
-        for key, heat in heats.items():
-            result["images"][key] = heat_image(crop_rgb, heat)
+                                     "sparsity": sparsity})
+        result["images"].update(_heat_maps(model, x, crop_rgb, target, last, chosen and (layer, chosen), methods,
+                                           ig_steps, result))
     return result
 
 
+def _heat_maps(model, x, crop_rgb, target, last: Stage, chosen, methods, ig_steps: int, result: dict) -> dict:
+    """The attribution methods' pictures by name; their settings added to ``result``."""
+    window = max(2, x.shape[-1] // 8)
+    heats = {}
+    if "occlusion" in methods:
+        heats["occlusion"] = occlusion(model, x, target, window, max(1, window // 2))
+        result["occlusion"] = {"window": window, "stride": max(1, window // 2), "baseline": "the mean (0 normalised)"}
+    if "gradcam" in methods:
+        heats[f"gradcam_{last.name}"] = grad_cam(model, x, target, last.output)
+        if chosen is not None and chosen[0] != last.name:
+            heats[f"gradcam_{chosen[0]}"] = grad_cam(model, x, target, chosen[1])
+    if "integrated_gradients" in methods:
+        heats["integrated_gradients"] = integrated_gradients(model, x, target, ig_steps)
+        result["integrated_gradients"] = {"steps": ig_steps, "baseline": "the mean image (0 normalised)"}
+    return {key: heat_image(crop_rgb, heat) for key, heat in heats.items()}
+
+
 def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", device: str = "cpu",
-            topk: int = 5, ig_steps: int = 32) -> dict:
-    """Everything of the module docstring for one image: PNGs and summary.json in ``out``."""
+            topk: int = 5, ig_steps: int = 32, all_maps: bool = False) -> dict:
+    """Everything of the module docstring for one image: PNGs and summary.json in ``out``. The
+    files an earlier explanation in ``out`` listed and this one does not write are removed
+    once this one's are in place."""
     from . import __version__
     from .data.folder import UnreadableImage, load_image
     from .infer import Loaded
 
     _captum_version()
+    out = output_folder(out)
     net = Loaded.from_path(weights, device)
     try:
         img = load_image(str(image), net.meta["resize"])
@@ -269,19 +319,41 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
         raise AlexNetError(f"{printable(image)}: {e}") from None
     except FileNotFoundError:
         raise AlexNetError(f"{printable(image)}: no such file") from None
-    result = describe(net, img, layer, topk, ig_steps)
+    result = describe(net, img, layer, topk, ig_steps, all_maps=all_maps)
     images = result.pop("images")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for key, picture in images.items():
-        save_png(picture, out / f"{key}.png", min_side=0 if key.startswith("maps_") else 224)
     summary = {"image": printable(image), "weights": printable(weights), **result,
                "library": {**result["library"], "alexnet": __version__},
                "files": {k: f"{k}.png" for k in images if not k.startswith("maps_")}}
     for stage in summary["stages"]:
         stage["file"] = f"maps_{stage['name']}.png"
+    earlier = _listed_files(out / "summary.json")
+    output_folder(out, create=True)
+    for key, picture in images.items():
+        save_png(picture, out / f"{key}.png", min_side=0 if key.startswith("maps_") else 224)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _remove_stale(out, earlier, _listed(summary))
     return summary
+
+
+def _listed(summary: dict) -> set[str]:
+    """The files an explanation's summary.json (or a unit search's units.json) names."""
+    return {*summary.get("files", {}).values(), *(s.get("file") for s in summary.get("stages", [])),
+            summary.get("file")} - {None}
+
+
+def _listed_files(path: Path) -> set[str]:
+    try:
+        return _listed(json.loads(path.read_text()))
+    except (OSError, ValueError, AttributeError, TypeError):  # none, or not one of ours
+        return set()
+
+
+def _remove_stale(out: Path, earlier: set[str], now: set[str]) -> None:
+    """Remove the PNGs an earlier explanation in ``out`` wrote that this one did not (a plain
+    file name ending in .png, nothing else)."""
+    for name in earlier - now:
+        if isinstance(name, str) and name.endswith(".png") and Path(name).name == name:
+            (out / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------
@@ -291,20 +363,16 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
 def field_geometry(model: nn.Module, stage: Stage) -> tuple[int, int, int]:
     """(size, stride, start) of the receptive field of ``stage``'s units on the input: unit
     (i, j) sees rows start + i * stride .. + size (and the same for columns), worked out layer
-    by layer up to the stage: k - 1 strides wider, the stride times s, the start moved back by
-    the padding."""
-    from .models.summary import _window
+    by layer up to the stage as ``alexnet summary`` does."""
+    from .models.summary import Field, layer_window
 
-    size, stride, start = 1, 1, 0
-    for name, m in model.features.named_children():
-        window = _window(m)
+    rf = Field()
+    for m in model.features.children():
+        window = layer_window(m)
         if window is not None:
-            k, s, pad = window
-            start -= pad * stride
-            size += (k - 1) * stride
-            stride *= s
-        if m is (stage.act if stage.act is not None else stage.conv):
-            return size, stride, start
+            rf.slide(window)
+        if m is stage.output:
+            return rf.size, rf.stride, rf.start
     raise AlexNetError(f"stage {stage.name} is not in the network's features")
 
 
@@ -314,7 +382,7 @@ def top_patches(model: nn.Module, batches, stage: Stage, channels: list[int], k:
     of normalised crops (B, 3, h, w)): image number, the unit's position, its value and its
     receptive field's box on the crop (top, left, bottom, right), clipped to the crop."""
     size, stride, start = field_geometry(model, stage)
-    where = stage.act if stage.act is not None else stage.conv
+    where = stage.output
     best: dict[int, list[tuple[float, int, int, int]]] = {c: [] for c in channels}
     seen: dict[str, torch.Tensor] = {}
     hook = _keep_output(where, seen, "maps")
@@ -371,11 +439,11 @@ def _center_crop(path: str, resize: int, size: int) -> np.ndarray:
 
 def parse_units(text: str, model: nn.Module) -> tuple[Stage, list[int]]:
     """'conv5' (its first 8 channels) or 'conv5:3,7,12' -> the stage and its channels."""
-    name, _, picks = text.partition(":")
-    stage = stage_named(model, name)
+    name, colon, picks = text.partition(":")
+    stage = stage_named(model, name, flag="--units")
     count = stage.conv.out_channels
     try:
-        channels = [int(c) for c in picks.split(",")] if picks else list(range(min(8, count)))
+        channels = [int(c) for c in picks.split(",")] if colon else list(range(min(8, count)))
     except ValueError:
         raise AlexNetError(f"--units {text!r}: channels are numbers separated by commas, e.g. conv5:3,7,12") from None
     bad = [c for c in channels if not 0 <= c < count]
@@ -390,6 +458,7 @@ def explain_units(weights: str | Path, units: str, data: str, out: str | Path, k
     ``units_STAGE.png`` (a row per unit) and ``units.json``."""
     from .infer import Loaded
 
+    out = output_folder(out)
     net = Loaded.from_path(weights, device)
     with explainable(net.model) as model:
         return _units(net, model, units, data, out, k, batch_size, workers)
@@ -414,12 +483,13 @@ def _units(net, model, units: str, data: str, out: str | Path, k: int, batch_siz
     winners = {h["image"] for hits in found.values() for h in hits}
     crop_rgb = {i: _center_crop(files[i], net.meta["resize"], size) for i in winners}
     names = {i: printable(files[i]) for i in winners}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    earlier = _listed_files(out / "units.json")
+    output_folder(out, create=True)
     save_png(patches_image(crop_rgb, found), out / f"units_{stage.name}.png")
     result = {"stage": stage.name, "field": dict(zip(("size", "stride", "start"), field_geometry(model, stage))),
               "images": len(files), "units": {str(c): [{**h, "path": names[h["image"]]} for h in hits]
                                              for c, hits in found.items()},
               "file": f"units_{stage.name}.png"}
     atomic_write_text(out / "units.json", json.dumps(result, indent=2) + "\n")
+    _remove_stale(out, earlier, {result["file"]})
     return result

@@ -19,6 +19,7 @@ from .training.checkpoint import load_model, load_state, metadata_record, save_w
 from .classes import class_names
 from .data.transforms import Normalizer, normalized_window
 from .errors import AlexNetError
+from .files import output_file
 from .models import pretrained
 from .models.registry import create_model
 
@@ -126,6 +127,7 @@ def export(weights: str | Path, fmt: str, out: str | Path | None = None, preproc
         suffix = {"onnx": ".onnx", "torch-export": ".pt2"}[fmt]
         w = Path(weights)
         out = w / f"model{suffix}" if w.is_dir() else w.with_suffix(suffix)
+    output_file(out)  # before the work, not after it
     return export_onnx(weights, out, preprocess) if fmt == "onnx" else export_torch(weights, out, preprocess)
 
 

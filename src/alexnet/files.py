@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import AlexNetError
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
@@ -54,3 +56,33 @@ def sha256_of(path: str | Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def output_folder(path: str | Path, flag: str = "--out", create: bool = False) -> Path:
+    """``path`` checked as a folder to write into, before any work is done (and made, with
+    ``create``): a file in its place, or a folder that cannot be made or written, is a one-line
+    error. Without ``create`` nothing is made, so a later error leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AlexNetError(f"{flag} {printable(path)} is a file; give a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AlexNetError(f"{flag} {printable(path)}: cannot make the folder ({e.strerror or e})") from None
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise AlexNetError(f"{flag} {printable(path)}: {printable(existing)} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AlexNetError(f"{flag} {printable(path)}: {printable(existing)} is not writable")
+    return path
+
+
+def output_file(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` checked as a file to write, before any work is done: a folder in its place, or
+    a parent folder that cannot be made or written, is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise AlexNetError(f"{flag} {printable(path)} is a folder; give a file name")
+    output_folder(path.parent if str(path.parent) else Path("."), flag=f"{flag}'s folder")
+    return path

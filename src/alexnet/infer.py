@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .training.checkpoint import load_model
-from .files import atomic_write, printable
+from .files import atomic_write, output_file, printable
 from .classes import class_names
 from .data import loader as data_loader
 from .data.folder import UnreadableImage, image_files, load_image, load_or_reason, resolve_workers
@@ -298,6 +298,7 @@ def neighbors(weights: str | Path, queries: list[str], gallery: list[str], k: in
     """For each query image, the k gallery images nearest in ``layer`` space (the paper's Fig. 4;
     default: the gallery file's layer, else the last hidden layer). Unreadable queries and
     gallery images are skipped, named on stderr and added to ``skipped``."""
+    output_file(out)  # before the work, not after it
     if len(gallery) == 1 and str(gallery[0]).endswith(".npz"):
         g_feats, g_paths, g_layer = load_features(gallery[0])
         if layer not in (None, g_layer):

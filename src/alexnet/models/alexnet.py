@@ -25,6 +25,7 @@ demo trains on upsampled Fashion-MNIST.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from ..errors import AlexNetError
 from .dropout import Dropout
 from .lrn import LocalResponseNorm
 
-__all__ = ["AlexNet", "HalfAlexNet", "PaperAlexNet", "TorchvisionAlexNet", "VariantInfo", "initialise", "pool5_size"]
+__all__ = ["AlexNet", "HalfAlexNet", "PaperAlexNet", "TorchvisionAlexNet", "VariantInfo", "initialise", "plain_fc6", "pool5_size"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,25 @@ class VariantInfo:
     min_input_size: int  # smallest input for which pool5 is at least 1x1
     num_params_1000: int  # exact parameter count at 1000 classes
     description: str
+
+
+@contextlib.contextmanager
+def plain_fc6(model: nn.Module):
+    """``model`` computing fc6 the ordinary way for the duration (forward hooks on fc6 and
+    gradients through it see the plain layer, not ``fc6_on_pool5``'s folded form); put back as
+    it was, on errors too."""
+    own = model.__dict__.get("_fc6_first", _UNSET)  # an instance value to put back, or none
+    model._fc6_first = False
+    try:
+        yield model
+    finally:
+        if own is _UNSET:
+            del model._fc6_first
+        else:
+            model._fc6_first = own
+
+
+_UNSET = object()
 
 
 class AlexNet(nn.Module):

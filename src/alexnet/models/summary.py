@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .alexnet import AlexNet
+from .alexnet import AlexNet, plain_fc6
 
 
 @dataclass
@@ -26,7 +26,7 @@ class LayerRow:
     field_stride: int | None = None  # input pixels between neighbouring outputs (None: one output)
 
 
-def _window(module: nn.Module) -> tuple[int, int, int] | None:
+def layer_window(module: nn.Module) -> tuple[int, int, int] | None:
     """(kernel, stride, padding) of a layer that slides a window over the map; None for one
     that does not move the field (elementwise, normalisation across channels) or reads
     everything."""
@@ -45,16 +45,24 @@ def _window(module: nn.Module) -> tuple[int, int, int] | None:
 
 
 class Field:
-    """The receptive field so far, updated layer by layer in the order the input flows."""
+    """The receptive field so far, updated layer by layer in the order the input flows: unit
+    (i, j) sees input rows ``start + i * stride`` to ``+ size`` (and the same for columns)."""
 
     def __init__(self) -> None:
-        self.size, self.stride = 1, 1  # a pixel of the input
+        self.size, self.stride, self.start = 1, 1, 0  # a pixel of the input
+
+    def slide(self, window: tuple[int, int, int]) -> None:
+        """Through a layer of (kernel, stride, padding): k - 1 strides wider, the stride times
+        s, the start moved back by the padding."""
+        k, s, pad = window
+        self.start -= pad * self.stride
+        self.size += (k - 1) * self.stride
+        self.stride *= s
 
     def step(self, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> tuple[int | None, int | None]:
-        window = _window(module)
+        window = layer_window(module)
         if window is not None and self.size is not None:
-            k, s, _ = window
-            self.size, self.stride = self.size + (k - 1) * self.stride, self.stride * s
+            self.slide(window)
         elif isinstance(module, (nn.Linear, nn.Flatten)) or (
                 isinstance(module, nn.AdaptiveAvgPool2d) and tuple(out.shape[-2:]) != tuple(inp.shape[-2:])):
             self.size = self.stride = None  # every output reads the whole map
@@ -91,15 +99,14 @@ def summarize(model: AlexNet, input_size: int | None = None) -> list[LayerRow]:
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
-    model._fc6_first = False  # the plain fc6 (its folded small-input form would skip fc6's row)
     try:
         device = next(model.parameters()).device
         channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-        model(torch.zeros(1, channels, size, size, device=device))
+        with plain_fc6(model):  # its folded small-input form would skip fc6's row
+            model(torch.zeros(1, channels, size, size, device=device))
     finally:
         for h in hooks:
             h.remove()
-        del model._fc6_first
         model.train(was_training)
     return rows
 

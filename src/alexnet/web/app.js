@@ -45,7 +45,7 @@ function bars(top) {
 
 async function classify(file) {
   lastFile = file;
-  $("why").hidden = true;  // the last image's explanation goes with it
+  $("why").hidden = $("heat-box").hidden = true;  // the last image's explanation goes with it
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("result").replaceChildren();
@@ -75,7 +75,7 @@ async function explain(form) {
     const body = await response.json();
     if (asked !== lastFile) return;  // another image was picked meanwhile
     $("heat").src = body.gradcam.png;
-    $("heat-caption").textContent = `where the evidence for \u201c${body.target.class}\u201d lies (Grad-CAM at ${body.gradcam.stage})`;
+    $("heat-caption").textContent = `where the evidence for \u201c${body.target.class}\u201d lies in the crop the network saw (Grad-CAM at ${body.gradcam.stage})`;
     const strips = $("stages");
     strips.replaceChildren();
     for (const st of body.stages) {
@@ -86,6 +86,7 @@ async function explain(form) {
       row.append(cap, img);
       strips.append(row);
     }
+    $("heat-box").hidden = false;
     $("why").hidden = false;
   } catch (e) {
     // the explanation is extra: the classes stand without it
