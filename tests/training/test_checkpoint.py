@@ -2,7 +2,6 @@ import pytest
 
 from alexnet import AlexNetError, create_model
 from alexnet.training.checkpoint import load_checkpoint, load_model
-from alexnet.files import atomic_write
 from alexnet.training import train
 from alexnet.training.train import fit
 
@@ -45,21 +44,6 @@ def test_checkpoint_rebuilds_its_model_and_rejects_mismatches(tmp_path, fmnist_d
     with pytest.raises(Stop):
         fit(tiny_config(tmp_path / "run", epochs=1, limit_train=64, fashion_mnist_dir=fmnist_dir), overwrite=True)
     assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "model.safetensors").exists()
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "checkpoint.pt"
-    target.write_bytes(b"old")
-
-    def broken(tmp):
-        with open(tmp, "wb") as f:
-            f.write(b"half")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(target, broken)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
