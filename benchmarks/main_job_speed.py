@@ -1,5 +1,5 @@
 """Where the main job's time goes on a CPU: the training step of its network alone, in each form
-the trainer offers, side by side in one process (issue 17, point 7).
+the trainer offers, side by side in one process.
 
     python benchmarks/main_job_speed.py [--compile] [--precision fp32|bf16] [--rounds 4] [--profile]
 

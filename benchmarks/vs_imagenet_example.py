@@ -1,4 +1,4 @@
-"""One training epoch, whole process, against PyTorch's own ImageNet example (issue 17, point 7).
+"""One training epoch, whole process, against PyTorch's own ImageNet example.
 
     python benchmarks/vs_imagenet_example.py DIR [--rounds 3] [-b 128] [-j 2] [--out /tmp/vs-example]
 

@@ -47,7 +47,8 @@ def _check_measured(figures):
 
 def test_training_flops_are_three_forward_passes():
     """The figure the matmul-peak fraction uses: 2 FLOPs per multiply-accumulate, forward plus a
-    backward of twice the forward (PAPER.md: 0.714 GMAC torchvision, about 724M MACs paper)."""
+    backward of twice the forward (0.714 GMAC torchvision, as torchvision's model card says; about 724M
+    MACs paper)."""
     assert train_flops_per_image("torchvision", 224) == pytest.approx(6 * 0.714e9, rel=0.005)
     assert train_flops_per_image("paper", 227) == pytest.approx(6 * 724e6, rel=0.005)
 

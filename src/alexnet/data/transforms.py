@@ -13,7 +13,7 @@ import torch
 
 from .ycc import Planes420
 
-# PCA of ImageNet's RGB pixels in [0, 1] (PAPER.md, "PCA lighting constants"):
+# PCA of ImageNet's RGB pixels in [0, 1], the values in common use (fb.resnet.torch, timm):
 # eigenvalues, and eigenvectors as columns (rows are R, G, B).
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 IMAGENET_EIGVEC = torch.tensor([

@@ -199,7 +199,7 @@ ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two (Fig. 1)
 
 
 class PaperAlexNet(AlexNet):
-    """The 2012 network (PAPER.md, "paper"), shapes for a 227x227 input.
+    """The 2012 network (the paper's Fig. 2 and section 3), shapes for a 227x227 input.
 
     The options change one thing each, for the paper's own comparisons (``alexnet
     reproduce``): ``activation="tanh"`` (section 3.1), ``overlap_pool=False``: 2x2
@@ -265,7 +265,7 @@ class PaperAlexNet(AlexNet):
 
         def lrn_(i: int) -> list[tuple[str, nn.Module]]:
             # n=5, k=2, alpha=1e-4, beta=0.75; alpha is divided by n, as in the code
-            # the paper ran (cuda-convnet) and in Caffe (PAPER.md, "LRN"). Caffe's
+            # the paper ran (cuda-convnet) and in Caffe (section 3.3's formula). Caffe's
             # bvlc_alexnet uses k=1: imported Caffe weights set lrn_k=1. The window runs
             # over all maps, as in Caffe ("all"), or within each tower ("tower"), as on
             # the two GPUs of cuda-convnet, where each GPU normalised its own 48/128 maps.
