@@ -117,3 +117,28 @@ def test_subpackages_are_attributes_of_the_package_as_before():
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
         alexnet.nonesuch  # noqa: B018
+
+
+# Modules whose tests live in another module's file: the file, and what in it tests the module.
+# Every other module has a tests/**/test_<name>.py of its own.
+TESTED_ELSEWHERE = {
+    "errors": ("test_cli.py", "alexnet: error:"),  # the one-line error every command gives
+    "graphs": ("test_gpu.py", "GraphedStep"),  # CUDA graphs: GPU tests only
+    "registry": ("models/test_alexnet.py", "create_model"),  # for every variant
+    "lenet": ("models/test_alexnet.py", "lenet5"),
+    "ycc": ("data/test_augment_triton.py", "alexnet.data.ycc"),  # 4:2:0, with the fused augmentation
+    "options": ("test_cli.py", "alexnet.options"),  # the applications' settings, through the commands
+    "runner": ("reproduce/test_cifar.py", "run_study"),  # the study runner, through a study
+    "figures": ("reproduce/test_cifar.py", "fig1.png"),  # the studies' figures
+    "cifar_overfit": ("reproduce/test_cifar.py", "cifar_overfit"),
+}
+TESTS = Path(__file__).resolve().parent
+
+
+def test_the_tests_of_a_module_are_found_by_its_name():
+    modules = {p.stem for p in SRC.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+    own = {p.stem[len("test_"):] for p in TESTS.rglob("test_*.py")}
+    assert sorted(modules - own - set(TESTED_ELSEWHERE)) == []
+    assert sorted(set(TESTED_ELSEWHERE) & own) == []  # moved to a file of its own: drop it from the list
+    for module, (where, marker) in TESTED_ELSEWHERE.items():
+        assert marker in (TESTS / where).read_text(), f"{where} does not test {module} ({marker!r})"

@@ -9,11 +9,13 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, enabled: bool = True, log_every: float = 30.0) -> None:
+    """``total`` steps, counted from ``start`` (a pass resumed part-way)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, log_every: float = 30.0, start: int = 0) -> None:
         self.enabled, self.desc, self.total, self.log_every = enabled, desc, total, log_every
         self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False) if self.tty else None
-        self.count, self.last = 0, time.perf_counter()
+        self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, initial=start) if self.tty else None
+        self.count, self.last = start, time.perf_counter()
 
     def update(self, n: int = 1, **stats: float | str) -> None:
         self.count += n

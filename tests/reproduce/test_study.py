@@ -40,14 +40,6 @@ def test_t_quantile_agrees_with_scipy():
     assert stats.t_quantile(0.95, 4) == pytest.approx(scipy_stats.t.ppf(0.95, 4), rel=1e-6)
 
 
-def test_steps_to_threshold_uses_the_smoothed_curve():
-    trace = [0.9, 0.5, 0.1, 0.5, 0.3, 0.2, 0.2]
-    # window 2: means 0.7, 0.3, 0.3, 0.4, 0.25, 0.2 at steps 2..7
-    assert rep.steps_to(trace, 0.3, 2) == 3  # one lucky step (0.1) alone does not count
-    assert rep.steps_to(trace, 0.25, 2) == 6
-    assert rep.steps_to(trace, 0.1, 2) is None
-
-
 def _reaching(step, total=100):
     """A per-step training error whose 5-step mean first reaches 35% at ``step``."""
     return [0.9] * (step - 5) + [0.3] * (total - step + 5)

@@ -291,8 +291,8 @@ def train_one_epoch(learner: Learner, batches: data_loader.Batches, epoch: int, 
     learner.model.train()
     state = state or EpochState.fresh(len(batches), trace, rt.device)
     batches.set_epoch(epoch, state.step)
-    bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every)
-    bar.count = state.step
+    bar = Progress(len(batches), f"epoch {epoch + 1}", enabled=progress and rt.env.is_main, log_every=log_every,
+                   start=state.step)
     start = time.perf_counter() - state.elapsed
     for batch in batches:
         _one_step(learner, batch, epoch, generator, state)
