@@ -269,12 +269,12 @@ def bench_decode(packed_dir: str, batch: int, steps: int, warmup: int) -> Figure
     return Figure("decode", "-", device_name(cpu), rate, batch, steps, _peak_mib(cpu), {"threads": 1})
 
 
-def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int,
-                     workers: int, gpu_decode: bool, compile: bool, cache: str = "none",
-                     cache_format: str = "auto") -> Figure | None:
-    """Training from the packed JPEGs, or (``cache``) from the split decoded once into memory
-    (row ``cached``, with where it went; the decoding itself is not timed; None where
-    ``auto`` finds no room)."""
+def bench_end_to_end(variant: str, packed_dir: str, p: "_Plan", cached: bool = False) -> Figure | None:
+    """Training from the packed JPEGs, or (``cached``) from the split decoded once into memory
+    as ``p.cache`` says (row ``cached``, with where it went; the decoding itself is not timed;
+    None where ``auto`` finds no room)."""
+    rt, batch, steps, workers, gpu_decode = p.rt, p.batch, p.steps, p.workers, p.gpu_decode
+    cache, cache_format = (p.cache, p.cache_format) if cached else ("none", "auto")
     crop = variant_info(variant).input_size
     if cache != "none":  # where the cache goes (auto may find no room: then there is no cached row)
         from .data import cache as data_cache
@@ -285,10 +285,10 @@ def bench_end_to_end(variant: str, packed_dir: str, rt: Runtime, batch: int, ste
         if cache == "none":
             return None
     with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache, cache_format) as next_batch:
-        model, optimizer = _model_and_optimizer(variant, rt, compile)
+        model, optimizer = _model_and_optimizer(variant, rt, p.compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
-        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(warmup, workers),
+        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(p.warmup, workers),
                           reduce=throughput)
     return Figure("end-to-end" if cache == "none" else "cached", variant, device_name(rt.device), rate, batch, steps,
                   _peak_mib(rt.device), {"workers": workers, "gpu_decode": gpu_decode, "data": "packed",
@@ -405,11 +405,9 @@ def _measure(plan: _Plan, peak: float, images: str | None, packed: str | None, b
                 add(bench_decode(packed, p.batch, p.steps, p.warmup))
             add(bench_loader(packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode))
             for v in p.variants:
-                add(bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
-                                     p.compile))
+                add(bench_end_to_end(v, packed, p))
             for v in p.variants if p.cache != "none" else ():
-                fig = bench_end_to_end(v, packed, p.rt, p.batch, p.steps, p.warmup, p.workers, p.gpu_decode,
-                                       p.compile, p.cache, p.cache_format)
+                fig = bench_end_to_end(v, packed, p, cached=True)
                 if fig is not None:
                     add(fig)
         if images and baseline:

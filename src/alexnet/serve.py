@@ -17,6 +17,7 @@ accepting connections, finishes the requests in flight, then exits (uvicorn's sh
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import os
@@ -448,7 +449,7 @@ def serve(cfg: ServeConfig) -> None:
         import uvicorn
     except ImportError:
         raise AlexNetError("alexnet serve needs FastAPI and uvicorn: pip install 'alexnet[serve]'") from None
-    cfg.token = cfg.token or os.environ.get(TOKEN_ENV) or None
+    cfg = dataclasses.replace(cfg, token=cfg.token or os.environ.get(TOKEN_ENV) or None)  # the caller's stays
     if not is_local(cfg.host) and cfg.token is None:
         print(f"alexnet: warning: serving on {cfg.host} without a token: anyone who can reach it can use it "
               f"(--token or {TOKEN_ENV})", file=sys.stderr)

@@ -116,3 +116,16 @@ def test_a_saved_config_from_before_the_pool5_grid_option_keeps_the_6x6_grid():
     assert resolve_defaults(from_dict(old)).model.pool5_grid == 6
     new = to_dict(resolve_defaults(apply_overrides(TrainConfig(), {"variant": "paper", "resize": 76, "crop": 67})))
     assert new["model"]["pool5_grid"] == 1 and resolve_defaults(from_dict(new)).model.pool5_grid == 1
+
+
+def test_a_saved_config_from_before_the_bias_multipliers_keeps_training_as_it_began():
+    """Runs saved before the bias multipliers trained biases at the weights' rate and decay:
+    read back (resumed, evaluated, re-checked by reproduce) they keep 1 and 1; saved now, the
+    multipliers come back as recorded."""
+    from alexnet.training.config import from_dict, to_dict
+
+    old = to_dict(TrainConfig())
+    del old["optim"]["bias_lr_mult"], old["optim"]["bias_decay_mult"]
+    assert (from_dict(old).optim.bias_lr_mult, from_dict(old).optim.bias_decay_mult) == (1.0, 1.0)
+    new = to_dict(apply_overrides(TrainConfig(), {"bias_lr_mult": 2.0, "bias_decay_mult": 0.0}))
+    assert (from_dict(new).optim.bias_lr_mult, from_dict(new).optim.bias_decay_mult) == (2.0, 0.0)

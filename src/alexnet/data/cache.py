@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from ..errors import AlexNetError
-from .loader import Batch, Batches, _worker_loader
+from .loader import Batch, Batches, worker_loader
 from .packed import PackedSplit
 from .ycc import Planes420, from_420, to_420
 
@@ -146,7 +146,7 @@ def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: to
     chunks = [c.tolist() for c in indices.split(batch)]
     if split.decode_later:
         raise AlexNetError("the cache decodes on the CPU: give it a split that does not decode later")
-    loader = _worker_loader(_Owner(device), split, workers, sampler=chunks, batch_size=None)
+    loader = worker_loader(_Owner(device), split, workers, sampler=chunks, batch_size=None)
     at = 0
     try:
         for images, _ in loader:
@@ -160,7 +160,7 @@ def decode_all(split: PackedSplit, indices: torch.Tensor, where: str, device: to
 
 
 class _Owner:
-    """What ``_worker_loader`` reads of its owner: the device (to pin memory for a GPU)."""
+    """What ``worker_loader`` reads of its owner: the device (to pin memory for a GPU)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

@@ -176,7 +176,7 @@ class _Sampler(torch.utils.data.Sampler):
         return len(self.owner) - self.owner.start
 
 
-def _worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.data.DataLoader:
+def worker_loader(owner: Batches, dataset, workers: int, **kw) -> torch.utils.data.DataLoader:
     """A DataLoader over ``owner``'s batches of indices, decoded by ``workers`` processes
     (-1: one per CPU core, as --workers documents), kept alive across epochs, 4 batches ahead each."""
     workers = resolve_workers(workers)
@@ -201,7 +201,7 @@ class FolderBatches(Batches):
     def __init__(self, dataset: ImageFolder, workers: int, **kw) -> None:
         super().__init__(len(dataset), **kw)
         self.dataset = dataset
-        self.loader = _worker_loader(self, dataset, workers, batch_sampler=_Sampler(self), collate_fn=collate_images)
+        self.loader = worker_loader(self, dataset, workers, batch_sampler=_Sampler(self), collate_fn=collate_images)
 
     def __iter__(self) -> Iterator[Batch]:
         for images, labels, skipped in self.loader:
@@ -228,7 +228,7 @@ class PackedBatches(Batches):
         super().__init__(len(split), **kw)
         device_decode = split.decode_later  # the split hands over its JPEGs still encoded
         # The dataset reads whole batches: each "index" the sampler yields is a batch's list.
-        self.loader = _worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
+        self.loader = worker_loader(self, split, workers, sampler=_Sampler(self), batch_size=None)
         self.decoder = DeviceDecoder(self.device) if device_decode else None
 
     def __iter__(self) -> Iterator[Batch]:

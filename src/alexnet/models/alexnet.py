@@ -240,9 +240,9 @@ class PaperAlexNet(AlexNet):
                  ceil_pool: bool = False) -> None:
         super().__init__()
         norm = norm or ("lrn" if lrn else "none")
-        _check_choice("lrn_span", lrn_span, LRN_SPANS)
-        _check_choice("norm", norm, NORMS)
-        _check_choice("activation", activation, ACTIVATIONS)
+        check_choice("lrn_span", lrn_span, LRN_SPANS)
+        check_choice("norm", norm, NORMS)
+        check_choice("activation", activation, ACTIVATIONS)
         _check_grid(pool5_grid)
         self._options = dict(dropout=dropout, norm=norm, lrn_k=lrn_k, lrn_span=lrn_span, activation=activation,
                              overlap_pool=overlap_pool, pool5_grid=pool5_grid, ceil_pool=ceil_pool)
@@ -338,7 +338,7 @@ def standard_structure(options: dict[str, Any]) -> bool:
     return o["activation"] == "relu" and o["overlap_pool"] and o["norm"] != "batch" and not o["ceil_pool"]
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise AlexNetError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 

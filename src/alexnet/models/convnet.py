@@ -48,7 +48,7 @@ from torch import nn
 
 from .dropout import Dropout
 from .lrn import LocalResponseNorm
-from .alexnet import ACTIVATIONS, AlexNet, VariantInfo, _check_choice
+from .alexnet import ACTIVATIONS, AlexNet, VariantInfo, check_choice
 
 CONVNET_NORMS = ("lrn", "none")  # the layer file's normalisation, or none
 
@@ -128,7 +128,7 @@ class ConvNet(AlexNet):
 
     @staticmethod
     def _act(activation: str) -> nn.Module:
-        _check_choice("activation", activation, ACTIVATIONS)
+        check_choice("activation", activation, ACTIVATIONS)
         return nn.ReLU(inplace=True) if activation == "relu" else nn.Tanh()
 
 
@@ -150,7 +150,7 @@ class ConvNet18(ConvNet):
     def __init__(self, num_classes: int = 10, activation: str = "relu", norm: str = "lrn",
                  init: str = "paper", overlap_pool: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_choice("norm", norm, CONVNET_NORMS)
+        check_choice("norm", norm, CONVNET_NORMS)
         self._options = dict(activation=activation, norm=norm, overlap_pool=overlap_pool, dropout=dropout)
 
         def stage(i: int, cin: int, cout: int, pool: str) -> list[tuple[str, nn.Module]]:
@@ -187,8 +187,8 @@ class ConvNet11(ConvNet):
     def __init__(self, num_classes: int = 10, activation: str = "relu", norm: str = "lrn",
                  init: str = "paper", overlap_pool: bool = True, dropout: float = 0.0, towers: int = 1) -> None:
         super().__init__()
-        _check_choice("norm", norm, CONVNET_NORMS)
-        _check_choice("towers", towers, (1, 2))
+        check_choice("norm", norm, CONVNET_NORMS)
+        check_choice("towers", towers, (1, 2))
         self._options = dict(activation=activation, norm=norm, overlap_pool=overlap_pool, dropout=dropout,
                              towers=towers)
         act = self._act
@@ -220,7 +220,7 @@ def initialise_convnet(model: ConvNet, scheme: str) -> None:
     """``paper``: the layer file's initW for each layer, biases 0 (cuda-convnet's initB
     default). ``kaiming``: He-normal (fan-out) for every layer with weights but the last,
     N(0, 0.01) for fc10, biases 0. ``torchvision``: PyTorch's layer defaults."""
-    _check_choice("init", scheme, CONVNET_INITS)
+    check_choice("init", scheme, CONVNET_INITS)
     if scheme == "torchvision":
         return
     for name, module in model.named_modules():

@@ -264,9 +264,9 @@ def render(results: dict, verdict: dict) -> list[str]:
 def figure(results: dict, out: Path) -> None:
     """Training error (train mode, with the arm's augmentation and dropout) and validation error
     per epoch, every arm, the first seed: the curves that show which arms overfit."""
-    from .figures import _plt, _save
+    from .figures import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     for i, (arm, rs) in enumerate(results["runs"].items()):
         r = next((r for r in rs if not r["diverged"]), None)
@@ -281,4 +281,4 @@ def figure(results: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)

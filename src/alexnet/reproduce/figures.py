@@ -13,7 +13,8 @@ import torch
 from ..files import atomic_write
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on its file-only backend (no display needed), imported when drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,9 +23,10 @@ def _plt():
     return plt
 
 
-def _save(fig, out: Path) -> None:
+def save_figure(fig, out: Path) -> None:
+    """``fig`` as a PNG, written atomically, then closed."""
     atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def _smoothed(trace: list[float], window: int) -> np.ndarray:
@@ -35,7 +37,7 @@ def _smoothed(trace: list[float], window: int) -> np.ndarray:
 def fig1(results: dict, claim: dict, out: Path) -> None:
     """Training error against epochs, ReLU (solid) and tanh (dashed), every seed, as the paper's
     Fig. 1, with the threshold the step counts use."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     window = claim.get("window", 5)
     # An arm's colour, a seed's shade: at thousands of steps dashes run together, colours do not.
@@ -56,12 +58,12 @@ def fig1(results: dict, claim: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def init_curves(results: dict, out: Path) -> None:
     """Loss and training error over the first epoch, biases 1 (paper) vs biases 0, every seed."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     arms = (("bias-one", "-", "biases 1 (paper)"), ("bias-zero", "--", "biases 0"),
             ("baseline", ":", "He init (the baseline)"))
@@ -82,7 +84,7 @@ def init_curves(results: dict, out: Path) -> None:
     fig.suptitle("First epoch: the paper's init (N(0, 0.01) weights, biases 1 in conv2/4/5, fc6/7), biases 0, He's init",
                  fontsize=10)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def claims_chart(claims: dict, out: Path) -> None:
@@ -97,7 +99,7 @@ def claims_chart(claims: dict, out: Path) -> None:
                              100 * sign * m["ci_low"], 100 * sign * m["ci_high"], m["verdict"]))
     if not rows:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
     colours = {"agrees": "C2", "smaller": "C1", "larger": "C1", "opposite": "C3", "no effect": "C0"}
     for i, (label, mean, lo, hi, verdict) in enumerate(rows):
@@ -112,7 +114,7 @@ def claims_chart(claims: dict, out: Path) -> None:
                  "gray: inconclusive", fontsize=8)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def colourfulness(weight: torch.Tensor) -> torch.Tensor:

@@ -214,6 +214,8 @@ def from_dict(d: dict) -> TrainConfig:
                 value = {**value, "dropout": 0.0}
             if key == "model" and "pool5_grid" not in value:
                 value = {**value, "pool5_grid": 6}  # configs from before the option: the paper's 6x6 grid
+            if key == "optim" and "bias_lr_mult" not in value:  # from before the bias multipliers: 1, as run
+                value = {**value, "bias_lr_mult": 1.0, "bias_decay_mult": 1.0}
             known = {f.name for f in fields(section)}
             bad = set(value) - known
             if bad:
@@ -315,7 +317,8 @@ def adopt_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject impossible combinations with a message naming the flag."""
+    """Reject impossible combinations with a message naming the flag. Checks ``cfg`` as the run
+    will have it: resolving is idempotent, so a resolved config and a command line's alike."""
     from ..models.registry import variant_info
 
     cfg = resolve_defaults(cfg)  # the crop, pool5's grid and the rest as the run will have them
@@ -405,21 +408,19 @@ def milestones(o: OptimConfig) -> list[int]:
 
 
 def model_options(m: ModelConfig) -> dict[str, Any]:
-    """``create_model`` keyword arguments for the network ``m`` describes (the variant's own)."""
-    from ..models.registry import default_init
-
-    from ..models.registry import default_dropout
-
-    init = default_init(m.variant) if m.init == "auto" else m.init
-    dropout = default_dropout(m.variant) if m.dropout == -1 else m.dropout
+    """``create_model`` keyword arguments for the network ``m`` describes; settings left to the
+    network are its own (``resolve_defaults``, at its native input size where the config was
+    not resolved with its crop)."""
+    if m.init == "auto" or m.dropout == -1 or m.pool5_grid < 1:
+        m = resolve_defaults(TrainConfig(model=m)).model
+    init, dropout = m.init, m.dropout
     if m.variant == "lenet5":
         return {"init": init}
     if m.variant.startswith("cifar"):
         towers = {"towers": m.towers} if m.variant == "cifar-11pct" else {}
         return {"init": init, "activation": m.activation, "norm": m.norm, "overlap_pool": m.overlap_pool,
                 "dropout": dropout, **towers}
-    grid = m.pool5_grid if m.pool5_grid >= 1 else 6  # unresolved (-1, 0): pool5's size at the native input
-    options = {"dropout": dropout, "init": init, "pool5_grid": grid}
+    options = {"dropout": dropout, "init": init, "pool5_grid": m.pool5_grid}
     if m.variant in ("paper", "paper-half"):
         options.update(norm=m.norm, lrn_k=m.lrn_k, lrn_span=m.lrn_span, activation=m.activation,
                        overlap_pool=m.overlap_pool, ceil_pool=m.ceil_pool)

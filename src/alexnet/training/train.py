@@ -395,8 +395,6 @@ def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tupl
         ckpt = load_checkpoint(RunDir(cfg.out).checkpoint)
         saved = from_dict(ckpt["config"])
         saved.out = cfg.out
-        if "bias_lr_mult" not in ckpt["config"].get("optim", {}):  # a run from before the bias multipliers
-            saved.optim.bias_lr_mult = saved.optim.bias_decay_mult = 1.0  # continues as it began
         cfg = saved
         if saved.optim.time_budget and overrides:
             overrides = _keep_plan(saved.optim, overrides)
@@ -483,13 +481,6 @@ def mean_image(batches: data_loader.Batches, samples: int) -> torch.Tensor:
     return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()
 
 
-def resolve_normalize(cfg: TrainConfig) -> str:
-    """``--normalize``, with ``auto`` resolved to the network's own."""
-    from ..models.registry import default_normalize
-
-    return default_normalize(cfg.model.variant) if cfg.data.normalize == "auto" else cfg.data.normalize
-
-
 def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
            pretrained: tuple | None) -> tuple[nn.Module, Normalizer]:
     """The network (fresh, resumed or to fine-tune) and its normaliser."""
@@ -506,7 +497,7 @@ def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
         if ckpt is not None:
             load_state(model, ckpt["model"], str(RunDir(cfg.out).checkpoint))
             normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
-        elif resolve_normalize(cfg) == "channel":
+        elif cfg.data.normalize == "channel":
             normalizer = Normalizer.channel()
         else:
             normalizer = Normalizer.mean_image(mean_image(splits.train, cfg.data.mean_samples))
