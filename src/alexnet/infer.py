@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .training.checkpoint import load_model
+from .training.config import DataConfig, TrainConfig, from_dict
 from .files import atomic_write, output_file, printable
 from .classes import class_names
 from .data import loader as data_loader
@@ -43,16 +44,16 @@ def evaluate_weights(weights: str | Path, data: str | None = None, ten_crop: boo
     if batch_size < 1:
         raise AlexNetError(f"--batch-size must be at least 1, got {batch_size}")
     model, normalizer, meta = load_model(weights)
-    config = meta.get("config") or {}
-    data = data or config.get("data", {}).get("data")
+    # the run's own settings; imported weights record no run, and no dataset
+    run = from_dict(meta["config"]) if meta.get("config") else TrainConfig(data=DataConfig(data=""))
+    data = data or run.data.data
     if not data:
         raise AlexNetError(f"{weights} does not record its dataset; pass --data")
     dev = resolve_device(device)
     # The run's seed: with --limit, the training images a folder run drew are the ones evaluated.
-    req = data_loader.Request(splits=(), batch_size=batch_size, holdout=config.get("data", {}).get("holdout", -1),
-                              seed=config.get("seed", 0),
+    req = data_loader.Request(splits=(), batch_size=batch_size, holdout=run.data.holdout, seed=run.seed,
                               limit_train=limit, limit_val=limit, workers=workers, train_in_order=True,
-                              fashion_mnist_dir=fashion_mnist_dir or config.get("data", {}).get("fashion_mnist_dir") or None)
+                              fashion_mnist_dir=fashion_mnist_dir or run.data.fashion_mnist_dir or None)
     splits = data_loader.build(data, meta["resize"], dev,
                                dataclasses.replace(req, splits=("test" if split == "auto" else split,)))
     if split == "auto":  # test where the data has one, else val

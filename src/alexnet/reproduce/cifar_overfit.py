@@ -107,11 +107,12 @@ def measure(study) -> Callable[[Path], dict]:
     from ..training.checkpoint import load_model
     from ..infer import evaluate_weights
     from .runner import test_errors
+    from ..training.config import from_dict
     from ..training.rundir import RunDir
 
     def run(path: Path) -> dict:
         errors = test_errors(study)(path)
-        drawn = RunDir(path).read_config()["data"]["limit_train"]  # the run's own draw
+        drawn = from_dict(RunDir(path).read_config()).data.limit_train  # the run's own draw
         train = evaluate_weights(path, split="train", limit=drawn, device=study.device, workers=0, progress=False)
         model, _, _ = load_model(path)
         halves = colour_halves(model.features.conv1.weight)
