@@ -101,7 +101,9 @@ def _weights(p: argparse.ArgumentParser) -> None:
 
 
 def _device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    from .options import DEVICE_HELP
+
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _workers(p: argparse.ArgumentParser) -> None:
@@ -218,12 +220,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------
 # alexnet finetune
 
+# Where fine-tuning differs from training from scratch. All layers train by default: on the
+# measured transfer (docs/finetune.md) freezing the convolutions cost 26 points of accuracy.
+FINETUNE_DEFAULTS = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "none", "schedule": "cosine",
+                     "out": "runs/finetune"}
+
+
 def _finetune(sub) -> None:
+    given = " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                     for k, v in FINETUNE_DEFAULTS.items())
     p = sub.add_parser("finetune", help="transfer learning: a trained network on new classes", formatter_class=_Help,
-                       description="Train from WEIGHTS on --data: a new fc8 for the new class count, a 10x "
-                                   "learning rate on the new layer, optionally frozen layers. Defaults: --epochs 10 "
-                                   "--lr 0.001 --head-lr-mult 10 --freeze none --schedule cosine; every training "
-                                   "flag applies.")
+                       description="Train from WEIGHTS on --data: a new fc8 for the new class count, a higher "
+                                   "learning rate on the new layer, optionally frozen layers. Its own defaults: "
+                                   f"{given}; every training flag applies.")
     p.add_argument("source", metavar="WEIGHTS", help="run directory, weights file, or published weights by name "
                    "(IMAGENET1K_V1) to start from")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
@@ -236,11 +245,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .training.train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
-    # All layers train by default: on the measured transfer (docs/finetune.md) freezing the
-    # convolutions cost 26 points of accuracy.
-    defaults = {"epochs": 10, "lr": 0.001, "head_lr_mult": 10.0, "freeze": "none", "schedule": "cosine",
-                "out": "runs/finetune"}
-    fit(apply_overrides(TrainConfig(), {**defaults, **overrides, "weights": args.source}), overwrite=args.overwrite)
+    fit(apply_overrides(TrainConfig(), {**FINETUNE_DEFAULTS, **overrides, "weights": args.source}),
+        overwrite=args.overwrite)
     return 0
 
 
@@ -259,11 +265,11 @@ def _prepare(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="hash every shard in full: with SRC and DST, rewrite those damaged; with one packed "
                         "dataset alone, report them (exit 1 if any)")
-    p.add_argument("--size", type=int, default=256, help="stored side in pixels (the paper's 256)")
-    p.add_argument("--encoding", default="jpeg", choices=("jpeg", "raw"), help="how images are stored")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    _lib(p, "--size", "data.packed:prepare", type=int, help="stored side in pixels (the paper stored 256)")
+    _lib(p, "--encoding", "data.packed:prepare", choices=("jpeg", "raw"), help="how images are stored")
+    _lib(p, "--quality", "data.packed:prepare", type=int, help="JPEG quality")
     _workers(p)
-    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    _lib(p, "--shard-size", "data.packed:prepare", type=int, help="images per shard file")
     _json(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -666,22 +672,20 @@ def _reproduce(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the claims with the paper's numbers")
     p.add_argument("--report", metavar="DIR", help="rebuild the report of a reproduction from its finished runs")
     p.add_argument("--preset", default="auto", choices=("auto", "cpu", "gpu", "cifar"),
-                   help="cpu: 71 px crops of 80 px images, 6,000 images, 2 epochs (about an hour and a half on "
-                        "2 cores); gpu: the full-size network at 199 px crops of 224 px; auto: gpu when CUDA is "
-                        "present; cifar: the paper's own CIFAR-10 experiments (relu-tanh, lrn) on cuda-convnet's "
-                        "networks, then overlap-pool, dropout, augment, lighting and fig3 in a regime that "
-                        "overfits, every setting fixed in advance (run it again to continue it or to rebuild its "
-                        "report)")
-    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's (3; the cifar preset "
-                                                        "fixes its own: 3 for Fig. 1, a power calculation on a "
-                                                        "pilot for the others)")
+                   help="cpu: a small input and a few thousand images, for a 2-core CPU; gpu: the full-size "
+                        "network; auto: gpu when CUDA is present; cifar: the paper's own CIFAR-10 experiments on "
+                        "cuda-convnet's networks, then the regularisers in a regime that overfits, every setting "
+                        "fixed in advance (run it again to continue it or to rebuild its report). --list shows "
+                        "each preset's settings")
+    p.add_argument("--seeds", type=int, default=0, help="seeds per arm; 0: the preset's own (the cifar preset "
+                                                        "fixes its own: a power calculation on a pilot)")
     p.add_argument("--data", default="fashion-mnist",
                    help="any dataset `alexnet train` accepts: fashion-mnist, a class-per-folder tree, a packed set")
     p.add_argument("--out", help="directory of the runs and the report (default: runs/reproduce, or "
                                  "runs/reproduce-cifar)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--limit-train", type=int, help="override the preset's number of training images (0: all)")
-    p.add_argument("--batch-size", type=int, help="override the preset's batch (128, the paper's)")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch")
     p.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="any other training flag for every arm, e.g. --set gpu-decode=true --set workers=16")
     _device(p)

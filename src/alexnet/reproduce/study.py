@@ -271,6 +271,8 @@ def select_claims(names: list[str]) -> list[str]:
 
 
 def list_claims() -> str:
+    """The claims with the paper's numbers, then the presets with their settings (the one copy
+    of them that --help points to)."""
     lines = []
     for c in CLAIMS.values():
         paper = "; ".join(f"{m.metric}: {m.paper}" for m in c.measures if m.paper) or "a figure"
@@ -285,6 +287,10 @@ def list_claims() -> str:
     from .cifar_overfit import CLAIMS as OVERFIT
 
     lines += [f"{c.name:<13} {c.title}\n{'':<13} baseline vs {c.arm}; paper: {c.paper}" for c in OVERFIT.values()]
+    lines += ["", "presets (--preset; --epochs, --limit-train, --batch-size and --set override their settings):"]
+    for p in PRESETS.values():
+        settings = " ".join(f"{k}={v}" for k, v in {**COMMON, **p.train}.items())
+        lines.append(f"{p.name:<13} {p.what}; {p.seeds} seeds; {settings}")
     return "\n".join(lines)
 
 
