@@ -21,6 +21,7 @@ half of one.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise AlexNetError(f"{path} is not an alexnet checkpoint")
     return state
+
+
+@dataclass
+class RunState:
+    """What ``checkpoint.pt`` holds, the one place its layout is named: the resolved config
+    (``to_dict``), the epochs finished, the model's, optimizer's, schedule's and normaliser's
+    state, the metrics so far, the weights' metadata record, and for a checkpoint taken inside
+    an epoch every process's place in it (``position``)."""
+
+    config: dict
+    epoch: int
+    model: dict
+    optimizer: dict
+    schedule: dict
+    normalizer: dict
+    history: list
+    meta: dict
+    position: dict | None = None
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, {f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunState":
+        state = load_checkpoint(path)
+        return cls(**{f.name: state.get(f.name) for f in fields(cls)})
 
 
 def metadata_record(model: nn.Module, variant: str, classes: list[str], crop: int, resize: int,
@@ -169,8 +196,8 @@ def load_model(path: str | Path, variant: str | None = None, num_classes: int | 
     if p.suffix == ".safetensors":
         state, norm, meta = read_weights(p)
     else:
-        ckpt = load_checkpoint(p)
-        state, norm, meta = ckpt["model"], ckpt["normalizer"], {**ckpt["meta"], "config": ckpt["config"]}
+        run = RunState.load(p)
+        state, norm, meta = run.model, run.normalizer, {**run.meta, "config": run.config}
     if variant is not None and meta["variant"] != variant:
         raise AlexNetError(f"{p} holds a {meta['variant']!r} network, not {variant!r}")
     if num_classes is not None and meta["num_classes"] != num_classes:

@@ -27,8 +27,7 @@ from torch import nn
 from . import budget, distributed
 from ..models import fastconv
 from .board import Board
-from .checkpoint import (load_checkpoint, load_model, load_state, metadata_record,
-                         save_checkpoint, save_weights, unwrap)
+from .checkpoint import RunState, load_model, load_state, metadata_record, save_weights, unwrap
 from .config import (OptimConfig, TrainConfig, adopt_classes, adopt_weights, apply_overrides, from_dict,
                      milestones, model_options, resolve_defaults, to_dict, validate)
 from ..data import loader as data_loader
@@ -388,12 +387,12 @@ def _log(rt: Runtime, *args) -> None:
         print(*args, flush=True)
 
 
-def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tuple[TrainConfig, dict | None]:
+def _prepare_run(cfg: TrainConfig, resume: bool, overrides: dict | None) -> tuple[TrainConfig, RunState | None]:
     """The config to run with (a resumed run's own, with ``overrides``), and the checkpoint when resuming."""
     ckpt = None
     if resume:
-        ckpt = load_checkpoint(RunDir(cfg.out).checkpoint)
-        saved = from_dict(ckpt["config"])
+        ckpt = RunState.load(RunDir(cfg.out).checkpoint)
+        saved = from_dict(ckpt.config)
         saved.out = cfg.out
         cfg = saved
         if saved.optim.time_budget and overrides:
@@ -432,7 +431,7 @@ class Start:
     """What a run starts from, resolved once before anything is built (``resolve``)."""
 
     cfg: TrainConfig  # final, but for the epochs a --time-budget plans (Run.plan_epochs), then recorded
-    ckpt: dict | None  # the checkpoint a resumed run continues from
+    ckpt: RunState | None  # the checkpoint a resumed run continues from
     pretrained: tuple[nn.Module, Normalizer] | None  # the weights a fine-tuning run starts from
     rt: Runtime
     splits: data_loader.Splits
@@ -481,7 +480,7 @@ def mean_image(batches: data_loader.Batches, samples: int) -> torch.Tensor:
     return (stats[:-1].view_as(total) / stats[-1] / 255).float().cpu()
 
 
-def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
+def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: RunState | None,
            pretrained: tuple | None) -> tuple[nn.Module, Normalizer]:
     """The network (fresh, resumed or to fine-tune) and its normaliser."""
     torch.manual_seed(cfg.seed)
@@ -495,8 +494,8 @@ def _model(cfg: TrainConfig, splits: data_loader.Splits, ckpt: dict | None,
     else:
         model = create_model(cfg.model.variant, cfg.model.num_classes, **model_options(cfg.model))
         if ckpt is not None:
-            load_state(model, ckpt["model"], str(RunDir(cfg.out).checkpoint))
-            normalizer = Normalizer.from_state_dict(ckpt["normalizer"])
+            load_state(model, ckpt.model, str(RunDir(cfg.out).checkpoint))
+            normalizer = Normalizer.from_state_dict(ckpt.normalizer)
         elif cfg.data.normalize == "channel":
             normalizer = Normalizer.channel()
         else:
@@ -555,16 +554,16 @@ class Run:
         self.final_crops = EvalCrops(norm, d.crop, ten_crop=cfg.ten_crop)
         self.board: Board | None = None  # TensorBoard (--tensorboard), opened with the run directory
 
-    def _load_state(self, ckpt: dict) -> None:
+    def _load_state(self, ckpt: RunState) -> None:
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(ckpt.optimizer)
         except ValueError:  # the parameters are laid out differently (one device or two, groups)
             raise AlexNetError(f"{self.rundir.checkpoint}: the optimizer state does not fit these parameter "
                                "groups; resume with the run's own --model-parallel, --freeze and multiplier "
                                "settings") from None
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.history, self.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-        self.position = ckpt.get("position")
+        self.schedule.load_state_dict(ckpt.schedule)
+        self.history, self.start_epoch = list(ckpt.history), int(ckpt.epoch)
+        self.position = ckpt.position
 
     def plan_epochs(self, started: float) -> budget.Plan:
         """--time-budget: the epochs set to as many as fit (training/budget.py), timed on the
@@ -664,11 +663,10 @@ class Run:
     def checkpoint(self, epochs_done: int, position: dict | None = None) -> None:
         """Everything the run needs to continue, atomically; ``position``: the place inside the
         next epoch (a checkpoint taken mid-epoch)."""
-        save_checkpoint(self.rundir.checkpoint, {
-            "config": to_dict(self.cfg), "epoch": epochs_done, "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-            "normalizer": self.normalizer.state_dict(), "history": self.history,
-            "meta": metadata_record(self.model, **self.meta_base), "position": position})
+        RunState(config=to_dict(self.cfg), epoch=epochs_done, model=unwrap(self.model).state_dict(),
+                 optimizer=self.optimizer.state_dict(), schedule=self.schedule.state_dict(),
+                 normalizer=self.normalizer.state_dict(), history=self.history,
+                 meta=metadata_record(self.model, **self.meta_base), position=position).save(self.rundir.checkpoint)
 
     def _position(self, epoch: int, generator: torch.Generator, state: EpochState) -> dict:
         """Every process's place inside ``epoch``: its sums so far and the random states (dropout,
