@@ -27,11 +27,9 @@ def read_metrics(run: str | Path) -> list[dict]:
 
 def curves(run: str | Path, out: str | Path) -> None:
     """Four panels per epoch: train and validation loss, top-1 and top-5 error, learning rate."""
-    import matplotlib
+    from .reproduce.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rec = read_metrics(run)
     epochs = [r["epoch"] for r in rec]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
@@ -53,5 +51,4 @@ def curves(run: str | Path, out: str | Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(str(run))
     fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
+    save_figure(fig, out, dpi=90)

@@ -23,9 +23,9 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out: Path) -> None:
+def save_figure(fig, out: Path, dpi: int = 100) -> None:
     """``fig`` as a PNG, written atomically, then closed."""
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     pyplot().close(fig)
 
 
