@@ -144,8 +144,8 @@ def test_each_stages_normalised_and_pooled_maps_are_named_in_order():
 
     names = [n for n, _, _ in ex.map_points(create_model("paper", num_classes=10), extra=True)]
     assert names == ["conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5", "pool5"]
-    bn = {n: relu for n, _, relu in ex.map_points(create_model("paper", num_classes=10, norm="batch"), True)}
-    assert bn["norm1"] is False and bn["pool1"] is True  # batch norm comes before the ReLU, the pool after it
+    bn = ex.map_points(create_model("paper", num_classes=10, norm="batch"), True)
+    assert [(n, relu) for n, _, relu in bn][:3] == [("norm1", False), ("conv1", True), ("pool1", True)]  # BN, ReLU, pool
     names = [n for n, _, _ in ex.map_points(create_model("cifar-11pct", num_classes=10), extra=True)]
     assert names[:4] == ["conv1", "pool1", "norm1", "conv2"]
 
@@ -239,6 +239,22 @@ def test_a_second_explanation_in_the_same_folder_replaces_the_first(tmp_path, ph
     assert (out / "notes.png").read_bytes() == b"mine"
 
 
+def test_another_programs_summary_json_removes_nothing(tmp_path, photo, lenet_weights):
+    """A folder's own summary.json naming the user's pictures (even ones named like explain's)
+    is not an earlier explanation: explain replaces the file and removes none of them."""
+    from alexnet.cli import main
+
+    out = tmp_path / "results"
+    out.mkdir()
+    for name in ("plot.png", "occlusion.png", "maps_conv9.png"):
+        (out / name).write_bytes(b"mine")
+    (out / "summary.json").write_text(json.dumps({"file": "plot.png", "files": {"a": "occlusion.png"},
+                                                  "stages": [{"file": "maps_conv9.png"}]}))
+    assert main(["explain", str(lenet_weights), str(photo), "--out", str(out), "--ig-steps", "2",
+                 "--device", "cpu"]) == 0
+    assert (out / "plot.png").read_bytes() == b"mine" and (out / "maps_conv9.png").read_bytes() == b"mine"
+
+
 class Detector(nn.Module):
     """conv1: one 5x5 kernel equal to a planted cross (so it answers most where the cross is),
     pool 3/2, conv2: 1x1 copy; a linear head to have logits."""
@@ -286,6 +302,31 @@ def test_the_top_patches_of_a_unit_are_the_planted_patterns():
     # at conv1 the field is the cross itself
     found = ex.top_patches(model, [images], ex.stage_named(model, "conv1"), [0], k=3)[0]
     assert sorted(tuple(h["box"]) for h in found) == sorted((r, c, r + 5, c + 5) for r, c in planted.values())
+
+
+def test_a_padded_units_field_starts_before_the_image_and_is_clipped_to_it():
+    """conv1 padded by 2: unit (i, j) sees rows i - 2 .. i + 3, so the cross planted at (r, c)
+    wins at unit (r + 2, c + 2), its box the cross; a cross in the corner is found by the unit
+    at (2, 2), and a unit at the edge has its box clipped to the crop."""
+    cross = torch.zeros(5, 5)
+    cross[2, :] = cross[:, 2] = 1.0
+    model = Detector(cross).eval()
+    model.features.conv1.padding = (2, 2)
+    stage = ex.stage_named(model, "conv1")
+    assert ex.field_geometry(model, stage) == (5, 1, -2)
+    torch.manual_seed(4)
+    images = torch.rand(3, 3, 40, 40) * 0.3 - 0.15
+    planted = {0: (0, 0), 1: (12, 30), 2: (35, 35)}
+    for i, (r, c) in planted.items():
+        images[i, :, r:r + 5, c:c + 5] += 3 * cross
+    found = ex.top_patches(model, [images], stage, [0], k=3)[0]
+    for h in found:
+        r, c = planted[h["image"]]
+        assert h["unit"] == [r + 2, c + 2] and h["box"] == [r, c, r + 5, c + 5], h
+    edge = ex.top_patches(model, [torch.zeros(1, 3, 40, 40).index_fill_(3, torch.tensor([0]), 3.0)], stage, [0],
+                          k=1)[0][0]  # a bright left column: the strongest unit sits over it
+    t, l, b, rt = edge["box"]
+    assert l == 0 and rt - l < 5 and edge["unit"][1] <= 1  # clipped at the left edge
 
 
 def test_units_search_a_folder_into_one_picture(tmp_path, photo, capsys):

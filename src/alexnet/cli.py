@@ -16,8 +16,9 @@ from .files import output_file
 # -------------------------------------------------------------------------------------
 # Shared by the commands' parsers.
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, generated from the dataclasses (see training/config.py).
+def _add_config_flags(parser: argparse.ArgumentParser, shown: dict | None = None) -> None:
+    """One flag per config field, generated from the dataclasses (see training/config.py);
+    ``shown``: defaults of this command's own that --help gives instead (finetune's).
 
     Defaults are suppressed, so the parsed namespace holds only what the user
     typed: those values override the defaults, or a resumed run's stored config.
@@ -30,6 +31,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if title not in groups:
             groups[title] = parser.add_argument_group(f"{title} options")
         default = f.default if f.default is not dataclasses.MISSING else None
+        default = (shown or {}).get(f.name, default)
         help_line = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats with %
         _flag(groups[title], f, dest=f.name, default=argparse.SUPPRESS, help=help_line)
 
@@ -236,7 +238,7 @@ def _finetune(sub) -> None:
     p.add_argument("source", metavar="WEIGHTS", help="run directory, weights file, or published weights by name "
                    "(IMAGENET1K_V1) to start from")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    _add_config_flags(p)
+    _add_config_flags(p, shown=FINETUNE_DEFAULTS)
     p.set_defaults(func=cmd_finetune)
 
 

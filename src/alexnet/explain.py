@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class Stage:
     act: nn.Module | None  # the nonlinearity after it (its output is the stage's maps)
     # the normalisation and pooling layers of the stage, up to the next convolution, as (name,
     # module, whether the stage's ReLU comes before it): norm1 and pool1 for the paper's conv1
-    # (ReLU, LRN, max-pool); bn1 before the ReLU with --norm batch
+    # (ReLU, LRN, max-pool); norm1 before the ReLU with --norm batch
     after: list[tuple[str, nn.Module, bool]] = field(default_factory=list)
 
     @property
@@ -83,11 +84,11 @@ def map_points(model: nn.Module, extra: bool = False) -> list[tuple[str, nn.Modu
     """(name, module, after a ReLU) of every map a stage gives: conv1, conv2, ..., and with
     ``extra`` also each stage's normalised and pooled maps (norm1, pool1, ...), in the order the
     input meets them."""
+    order = {id(m): i for i, m in enumerate(model.features.children())}
     points = []
     for s in stages(model):
-        points.append((s.name, s.output, isinstance(s.act, nn.ReLU)))
-        if extra:
-            points += s.after
+        points += sorted([(s.name, s.output, isinstance(s.act, nn.ReLU)), *(s.after if extra else [])],
+                         key=lambda p: order[id(p[1])])  # batch norm comes before its stage's ReLU
     return points
 
 
@@ -241,8 +242,8 @@ def _captum_version() -> str:
     try:
         import captum
     except ImportError:
-        raise AlexNetError("alexnet explain needs Captum, which the package installs; reinstall it: pip install "
-                           "-c constraints.txt -e .") from None
+        raise AlexNetError("alexnet explain needs Captum, a dependency of the package: pip install 'captum>=0.7'") \
+            from None
     return captum.__version__
 
 
@@ -335,24 +336,34 @@ def explain(weights: str | Path, image: str, out: str | Path, layer: str = "", d
     return summary
 
 
+# The pictures explain writes, by name: what an earlier explanation's files may be removed as.
+OWN_PICTURE = re.compile(r"(maps_[a-z]+\d+|gradcam_[a-z]+\d+|units_conv\d+|occlusion|integrated_gradients)\.png")
+
+
 def _listed(summary: dict) -> set[str]:
     """The files an explanation's summary.json (or a unit search's units.json) names."""
-    return {*summary.get("files", {}).values(), *(s.get("file") for s in summary.get("stages", [])),
-            summary.get("file")} - {None}
+    if "stage" in summary and "field" in summary:  # units.json
+        return {summary.get("file")} - {None}
+    return {*summary.get("files", {}).values(), *(s.get("file") for s in summary.get("stages", []))} - {None}
 
 
 def _listed_files(path: Path) -> set[str]:
+    """The files named by an explanation or unit search that explain itself wrote at ``path``
+    (recognised by its fields); nothing for any other file of that name."""
     try:
-        return _listed(json.loads(path.read_text()))
+        found = json.loads(path.read_text())
+        ours = isinstance(found, dict) and "alexnet" in found.get("library", {}) and "target" in found \
+            if path.name == "summary.json" else isinstance(found, dict) and "stage" in found and "field" in found
+        return _listed(found) if ours else set()
     except (OSError, ValueError, AttributeError, TypeError):  # none, or not one of ours
         return set()
 
 
 def _remove_stale(out: Path, earlier: set[str], now: set[str]) -> None:
-    """Remove the PNGs an earlier explanation in ``out`` wrote that this one did not (a plain
-    file name ending in .png, nothing else)."""
+    """Remove the pictures an earlier explanation in ``out`` wrote that this one did not: only
+    names of the kinds explain writes (``OWN_PICTURE``), nothing else."""
     for name in earlier - now:
-        if isinstance(name, str) and name.endswith(".png") and Path(name).name == name:
+        if isinstance(name, str) and OWN_PICTURE.fullmatch(name):
             (out / name).unlink(missing_ok=True)
 
 

@@ -63,14 +63,14 @@ def output_folder(path: str | Path, flag: str = "--out", create: bool = False) -
     ``create``): a file in its place, or a folder that cannot be made or written, is a one-line
     error. Without ``create`` nothing is made, so a later error leaves nothing behind."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise AlexNetError(f"{flag} {printable(path)} is a file; give a folder")
-    if create:
-        try:
+    try:
+        if path.exists() and not path.is_dir():
+            raise AlexNetError(f"{flag} {printable(path)} is a file; give a folder")
+        if create:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise AlexNetError(f"{flag} {printable(path)}: cannot make the folder ({e.strerror or e})") from None
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    except OSError as e:  # a parent that cannot be entered, a disk that refuses
+        raise AlexNetError(f"{flag} {printable(path)}: cannot reach or make it ({e.strerror or e})") from None
     if not existing.is_dir():
         raise AlexNetError(f"{flag} {printable(path)}: {printable(existing)} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -82,7 +82,11 @@ def output_file(path: str | Path, flag: str = "--out") -> Path:
     """``path`` checked as a file to write, before any work is done: a folder in its place, or
     a parent folder that cannot be made or written, is a one-line error."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as e:
+        raise AlexNetError(f"{flag} {printable(path)}: cannot reach it ({e.strerror or e})") from None
+    if is_dir:
         raise AlexNetError(f"{flag} {printable(path)} is a folder; give a file name")
-    output_folder(path.parent if str(path.parent) else Path("."), flag=f"{flag}'s folder")
+    output_folder(path.parent, flag=f"{flag}'s folder")
     return path

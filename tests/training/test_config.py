@@ -127,5 +127,5 @@ def test_a_saved_config_from_before_the_bias_multipliers_keeps_training_as_it_be
     old = to_dict(TrainConfig())
     del old["optim"]["bias_lr_mult"], old["optim"]["bias_decay_mult"]
     assert (from_dict(old).optim.bias_lr_mult, from_dict(old).optim.bias_decay_mult) == (1.0, 1.0)
-    new = to_dict(apply_overrides(TrainConfig(), {"bias_lr_mult": 2.0, "bias_decay_mult": 0.0}))
-    assert (from_dict(new).optim.bias_lr_mult, from_dict(new).optim.bias_decay_mult) == (2.0, 0.0)
+    new = to_dict(apply_overrides(TrainConfig(), {"bias_lr_mult": 1.5, "bias_decay_mult": 0.25}))
+    assert (from_dict(new).optim.bias_lr_mult, from_dict(new).optim.bias_decay_mult) == (1.5, 0.25)

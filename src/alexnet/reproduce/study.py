@@ -291,6 +291,8 @@ def list_claims() -> str:
     for p in PRESETS.values():
         settings = " ".join(f"{k}={v}" for k, v in {**COMMON, **p.train}.items())
         lines.append(f"{p.name:<13} {p.what}; {p.seeds} seeds; {settings}")
+    lines.append(f"{'cifar':<13} the CIFAR-10 claims above, on cuda-convnet's networks; every setting and seed rule is "
+                 "fixed in alexnet/reproduce/cifar.py and cifar_overfit.py")
     return "\n".join(lines)
 
 
