@@ -2,7 +2,6 @@
 output, and the command writes its pictures for every variant."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
