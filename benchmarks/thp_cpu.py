@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet.training.rundir import RunDir
+
 
 def run(thp: str, images: int, out: Path) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "alexnet", "train", "--data", "fashion-mnist", "--variant", "paper", "--resize", "76",
@@ -33,7 +35,7 @@ def run(thp: str, images: int, out: Path) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed: {done.stderr.strip().splitlines()[-1:]}")
-    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    record = RunDir(out).read_metrics(required=True)[-1]
     return record["images_per_sec"], wall
 
 
