@@ -27,6 +27,9 @@ def test_an_output_folder_is_checked_and_made_only_when_asked(tmp_path):
         output_folder(tmp_path / "taken")
     with pytest.raises(AlexNetError, match="taken is a file, not a folder"):
         output_folder(tmp_path / "taken" / "below")  # a file where a parent folder would go
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(AlexNetError, match="is a link to nothing"):
+        output_folder(tmp_path / "gone")
     assert output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and not (tmp_path / "a").exists()
     assert output_folder(tmp_path / "a" / "b", create=True).is_dir()
     assert (tmp_path / "taken").read_text() == "mine"

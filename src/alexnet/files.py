@@ -64,6 +64,8 @@ def output_folder(path: str | Path, flag: str = "--out", create: bool = False) -
     error. Without ``create`` nothing is made, so a later error leaves nothing behind."""
     path = Path(path)
     try:
+        if path.is_symlink() and not path.exists():
+            raise AlexNetError(f"{flag} {printable(path)} is a link to nothing; give a folder")
         if path.exists() and not path.is_dir():
             raise AlexNetError(f"{flag} {printable(path)} is a file; give a folder")
         if create:
