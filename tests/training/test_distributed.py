@@ -126,6 +126,7 @@ def _gather_worker(rank, init_file, out_dir):
         got = distributed.gather_lists([f"bad-{rank}.jpg"] * (rank + 1))
         total = distributed.all_reduce_sum(torch.tensor([float(rank + 1)]))
         torch.save({"got": got, "total": total}, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # neither rank tears the group down while the other still talks in it
     finally:
         dist.destroy_process_group()
 
@@ -188,6 +189,8 @@ def _empty_batch_worker(rank, init_file, out_dir, skip_nonfinite=0):
                           skip_nonfinite=skip_nonfinite)
         stats = train_one_epoch(learner, _Fixed(items), 0, torch.Generator(), progress=False)
         torch.save({"weights": model.state_dict(), "stats": stats}, os.path.join(out_dir, f"{rank}.pt"))
+        del learner, ddp  # the reducer's communication goes before the group does
+        dist.barrier()  # neither rank tears the group down while the other still talks in it
     finally:
         dist.destroy_process_group()
 
@@ -235,6 +238,8 @@ def _layout_worker(rank, init_file, out_dir):
                     "channels_last": {n: g.is_contiguous(memory_format=torch.channels_last)
                                       for n, g in grads.items() if g.dim() == 4},
                     "warnings": [str(w.message) for w in caught]}, os.path.join(out_dir, f"{rank}.pt"))
+        del ddp  # its reducer's communication hooks go before the group does
+        dist.barrier()  # neither rank tears the group down while the other still talks in it
     finally:
         dist.destroy_process_group()
 
