@@ -20,7 +20,6 @@ import platform
 import resource
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -38,7 +37,7 @@ from .options import BenchConfig
 from .models.summary import summarize
 from .models import fastconv
 from .models.towers import TwoTowerAlexNet
-from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime
+from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime, timed_calls
 from .training.train import build_optimizer, make_scaler, train_step
 
 
@@ -62,11 +61,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -100,16 +94,7 @@ def _peak_mib(device: torch.device) -> float:
 def time_steps(step: Callable[[], int], device: torch.device, steps: int, warmup: int,
                reduce: Callable[[list[float]], float] = statistics.median) -> float:
     """Median (or ``reduce``) images/s of ``step()`` (which returns its image count) after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    rates = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        n = step()
-        _sync(device)
-        rates.append(n / (time.perf_counter() - start))
-    return reduce(rates)
+    return reduce([n / seconds for seconds, n in timed_calls(step, device, steps, warmup)])
 
 
 def throughput(rates: list[float]) -> float:

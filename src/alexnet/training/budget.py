@@ -30,7 +30,7 @@ from ..data.loader import Splits
 from ..errors import AlexNetError
 from . import distributed
 from .config import TrainConfig
-from .runtime import Runtime
+from .runtime import Runtime, timed_calls
 
 # A whole epoch takes longer than its steps' median: now and then a step runs two or three times
 # as long (the data path's processes, the allocator, a shared machine), and the checkpoint and the
@@ -74,15 +74,7 @@ def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs
 
 def timed(fn: Callable[[], None], rt: Runtime) -> float:
     """Median seconds of ``fn`` over TIMED calls, after WARMUP untimed ones."""
-    times = []
-    for i in range(WARMUP + TIMED):
-        start = time.perf_counter()
-        fn()
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize(rt.device)
-        if i >= WARMUP:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds for seconds, _ in timed_calls(fn, rt.device, TIMED, WARMUP))
 
 
 @contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -103,3 +104,23 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type in ("cuda", "cpu"))
     env = distributed.setup(device)
     return Runtime(device, dtype, channels_last, env, towers)
+
+
+def timed_calls(fn, device: torch.device, calls: int, warmup: int) -> list[tuple[float, object]]:
+    """(seconds, result) of ``calls`` calls of ``fn`` after ``warmup`` untimed ones, each timed
+    to the device's completion (the benchmarks' and the time budget's one clock)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        result = fn()
+        _sync(device)
+        out.append((time.perf_counter() - start, result))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
