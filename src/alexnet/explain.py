@@ -38,7 +38,6 @@ TOP_CHANNELS = 16  # maps shown per stage
 @dataclass
 class Stage:
     name: str  # conv1, conv2, ...
-    module: str  # its module path (features.conv1, features.3, ...)
     conv: nn.Module
     act: nn.Module | None  # the nonlinearity after it (its output is the stage's maps)
     # the normalisation and pooling layers of the stage, up to the next convolution, as (name,
@@ -59,9 +58,9 @@ def stages(model: nn.Module) -> list[Stage]:
     from .models.convnet import LocallyConnected2d
 
     out: list[Stage] = []
-    for name, m in model.features.named_children():
+    for m in model.features.children():
         if isinstance(m, (nn.Conv2d, LocallyConnected2d)):
-            out.append(Stage(f"conv{len(out) + 1}", f"features.{name}", m, None))
+            out.append(Stage(f"conv{len(out) + 1}", m, None))
         elif out and _is_activation(m) and out[-1].act is None:
             out[-1].act = m
         elif out and (kind := _kind(m)):
@@ -258,7 +257,7 @@ def describe(net, img: torch.Tensor, layer: str = "", topk: int = 5, ig_steps: i
 
     captum_version = _captum_version()
     with explainable(net.model) as model:
-        chosen = point_named(model, layer) if layer else None
+        chosen = (layer, point_named(model, layer)) if layer else None  # (name, module)
         last = stages(model)[-1]
         x = net.crops(False)(img[None].to(net.device))[:, 0]  # (1, 3, crop, crop), normalised
         crop = x.shape[-1]
@@ -280,12 +279,13 @@ def describe(net, img: torch.Tensor, layer: str = "", topk: int = 5, ig_steps: i
             result["images"][f"maps_{name}"] = maps_image(maps, channels, columns=columns)
             result["stages"].append({"name": name, "shape": list(maps.shape), "channels_shown": channels,
                                      "sparsity": sparsity})
-        result["images"].update(_heat_maps(model, x, crop_rgb, target, last, chosen and (layer, chosen), methods,
+        result["images"].update(_heat_maps(model, x, crop_rgb, target, last, chosen, methods,
                                            ig_steps, result))
     return result
 
 
-def _heat_maps(model, x, crop_rgb, target, last: Stage, chosen, methods, ig_steps: int, result: dict) -> dict:
+def _heat_maps(model, x, crop_rgb, target, last: Stage, chosen: tuple[str, nn.Module] | None, methods,
+               ig_steps: int, result: dict) -> dict:
     """The attribution methods' pictures by name; their settings added to ``result``."""
     window = max(2, x.shape[-1] // 8)
     heats = {}
