@@ -99,6 +99,9 @@ if triton is not None:
     # window sums are products with three TC x TC 0/1 band blocks, against the chunks before,
     # at and after it, on the tensor cores. The backward recomputes the denominator from the
     # input rather than read a stored fp32 one, two chunks ahead of the gradient it writes.
+    # The number of chunks, CHUNKS, is a constant of the launch: Triton 3.6's interpreter (the
+    # GPU machine's Triton) cannot take a loop bound computed from an argument under NumPy 2.4
+    # and later (triton-lang/triton issue 9171), and the paper's maps need only a few values.
 
     @triton.jit
     def _band(TC: tl.constexpr, OFFSET: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
@@ -142,13 +145,13 @@ if triton is not None:
 
     @triton.jit
     def _lrn_fwd_band(x_ptr, y_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
-                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr):
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr, CHUNKS: tl.constexpr):
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = (SIZE - 1) // 2
         row, inside = _rows(HW, sN, sW, BLOCK_P)
         x = _load(x_ptr, row, inside, 0, sC, Cg, TC)
         sq_before, sq = tl.zeros([BLOCK_P, TC], dtype=tl.float32), x * x
-        for i in range(0, tl.cdiv(Cg, TC)):
+        for i in range(0, CHUNKS):
             x_after = _load(x_ptr, row, inside, i + 1, sC, Cg, TC)
             sq_after = x_after * x_after
             d = k + alpha_n * _windows(sq_before, sq, sq_after, LO, HI, TC)
@@ -158,7 +161,7 @@ if triton is not None:
 
     @triton.jit
     def _lrn_bwd_band(g_ptr, x_ptr, dx_ptr, HW, sN, sC, sW, Cg, alpha_n, beta, k,
-                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr):
+                      SIZE: tl.constexpr, BLOCK_P: tl.constexpr, TC: tl.constexpr, CHUNKS: tl.constexpr):
         LO: tl.constexpr = SIZE // 2
         HI: tl.constexpr = (SIZE - 1) // 2
         row, inside = _rows(HW, sN, sW, BLOCK_P)
@@ -172,7 +175,7 @@ if triton is not None:
         # (channels outside the group are 0: with k = 0 their 0 * inf / 0 would be NaN)
         t = tl.where(_chunk(row, inside, 0, sC, Cg, TC)[1], g * x * scale / d, 0.0)
         t_before = zero
-        for i in range(0, tl.cdiv(Cg, TC)):
+        for i in range(0, CHUNKS):
             x2, g2 = _load(x_ptr, row, inside, i + 2, sC, Cg, TC), _load(g_ptr, row, inside, i + 2, sC, Cg, TC)
             sq2 = x2 * x2
             d1 = k + alpha_n * _windows(sq, sq1, sq2, LO, HI, TC)
@@ -239,7 +242,9 @@ def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
     s_n, s_c, s_h, s_w = x.stride()
     s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
-    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=_group_width(ch, groups), BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK)
+    cg = _group_width(ch, groups)
+    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=cg, BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK,
+                CHUNKS=triton.cdiv(cg, BAND_CHUNK))
     return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
 
 
