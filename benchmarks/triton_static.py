@@ -93,7 +93,8 @@ def report(name: str, fn, pointers: dict, constants: dict, num_warps: int, scrat
             "shared_bytes": kernel.metadata.shared,
             "products": count(r"\b((?:wgmma\.mma_async|mma\.sync)[\w.]*)"),
             "loads": count(r"\b(ld\.global(?:\.\w+)*)"), "stores": count(r"\b(st\.global(?:\.\w+)*)"),
-            "fma": len(re.findall(r"\bfma\.rn", ptx))}
+            "fma": len(re.findall(r"\bfma\.rn", ptx)),
+            "divisions": count(r"\b(div\.(?:rn|full|approx)[\w.]*\.f32)")}
 
 
 def kernels(warps: int = 4) -> list[tuple]:

@@ -21,7 +21,7 @@ import resource
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,7 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # lifetime peak (Linux: KiB)
 
 
-def time_steps(step: Callable[[], int], device: torch.device, steps: int, warmup: int,
+def time_steps(step: Callable[[], int], device: torch.device | Sequence[torch.device], steps: int, warmup: int,
                reduce: Callable[[list[float]], float] = statistics.median) -> float:
     """Median (or ``reduce``) images/s of ``step()`` (which returns its image count) after ``warmup`` calls."""
     return reduce([n / seconds for seconds, n in timed_calls(step, device, steps, warmup)])
@@ -157,7 +157,7 @@ def bench_model(variant: str, rt: Runtime, batch: int, steps: int, warmup: int, 
     y = torch.randint(0, 1000, (batch,), device=rt.device)
     step = _train_step(model, optimizer, rt)
     _reset_peak(rt.device)
-    rate = time_steps(lambda: step(x, y), rt.device, steps, warmup)
+    rate = time_steps(lambda: step(x, y), rt.devices, steps, warmup)
     return Figure("model", variant, device_name(rt.device), rate, batch, steps, _peak_mib(rt.device))
 
 
@@ -273,7 +273,7 @@ def bench_end_to_end(variant: str, packed_dir: str, p: "_Plan", cached: bool = F
         model, optimizer = _model_and_optimizer(variant, rt, p.compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
-        rate = time_steps(lambda: train(*next_batch()), rt.device, steps, _warmup_past_prefetch(p.warmup, workers),
+        rate = time_steps(lambda: train(*next_batch()), rt.devices, steps, _warmup_past_prefetch(p.warmup, workers),
                           reduce=throughput)
     return Figure("end-to-end" if cache == "none" else "cached", variant, device_name(rt.device), rate, batch, steps,
                   _peak_mib(rt.device), {"workers": workers, "gpu_decode": gpu_decode, "data": "packed",

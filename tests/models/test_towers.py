@@ -92,6 +92,11 @@ def test_device_flag_is_checked():
         resolve_devices("auto", local_rank=n)  # one more GPU pair than this machine has
     with pytest.raises(AlexNetError, match="does not have"):
         resolve_devices(f"cuda:0,cuda:{n}")
+    # under torchrun, named GPUs would be every process's same pair; CPUs may be shared
+    for spec in ("cuda:0,cuda:1", "cpu,cuda:1"):
+        with pytest.raises(AlexNetError, match="every process on the same GPUs; use --model-parallel auto"):
+            resolve_devices(spec, local_rank=1, world=2)
+    assert resolve_devices("cpu,cpu", local_rank=1, world=2) == (torch.device("cpu"),) * 2
     with pytest.raises(AlexNetError, match="defined for the 'paper' network with ReLU"):
         TwoTowerAlexNet(create_model("torchvision"), CPU2)
 

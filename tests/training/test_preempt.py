@@ -228,3 +228,27 @@ def test_a_run_stopped_inside_an_epoch_continues_on_cuda(tmp_path, fmnist_dir, m
     continued run against the uninterrupted one; here the device is cuda:0. Both runs are in this
     process, so cuDNN's autotuner keeps its kernels and the weights come out equal (H100, 2026-11-26)."""
     test_sigterm_mid_epoch_then_resume_is_the_uninterrupted_run_bit_for_bit(tmp_path, fmnist_dir, monkeypatch)
+
+
+def test_a_run_stopped_inside_an_epoch_on_a_gpu_continues_on_a_cpu(tmp_path, fmnist_dir, monkeypatch, capsys):
+    """A preempted job may come back on another kind of machine. A CUDA generator's state (16
+    bytes: seed and offset) cannot seed a CPU generator, nor the reverse: the run continues from
+    the checkpoint with the epoch's own seeding, says that the epoch's remaining draws differ
+    from an uninterrupted run's, and ends with every epoch trained."""
+    kw = dict(epochs=2, limit_train=256, fashion_mnist_dir=fmnist_dir)
+    _signal_at(monkeypatch, [3])
+    with pytest.raises(SystemExit):
+        fit(tiny_config(tmp_path / "cut", **kw))
+    path = tmp_path / "cut" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    own = ckpt["position"]["ranks"][0]
+    assert own["device"] == "cpu" and own["cuda_rng"] == []
+    # what a GPU run writes there: its generator's seed and offset, and dropout's CUDA state
+    own.update(device="cuda", augment=torch.zeros(16, dtype=torch.uint8), cuda_rng=[torch.zeros(16, dtype=torch.uint8)])
+    torch.save(ckpt, path)
+    monkeypatch.setattr(train, "train_step", _real_train_step)
+    capsys.readouterr()
+    resumed = fit(TrainConfig(out=str(tmp_path / "cut")), resume=True)
+    assert "taken inside epoch 1 on cuda and continues on cpu" in capsys.readouterr().err
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert all(math.isfinite(h["train_loss"]) for h in resumed["history"])

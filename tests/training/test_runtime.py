@@ -29,3 +29,23 @@ def test_more_processes_than_gpus_is_one_line(monkeypatch):
             resolve_device(name, local_rank=1, world=2)
     with pytest.raises(AlexNetError, match=r"there is no cuda:3: this machine has 1 CUDA device"):
         resolve_device("cuda:3")
+
+
+def test_each_timed_call_waits_for_every_device_of_the_split(monkeypatch):
+    """With the towers on two GPUs the second tower's backward and update end after the first's:
+    a call is timed until both devices have finished, each once, and the warm-up's work is
+    finished before the first timed call starts."""
+    from alexnet.training.runtime import timed_calls
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append(str(device)))
+    towers = (torch.device("cuda:0"), torch.device("cuda:1"))
+    out = timed_calls(lambda: log.append("call") or 7, towers, calls=2, warmup=1)
+    assert [result for _, result in out] == [7, 7]
+    assert log == ["call", "cuda:0", "cuda:1"] + ["call", "cuda:0", "cuda:1"] * 2
+    log.clear()
+    timed_calls(lambda: log.append("call"), (torch.device("cuda:0"),) * 2, calls=1, warmup=0)  # both on one GPU
+    assert log == ["cuda:0", "call", "cuda:0"]
+    log.clear()
+    timed_calls(lambda: log.append("call"), torch.device("cpu"), calls=1, warmup=0)
+    assert log == ["call"]

@@ -8,8 +8,10 @@ from its Y and its block's Cb and Cr where it is read, with ``ycc.from_420``'s o
 its order and its rounding (no fused multiply-adds), so the conversion costs no pass of its own.
 
 The random draws (crops, flips, colour noise) are ``TrainAugment``'s own, from the same
-generator in the same order, so the fused and unfused paths give the same batch; the suite
-checks it on the CPU through Triton's interpreter. Plain Triton only, as ``lrn_triton``.
+generator in the same order, and each operation rounds as the tensor path's does on CUDA, so
+the fused and unfused paths give the same batch there, to the last bit in fp32 (a GPU test); the
+suite checks it on the CPU through Triton's interpreter, to within a rounding (the CPU divides
+by 255 exactly, CUDA by a product with its reciprocal). Plain Triton only, as ``lrn_triton``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ if triton is not None:
         m = tl.load(mean_ptr + c * smc + row * smh + col * smw, mask=inside, other=0.0)
         s = tl.load(std_ptr + c)
         r = tl.load(rgb_ptr + b * 3 + c)
-        y = (v / 255.0 - m) / s + r / s
+        # rounded as the tensor path on CUDA rounds: PyTorch divides by a number (255) as a product
+        # with its reciprocal, and by a tensor (the std) exactly; Triton's `/` would be neither
+        # (PTX div.full.f32, off by up to 2 ulp)
+        y = tl.math.div_rn(v * (1.0 / 255.0) - m, s) + tl.math.div_rn(r, s)
         tl.store(out_ptr + b * sob + c * soc + i * soh + j * sow, y.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
@@ -99,9 +104,8 @@ def augment(x: torch.Tensor | Planes420, mean: torch.Tensor, std: torch.Tensor, 
     crop at (top, left), mirrored where ``flip``, ``(x / 255 - mean) / std + rgb / std``.
     ``mean``: (3, S, S) or (3, 1, 1); ``std``: (3, 1, 1); ``rgb``: (B, 3) colour offsets in [0, 1] units."""
     b = x.shape[0]
-    out = torch.empty(b, 3, crop, crop, dtype=dtype, device=x.device)
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
+    out = torch.empty(b, 3, crop, crop, dtype=dtype, device=x.device,
+                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     ycc = isinstance(x, Planes420)
     if ycc:
         x, chroma = x.y, x.chroma

@@ -180,8 +180,9 @@ def _split_state(module: TwoTowerAlexNet, state: dict, prefix: str, local_metada
                 state[f"{prefix}towers.{t}.{attr}.{kind}"] = part
 
 
-def resolve_devices(spec: str, local_rank: int = 0) -> tuple[torch.device, torch.device]:
-    """``--model-parallel``: 'auto' (cuda:2r and cuda:2r+1 for local rank r) or 'DEV0,DEV1'."""
+def resolve_devices(spec: str, local_rank: int = 0, world: int = 1) -> tuple[torch.device, torch.device]:
+    """``--model-parallel``: 'auto' (cuda:2r and cuda:2r+1 for local rank r) or 'DEV0,DEV1'
+    (under torchrun only CPUs: named GPUs would be every process's same two)."""
     if spec == "auto":
         need = 2 * local_rank + 2
         if not torch.cuda.is_available() or torch.cuda.device_count() < need:
@@ -196,6 +197,9 @@ def resolve_devices(spec: str, local_rank: int = 0) -> tuple[torch.device, torch
         devices = tuple(torch.device(n.strip()) for n in names)
     except (RuntimeError, ValueError):
         raise AlexNetError(f"--model-parallel takes 'auto' or two devices such as 'cuda:0,cuda:1', got {spec!r}") from None
+    if world > 1 and any(d.type == "cuda" for d in devices):
+        raise AlexNetError(f"--model-parallel {spec} under torchrun would put every process on the same GPUs; "
+                           "use --model-parallel auto (process r takes cuda:2r and cuda:2r+1)")
     for d in devices:
         if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
             raise AlexNetError(f"--model-parallel names {d}, which this machine does not have")

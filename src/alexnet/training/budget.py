@@ -74,7 +74,7 @@ def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs
 
 def timed(fn: Callable[[], None], rt: Runtime) -> float:
     """Median seconds of ``fn`` over TIMED calls, after WARMUP untimed ones."""
-    return statistics.median(seconds for seconds, _ in timed_calls(fn, rt.device, TIMED, WARMUP))
+    return statistics.median(seconds for seconds, _ in timed_calls(fn, rt.devices, TIMED, WARMUP))
 
 
 @contextmanager

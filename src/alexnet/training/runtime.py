@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,11 @@ class Runtime:
     channels_last: bool
     env: distributed.Env
     towers: tuple[torch.device, torch.device] | None = None  # --model-parallel: the two towers' devices
+
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every device the model computes on: the two towers', or the one."""
+        return self.towers or (self.device,)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -89,7 +95,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
     env = distributed.from_environment()
-    towers = resolve_devices(cfg.model_parallel, env.local_rank) if cfg.model_parallel else None
+    towers = resolve_devices(cfg.model_parallel, env.local_rank, env.world) if cfg.model_parallel else None
     # With the towers split, the batch, the loss and the metrics live on tower 1's device.
     device = towers[0] if towers else resolve_device(cfg.device, env.local_rank, env.world)
     if device.type == "cuda":
@@ -106,21 +112,26 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, dtype, channels_last, env, towers)
 
 
-def timed_calls(fn, device: torch.device, calls: int, warmup: int) -> list[tuple[float, object]]:
+def timed_calls(fn, devices: torch.device | Sequence[torch.device], calls: int,
+                warmup: int) -> list[tuple[float, object]]:
     """(seconds, result) of ``calls`` calls of ``fn`` after ``warmup`` untimed ones, each timed
-    to the device's completion (the benchmarks' and the time budget's one clock)."""
+    to the completion of its work on every one of ``devices`` (with the towers split, the second
+    tower's backward and update end after the first's): the benchmarks' and the time budget's
+    one clock."""
+    devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
     for _ in range(warmup):
         fn()
-    _sync(device)
+    _sync(devices)
     out = []
     for _ in range(calls):
         start = time.perf_counter()
         result = fn()
-        _sync(device)
+        _sync(devices)
         out.append((time.perf_counter() - start, result))
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(devices: tuple[torch.device, ...]) -> None:
+    for device in dict.fromkeys(devices):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)

@@ -13,6 +13,7 @@ resumed CPU run repeats the uninterrupted run exactly.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import math
 import signal
 import time
@@ -671,10 +672,13 @@ class Run:
     def _position(self, epoch: int, generator: torch.Generator, state: EpochState) -> dict:
         """Every process's place inside ``epoch``: its sums so far and the random states (dropout,
         augmentation) the rest of the epoch draws from, so that it continues exactly."""
-        rt = self.rt
-        own = {"state": state.state_dict(), "rng": torch.get_rng_state(), "augment": generator.get_state().cpu(),
-               "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None}
+        own = {"state": state.state_dict(), "rng": torch.get_rng_state(), "device": generator.device.type,
+               "augment": generator.get_state().cpu(),
+               "cuda_rng": [torch.cuda.get_rng_state(d) for d in self._cuda_devices()]}  # dropout, each tower's
         return {"epoch": epoch, "ranks": distributed.gather_lists([own])}
+
+    def _cuda_devices(self) -> list[torch.device]:
+        return [d for d in dict.fromkeys(self.rt.devices) if d.type == "cuda"]
 
     def _restore(self, generator: torch.Generator) -> EpochState:
         """This process's random states and sums from a mid-epoch checkpoint."""
@@ -684,9 +688,19 @@ class Run:
                                f"resume it with as many (this run has {rt.env.world})")
         own = ranks[rt.env.rank]
         torch.set_rng_state(own["rng"])
-        if own["cuda_rng"] is not None:
-            torch.cuda.set_rng_state(own["cuda_rng"], rt.device)
-        generator.set_state(own["augment"])  # a ByteTensor on the host, for a CUDA generator too
+        cuda = own["cuda_rng"]
+        cuda = [] if cuda is None else [cuda] if isinstance(cuda, torch.Tensor) else cuda  # before the towers' list
+        # A checkpoint without the device's kind is older: a CUDA generator's state is 16 bytes, a CPU one's more.
+        taken_on = own.get("device", "cuda" if own["augment"].numel() == 16 else "cpu")
+        if taken_on == generator.device.type and len(cuda) == len(self._cuda_devices()):
+            for state, device in zip(cuda, self._cuda_devices()):
+                torch.cuda.set_rng_state(state, device)
+            generator.set_state(own["augment"])  # a ByteTensor on the host, for a CUDA generator too
+        elif rt.env.is_main:  # a CPU generator's state cannot seed a CUDA one, nor the reverse
+            print(f"alexnet: warning: the checkpoint was taken inside epoch {self.position['epoch'] + 1} on "
+                  f"{taken_on} and continues on {generator.device.type}: the rest of that epoch draws other crops, "
+                  "flips and dropout masks than an uninterrupted run (an exact resume needs the same kind of device)",
+                  file=sys.stderr)
         return EpochState.from_state_dict(own["state"], rt.device)
 
     def _after_step(self, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
