@@ -1,15 +1,30 @@
 """The benchmark harness runs every measurement (no timing asserted: figures are measured, not tested)."""
 
 import pytest
+import torch
 
 from alexnet.bench import BenchConfig, bench_inference, run, train_flops_per_image
 
 
-def test_bench_reports_every_figure(image_tree, monkeypatch):
+@pytest.fixture
+def matmul_tf32():
+    """Matrix products in TF32, as a GPU run in bf16 sets them for its own rows; put back after."""
+    matmul = torch.backends.cuda.matmul
+    saved, matmul.allow_tf32 = matmul.allow_tf32, True
+    yield
+    matmul.allow_tf32 = saved
+
+
+def test_bench_reports_every_figure(image_tree, monkeypatch, matmul_tf32):
     from alexnet import bench
 
-    reducers, real = [], bench.time_steps
-    monkeypatch.setattr(bench, "time_steps", lambda *a, **kw: reducers.append(kw.get("reduce")) or real(*a, **kw))
+    reducers, tf32, real = [], [], bench.time_steps
+
+    def spy(*a, **kw):
+        reducers.append(kw.get("reduce"))
+        tf32.append(torch.backends.cuda.matmul.allow_tf32)
+        return real(*a, **kw)
+    monkeypatch.setattr(bench, "time_steps", spy)
     result = run(BenchConfig(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
                              images=str(image_tree), workers=0, cache="host"), log=lambda _: None)
     figures = {(f["what"], f["variant"]): f for f in result["figures"]}
@@ -25,6 +40,8 @@ def test_bench_reports_every_figure(image_tree, monkeypatch):
                                          "torchvision (cached): 90 ImageNet epochs (hours)"}
     # images over time for the four rows that loader processes feed (loader, end to end, cached, baseline)
     assert reducers.count(bench.throughput) == 4
+    # the baseline (the last row) in a plain PyTorch script's arithmetic: matrix products in fp32
+    assert tf32[-1] is False and all(tf32[:-1]) and torch.backends.cuda.matmul.allow_tf32
     _check_measured(result["figures"])
     rate = {key: f["images_per_sec"] for key, f in figures.items()}
     tv = "torchvision"

@@ -323,13 +323,27 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
 
     _reset_peak(device)
     try:
-        # past DataLoader's default prefetch of 2 batches a worker
-        rate = time_steps(step, device, steps, warmup + 2 * workers, reduce=throughput)
+        with _pytorch_defaults():  # past DataLoader's default prefetch of 2 batches a worker
+            rate = time_steps(step, device, steps, warmup + 2 * workers, reduce=throughput)
     finally:
         it.close()
         data_loader.close_loader(loader)
     return Figure("baseline", "torchvision (eager fp32, ImageFolder+PIL)", device_name(device), rate, batch, steps,
                   _peak_mib(device), {"workers": workers})
+
+
+@contextlib.contextmanager
+def _pytorch_defaults() -> Iterator[None]:
+    """The arithmetic a plain PyTorch script gets, for the baseline: matrix products in full fp32
+    and convolutions in TF32 (PyTorch's defaults), cuDNN's autotuner on (as the ImageNet example
+    sets it), whatever this run set for its own rows."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark
+    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = False, True, True
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
 
 
 def _check_counts(**counts: int) -> None:
