@@ -108,7 +108,7 @@ def kernels(warps: int = 4) -> list[tuple]:
         out.append((f"augment_{'420' if ycc else 'rgb'}_bf16", at._augment, pointers, dict(YCC=ycc, BLOCK=at.BLOCK),
                     warps, at.LAUNCH_OPTIONS))
     for dt in ("bf16", "fp32"):
-        band = dict(sC=1, SIZE=5, BLOCK_P=lt.BAND_BLOCK_P, TC=lt.BAND_CHUNK, CHUNKS=128 // lt.BAND_CHUNK)  # norm2's towers
+        band = dict(sC=1, SIZE=5, BLOCK_P=lt.BAND_BLOCK_P, TC=lt.BAND_CHUNK, CHUNKS=triton.cdiv(128, lt.BAND_CHUNK))  # norm2's towers
         out.append((f"band_forward_{dt}", lt._lrn_fwd_band, dict(x_ptr=dt, y_ptr=dt), band, warps))
         out.append((f"band_backward_{dt}", lt._lrn_bwd_band, dict(g_ptr=dt, x_ptr=dt, dx_ptr=dt), band, warps))
     for width in (64, 128):  # norm1's towers (48 maps) and all of norm1 (96)

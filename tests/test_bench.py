@@ -22,7 +22,8 @@ def test_bench_reports_every_figure(image_tree, monkeypatch, matmul_tf32):
 
     def spy(*a, **kw):
         reducers.append(kw.get("reduce"))
-        tf32.append(torch.backends.cuda.matmul.allow_tf32)
+        tf32.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                     torch.backends.cudnn.benchmark))
         return real(*a, **kw)
     monkeypatch.setattr(bench, "time_steps", spy)
     result = run(BenchConfig(["torchvision"], device="cpu", precision="fp32", batch_size=4, steps=1, warmup=1,
@@ -40,8 +41,11 @@ def test_bench_reports_every_figure(image_tree, monkeypatch, matmul_tf32):
                                          "torchvision (cached): 90 ImageNet epochs (hours)"}
     # images over time for the four rows that loader processes feed (loader, end to end, cached, baseline)
     assert reducers.count(bench.throughput) == 4
-    # the baseline (the last row) in a plain PyTorch script's arithmetic: matrix products in fp32
-    assert tf32[-1] is False and all(tf32[:-1]) and torch.backends.cuda.matmul.allow_tf32
+    # the baseline (the last row) in a plain PyTorch script's arithmetic: matrix products in fp32,
+    # convolutions in TF32, cuDNN's autotuner on; the run's own settings before and after it
+    assert tf32[-1] == (False, True, True) and all(t[0] for t in tf32[:-1])
+    assert torch.backends.cuda.matmul.allow_tf32 and tf32[0][1:] == (torch.backends.cudnn.allow_tf32,
+                                                                      torch.backends.cudnn.benchmark)
     _check_measured(result["figures"])
     rate = {key: f["images_per_sec"] for key, f in figures.items()}
     tv = "torchvision"

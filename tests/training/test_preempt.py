@@ -252,3 +252,26 @@ def test_a_run_stopped_inside_an_epoch_on_a_gpu_continues_on_a_cpu(tmp_path, fmn
     assert "taken inside epoch 1 on cuda and continues on cpu" in capsys.readouterr().err
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) for h in resumed["history"])
+
+
+def test_a_checkpoint_with_dropout_states_for_other_gpus_still_restores_the_augmentation(tmp_path, fmnist_dir,
+                                                                                         monkeypatch, capsys):
+    """Fewer or more GPUs' dropout states than the resumed run uses (an older checkpoint of a
+    split run held tower 1's alone): the generator is restored all the same, so a run whose
+    dropout draws on the CPU ends bit for bit as the uninterrupted one, and the mismatch is said."""
+    kw = dict(epochs=1, limit_train=256, fashion_mnist_dir=fmnist_dir)
+    fit(tiny_config(tmp_path / "full", **kw))
+    _signal_at(monkeypatch, [3])
+    with pytest.raises(SystemExit):
+        fit(tiny_config(tmp_path / "cut", **kw))
+    path = tmp_path / "cut" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["position"]["ranks"][0]["cuda_rng"] = [torch.zeros(16, dtype=torch.uint8)]
+    torch.save(ckpt, path)
+    monkeypatch.setattr(train, "train_step", _real_train_step)
+    capsys.readouterr()
+    fit(TrainConfig(out=str(tmp_path / "cut")), resume=True)
+    assert "with the dropout state of 1 GPU(s) for 0" in capsys.readouterr().err
+    a = read_weights(tmp_path / "full" / "model.safetensors")[0]
+    b = read_weights(tmp_path / "cut" / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,9 +13,9 @@ resumed CPU run repeats the uninterrupted run exactly.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +162,15 @@ def freeze(model: nn.Module, what: str) -> None:
 
 # ---------------------------------------------------------------------------
 # One epoch.
+
+def _saved_draws(own: dict) -> tuple[str, list[torch.Tensor]]:
+    """The kind of device a process's mid-epoch draws were saved on, and its GPUs' dropout
+    states. Older checkpoints name no kind (a CUDA generator's state is 16 bytes, a CPU one's
+    more) and hold one GPU's state or none."""
+    cuda = own["cuda_rng"]
+    cuda = [] if cuda is None else [cuda] if isinstance(cuda, torch.Tensor) else cuda
+    return own.get("device", "cuda" if own["augment"].numel() == 16 else "cpu"), cuda
+
 
 def seed_epoch(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
     """Seed the global RNG (dropout) and return the augmentation generator for an epoch."""
@@ -688,20 +697,29 @@ class Run:
                                f"resume it with as many (this run has {rt.env.world})")
         own = ranks[rt.env.rank]
         torch.set_rng_state(own["rng"])
-        cuda = own["cuda_rng"]
-        cuda = [] if cuda is None else [cuda] if isinstance(cuda, torch.Tensor) else cuda  # before the towers' list
-        # A checkpoint without the device's kind is older: a CUDA generator's state is 16 bytes, a CPU one's more.
-        taken_on = own.get("device", "cuda" if own["augment"].numel() == 16 else "cpu")
-        if taken_on == generator.device.type and len(cuda) == len(self._cuda_devices()):
-            for state, device in zip(cuda, self._cuda_devices()):
-                torch.cuda.set_rng_state(state, device)
-            generator.set_state(own["augment"])  # a ByteTensor on the host, for a CUDA generator too
-        elif rt.env.is_main:  # a CPU generator's state cannot seed a CUDA one, nor the reverse
-            print(f"alexnet: warning: the checkpoint was taken inside epoch {self.position['epoch'] + 1} on "
-                  f"{taken_on} and continues on {generator.device.type}: the rest of that epoch draws other crops, "
-                  "flips and dropout masks than an uninterrupted run (an exact resume needs the same kind of device)",
-                  file=sys.stderr)
+        self._restore_draws(own, generator)
         return EpochState.from_state_dict(own["state"], rt.device)
+
+    def _restore_draws(self, own: dict, generator: torch.Generator) -> None:
+        """The augmentation's and the GPUs' dropout states, where they can seed this run's: a CPU
+        generator's state cannot seed a CUDA one, nor the reverse."""
+        kind, cuda = _saved_draws(own)
+        where = f"the checkpoint was taken inside epoch {self.position['epoch'] + 1} on {kind} and continues"
+        if kind != generator.device.type:
+            self._warn(f"{where} on {generator.device.type}: the rest of that epoch draws other crops, flips and "
+                       "dropout masks than an uninterrupted run (an exact resume needs the same kind of device)")
+            return
+        generator.set_state(own["augment"])  # a ByteTensor on the host, for a CUDA generator too
+        devices = self._cuda_devices()
+        for state, device in zip(cuda, devices):  # tower 1's first: older checkpoints hold its alone
+            torch.cuda.set_rng_state(state, device)
+        if len(cuda) != len(devices):
+            self._warn(f"{where} with the dropout state of {len(cuda)} GPU(s) for {len(devices)}: the rest of that "
+                       "epoch draws other dropout masks on the others than an uninterrupted run")
+
+    def _warn(self, message: str) -> None:
+        if self.rt.env.is_main:
+            print(f"alexnet: warning: {message}", file=sys.stderr)
 
     def _after_step(self, epoch: int, generator: torch.Generator, state: EpochState, cadence: Cadence) -> None:
         """TensorBoard's training points; a checkpoint inside the epoch when ``--checkpoint-every``
