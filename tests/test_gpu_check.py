@@ -127,3 +127,23 @@ def test_the_profiles_compile_section_picks_its_variants(tmp_path):
     assert configs[:2] == ["torchvision conv1=direct", "torchvision conv1=direct pools=opaque"]
     assert "paper towers=grouped conv1=direct lrn=torch pools=opaque" in configs
     assert all(c.get("images_per_sec", 0) > 0 for c in compiled)
+
+
+def test_the_setup_stage_checks_every_package_the_project_names(monkeypatch):
+    """benchmarks/gpu_env.py's lists against pyproject.toml: a dependency added to the package or
+    its tests and not to the lists is found missing on the GPU machine only when a test fails
+    there (Captum once was), instead of being named by the setup stage with the command that
+    carries it."""
+    import re
+    import tomllib
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_env
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
+             for req in project["dependencies"] + project["optional-dependencies"]["test"]}
+    checked = set(gpu_env.NEEDED.values()) | set(gpu_env.FOR_TESTS.values())
+    assert named - gpu_env.NOT_CHECKED <= checked, named - gpu_env.NOT_CHECKED - checked
+    assert set(gpu_env.NEEDED.values()) >= {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
+                                            for req in project["dependencies"]}  # the package's own, as such
