@@ -131,19 +131,19 @@ def test_the_profiles_compile_section_picks_its_variants(tmp_path):
 
 def test_the_setup_stage_checks_every_package_the_project_names(monkeypatch):
     """benchmarks/gpu_env.py's lists against pyproject.toml: a dependency added to the package or
-    its tests and not to the lists is found missing on the GPU machine only when a test fails
-    there (Captum once was), instead of being named by the setup stage with the command that
-    carries it."""
+    its tests and not to the lists would be found missing on the GPU machine only when a test
+    failed there, instead of being named by the setup stage with the command that carries it."""
     import re
     import tomllib
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_env
 
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower() for req in requirements}
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    named = {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
-             for req in project["dependencies"] + project["optional-dependencies"]["test"]}
+    named = names(project["dependencies"] + project["optional-dependencies"]["test"])
     checked = set(gpu_env.NEEDED.values()) | set(gpu_env.FOR_TESTS.values())
     assert named - gpu_env.NOT_CHECKED <= checked, named - gpu_env.NOT_CHECKED - checked
-    assert set(gpu_env.NEEDED.values()) >= {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
-                                            for req in project["dependencies"]}  # the package's own, as such
+    assert set(gpu_env.NEEDED.values()) >= names(project["dependencies"])  # the package's own, as such

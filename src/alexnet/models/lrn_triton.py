@@ -99,9 +99,9 @@ if triton is not None:
     # window sums are products with three TC x TC 0/1 band blocks, against the chunks before,
     # at and after it, on the tensor cores. The backward recomputes the denominator from the
     # input rather than read a stored fp32 one, two chunks ahead of the gradient it writes.
-    # The number of chunks, CHUNKS, is a constant of the launch: Triton 3.6's interpreter (the
-    # GPU machine's Triton) cannot take a loop bound computed from an argument under NumPy 2.4
-    # and later (triton-lang/triton issue 9171), and the paper's maps need only a few values.
+    # The number of chunks, CHUNKS, is a constant of the launch: Triton 3.6's interpreter cannot
+    # take a loop bound computed from an argument under NumPy 2.4 and later (triton-lang/triton
+    # issue 9171), and the paper's maps need only a few values.
 
     @triton.jit
     def _band(TC: tl.constexpr, OFFSET: tl.constexpr, LO: tl.constexpr, HI: tl.constexpr):
