@@ -17,11 +17,17 @@ the median of ``--reps`` after ``--warmup``:
    under every combination of those choices, and torchvision's with its conv1 choices, at
    batch 256 and 512 (``--batches``).
 3. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
-4. kernels: the top kernels of the paper network's step by total device time.
-5. compile: the same step under torch.compile for both networks at the default choices, with
-   native and with opaque pools (PyTorch's own pooling backward kept), then at the fastest
-   eager choices (each compile takes a minute or so; none starts once ``--budget`` seconds
-   have passed). Last, so that a slow compile costs nothing else.
+4. kernels: the top kernels of the paper network's step at the choices ``alexnet train`` makes
+   on this device (``fastconv.resolve``, the LRN's 'auto'), by total device time.
+5. lrn_band: the band LRN kernels alone at the paper network's two LRN layers, forward and
+   backward, under several launch settings (positions per program, warps, pipeline depth),
+   each with its bandwidth (the fewest bytes the pass must move over its time) beside a plain
+   copy's, and its largest difference from the default settings' result (CUDA; on the CPU only
+   under ``TRITON_INTERPRET=1``, a few settings).
+6. compile: the same step under torch.compile: each network at the choices ``alexnet train
+   --compile`` makes, the paper network at its fastest eager choices, then both with opaque
+   pools (PyTorch's own pooling backward kept); each compile takes a minute or so, and none
+   starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import statistics
 import sys
@@ -91,6 +98,13 @@ def autocast(args):
 
 def lrn_choices(args) -> list[str]:
     return ["torch", "triton", "triton-band"] if args.device.type == "cuda" else ["torch"]
+
+
+def default_config(variant: str, args, compiled: bool = False) -> dict:
+    """The choices ``alexnet train`` makes for ``variant`` on this device (its 'auto's)."""
+    chosen = fastconv.resolve(variant, args.device.type, compiled)
+    lrn_auto = "torch" if variant == "torchvision" or args.device.type != "cuda" else "triton-band"
+    return dict(variant=variant, towers=chosen["towers"], conv1=chosen["conv1"], lrn=lrn_auto, pools=chosen["pools"])
 
 
 # ---------------------------------------------------------------------------
@@ -225,8 +239,9 @@ def graphed_step(cfg: dict, n: int, timer: Timer, args) -> dict:
 def kernels(args, out: Path) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
-    lrn.set_impl(None)
-    model = build("paper", "grouped", "direct", args)
+    cfg = default_config("paper", args)
+    lrn.set_impl(cfg["lrn"])
+    model = build("paper", cfg["towers"], cfg["conv1"], args, cfg["pools"])
     x, y = batch(model, args.batches[0], args)
     step, _ = step_fn(model, x, y, args)
     for _ in range(args.warmup):
@@ -243,8 +258,72 @@ def kernels(args, out: Path) -> list[dict]:
     if args.device.type == "cuda":
         events = [e for e in events if getattr(e, "device_type", None) is not None
                   and "CUDA" in str(e.device_type)] or events
-    return [{"name": e.key[:90], "calls": e.count, "total_ms_per_step": getattr(e, key, 0) / 1000 / 3}
-            for e in events[:args.top]]
+    lrn.set_impl(None)
+    return [{"name": e.key[:90], "calls": e.count, "total_ms_per_step": getattr(e, key, 0) / 1000 / 3,
+             "config": label(cfg)} for e in events[:args.top]]
+
+
+# ---------------------------------------------------------------------------
+# 5. the band LRN kernels' launch settings
+
+# (positions per program, warps, pipeline stages; None: Triton's default); the first is the default
+BAND_SETTINGS = [(64, 4, None), (64, 4, 1), (64, 8, None), (128, 4, None), (128, 8, None), (128, 8, 1),
+                 (256, 8, None)]
+
+
+def lrn_band(args, timer: Timer) -> list[dict]:
+    """Each setting's forward and backward time at norm1's and norm2's inputs, the bandwidth of the
+    fewest bytes each pass moves (forward: x in, y out; backward: x and the gradient in, dx out),
+    and its largest difference from the default setting's output."""
+    from alexnet.models import lrn_triton as lt
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not lt.available() or (args.device.type != "cuda" and not interpreted):
+        return []
+    model = build("paper", "grouped", "direct", args)
+    x0, _ = batch(model, args.batches[0], args)
+    inputs = layer_inputs(model, x0, args)
+    settings = [BAND_SETTINGS[0], (128, 8, None)] if interpreted else BAND_SETTINGS  # the interpreter: two grids
+    rows = [copy_row(inputs["norm1"], timer)]
+    for name in ("norm1", "norm2"):
+        norm = model.features.get_submodule(name)
+        x = inputs[name].to(torch.bfloat16 if args.bf16 else torch.float32)
+        g = torch.randn_like(x)
+        consts = (norm.size, norm.alpha, norm.beta, norm.k, norm.groups)
+        want = None
+        for block_p, warps, stages in settings:
+            launch = dict(block_p=block_p, warps=warps, stages=stages)
+            fwd = lambda: lt.band_forward(x, *consts, **launch)  # noqa: E731
+            bwd = lambda: lt.band_backward(g, x, *consts, **launch)  # noqa: E731
+            got = (fwd().float(), bwd().float())
+            want = want or got
+            diff = max((a - b).abs().max().item() for a, b in zip(got, want))
+            for direction, fn, tensors in (("forward", fwd, 2), ("backward", bwd, 3)):
+                ms = timer(fn)
+                rows.append({"layer": name, "pass": direction, "block_p": block_p, "warps": warps,
+                             "stages": "default" if stages is None else stages, "ms": ms,
+                             "gb_per_s": tensors * x.numel() * x.element_size() / ms / 1e6, "max_diff": diff})
+    return rows
+
+
+def copy_row(x: torch.Tensor, timer: Timer) -> dict:
+    """A plain copy of a tensor 16 times norm1's input: the bandwidth the LRN passes can hope for."""
+    big = x.repeat(16, 1, 1, 1) if x.is_cuda else x.clone()
+    out = torch.empty_like(big)
+    ms = timer(lambda: out.copy_(big))
+    return {"layer": "copy", "pass": "read+write", "ms": ms, "gb_per_s": 2 * big.numel() * big.element_size() / ms / 1e6}
+
+
+def compile_candidates(steps: list[dict], first: int, args) -> list[dict]:
+    """What the compile section tries, most telling first: each network at ``train --compile``'s
+    choices, the paper network at its fastest eager ones, then both with opaque pools."""
+    paper_fastest = min((s for s in steps if s["batch"] == first and s["config"].startswith("paper")),
+                        key=lambda s: s["step_ms"])["config"]
+    fastest = [c for c in configs(args) if label(c) == paper_fastest]
+    defaults = [default_config(v, args, compiled=True) for v in ("torchvision", "paper")]
+    opaque = [dict(c, pools="opaque") for c in defaults if c["pools"] != "opaque"]
+    out = {label(c): c for c in [defaults[0], *fastest, defaults[1], *opaque]}
+    return list(out.values())
 
 
 # ---------------------------------------------------------------------------
@@ -311,26 +390,24 @@ def main(argv: list[str] | None = None) -> int:
     section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
     graphed = []
     if args.device.type == "cuda":
-        defaults = [c for c in configs(args) if c["towers"] == "grouped" and c["conv1"] == "direct"
-                    and c["lrn"] in ("triton", "triton-band", "torch")]
-        for cfg in list({label(c): c for c in defaults}.values()):
+        # each network at its defaults and with the plain conv1; the paper network's with the shift
+        # LRN kernels too, as the profiles before 2026-11-27 graphed it
+        plain = [dict(default_config(v, args), conv1="direct") for v in ("paper", "torchvision")]
+        graphed_configs = [default_config("paper", args), default_config("torchvision", args), *plain,
+                           dict(plain[0], lrn="triton")]
+        for cfg in list({label(c): c for c in graphed_configs}.values()):
             try:
                 graphed.append(graphed_step(cfg, args.batches[0], timer, args))
             except Exception as e:  # a capture that fails is a finding, not the end of the profile
                 graphed.append({"config": label(cfg), "batch": args.batches[0], "error": str(e)[:200]})
     section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "error"])
     section("kernels", kernels(args, out), ["name", "calls", "total_ms_per_step"])
+    section("lrn_band", lrn_band(args, timer), ["layer", "pass", "block_p", "warps", "stages", "ms", "gb_per_s",
+                                                "max_diff"])
     compiled = []
     if args.compile:
         first = args.batches[0]
-        fastest = {v: min((s for s in steps if s["batch"] == first and s["config"].startswith(v)),
-                          key=lambda s: s["step_ms"])["config"] for v in ("torchvision", "paper")}
-        lrn_default = "triton" if args.device.type == "cuda" else "torch"
-        defaults = [c for c in configs(args)[::-1] if c["towers"] == "grouped" and c["conv1"] == "direct"
-                    and c["lrn"] in (lrn_default, "torch") and (c["variant"] == "torchvision" or c["lrn"] == lrn_default)]
-        # torchvision first (where compiling was slower), each with native then opaque pools
-        candidates = [dict(c, pools=pools) for c in defaults for pools in ("native", "opaque")]
-        candidates += [c for c in configs(args) if label(c) in fastest.values() and c not in defaults]
+        candidates = compile_candidates(steps, first, args)
         for cfg in candidates:
             if time.perf_counter() - start > args.budget:
                 compiled.append({"config": label(cfg), "batch": first, "skipped": "over --budget"})

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -118,15 +119,39 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
 
 def test_the_profiles_compile_section_picks_its_variants(tmp_path):
     """The compile section (skipped by the smoke run: inductor takes minutes on the CPU) with
-    the eager backend: each network at its defaults with native and opaque pools."""
+    the eager backend: each network at the choices `train --compile` makes here, torchvision's
+    first, and with opaque pools."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
                            "--smoke", "--compile-backend", "eager"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads((tmp_path / "profile.json").read_text())["compiled"]
     configs = [c["config"] for c in compiled]
-    assert configs[:2] == ["torchvision conv1=direct", "torchvision conv1=direct pools=opaque"]
-    assert "paper towers=grouped conv1=direct lrn=torch pools=opaque" in configs
-    assert all(c.get("images_per_sec", 0) > 0 for c in compiled)
+    assert configs[0] == "torchvision conv1=direct"  # the CPU's choices: the plain computation
+    assert {"paper towers=grouped conv1=direct lrn=torch", "torchvision conv1=direct pools=opaque",
+            "paper towers=grouped conv1=direct lrn=torch pools=opaque"} <= set(configs)
+    assert len(configs) == len(set(configs)) and all(c.get("images_per_sec", 0) > 0 for c in compiled)
+
+
+def test_the_profile_times_the_band_lrn_kernels_launch_settings_and_checks_their_results():
+    """The lrn_band section through Triton's interpreter at toy size: two settings whose grids
+    differ (64 and 128 positions a program) at both LRN layers, forward and backward, each
+    computing what the default does; a grid that missed positions would leave them unwritten."""
+    from conftest import run_interpreted
+
+    pytest.importorskip("triton")
+    rows = run_interpreted(textwrap.dedent(f"""
+        import json, sys, types, torch
+        sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+        import gpu_profile as gp
+        args = types.SimpleNamespace(device=torch.device("cpu"), batches=[2], size=99, bf16=False)
+        print(json.dumps(gp.lrn_band(args, gp.Timer(args.device, 0, 1))))
+    """))
+    assert rows[0]["layer"] == "copy" and rows[0]["gb_per_s"] > 0
+    timed = rows[1:]
+    assert {(r["layer"], r["pass"], r["block_p"]) for r in timed} == {
+        (layer, direction, p) for layer in ("norm1", "norm2") for direction in ("forward", "backward") for p in (64, 128)}
+    assert all(r["ms"] > 0 and r["gb_per_s"] > 0 for r in timed)
+    assert all(r["max_diff"] <= 1e-6 for r in timed), [r["max_diff"] for r in timed]
 
 
 def test_the_setup_stage_checks_every_package_the_project_names(monkeypatch):

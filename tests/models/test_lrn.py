@@ -67,3 +67,33 @@ def test_lrn_in_half_precision_does_not_overflow():
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
     torch.testing.assert_close(y.double(), lrn_by_formula(a), rtol=2e-3, atol=1e-2)
     assert (y.double() - a / 2 ** 0.75).abs().max() > 1  # the normalisation is not a no-op here
+
+
+def test_cuda_tensors_take_the_kernels_measured_fastest_unless_asked_otherwise(monkeypatch):
+    """The band kernels were the fastest on an H200 (docs/benchmarks.md, 2026-11-27): 'auto' takes
+    them where Triton is installed; ALEXNET_LRN names the others; without Triton, PyTorch's path."""
+    import pytest
+
+    from alexnet.errors import AlexNetError
+    from alexnet.models import lrn, lrn_triton
+
+    def decided(env):
+        lrn.set_impl(None)
+        if env is None:
+            monkeypatch.delenv("ALEXNET_LRN", raising=False)
+        else:
+            monkeypatch.setenv("ALEXNET_LRN", env)
+        try:
+            return lrn._fused()
+        finally:
+            lrn.set_impl(None)
+
+    monkeypatch.setattr(lrn_triton, "available", lambda: True)
+    assert [decided(e) for e in (None, "auto", "triton-band", "triton", "torch")] == ["band", "band", "band",
+                                                                                        "shift", ""]
+    monkeypatch.setattr(lrn_triton, "available", lambda: False)
+    assert decided(None) == "" and decided("torch") == ""
+    with pytest.raises(AlexNetError, match="Triton is not installed"):
+        decided("triton-band")
+    with pytest.raises(AlexNetError, match="ALEXNET_LRN must be one of"):
+        decided("fast")

@@ -11,12 +11,12 @@ several elementwise passes, and autograd keeps every intermediate for the
 backward pass: a known speed trap. ``local_response_norm`` here has a hand-written
 backward (the one Caffe uses) that keeps three tensors and sums channel windows
 with shifted adds; on the CPU a training step of the ``paper`` network spends
-about half as long in it. On CUDA the default is ``lrn_triton``: the same formula as
-two fused kernels (forward, backward); ``ALEXNET_LRN=torch`` keeps this module's path
-there, and ``ALEXNET_LRN=triton-band`` takes ``lrn_triton``'s band kernels (the window
-sums as products on the tensor cores), which await a GPU's measurement before they can
-be the default. ``local_response_norm_reference`` is the plain formula, against which both are
-tested.
+about half as long in it. On CUDA the default is ``lrn_triton``'s band kernels: the same
+formula as two fused kernels (forward, backward), the window sums as products on the tensor
+cores, measured the fastest on an H200 (docs/benchmarks.md, 2026-11-27: 11.74 against 13.06 ms
+a training step at batch 256, and less memory). ``ALEXNET_LRN=triton`` takes the shift kernels
+(shifted loads, a stored denominator), ``ALEXNET_LRN=torch`` this module's path.
+``local_response_norm_reference`` is the plain formula, against which all are tested.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ _chosen: str | None = None  # set_impl's choice; None: ALEXNET_LRN's
 
 def set_impl(choice: str | None) -> None:
     """Choose the CUDA path for this process: 'triton', 'triton-band', 'torch', 'auto' (Triton's
-    shift kernels where installed), or None to follow ``ALEXNET_LRN`` again (the profiler
+    band kernels where installed), or None to follow ``ALEXNET_LRN`` again (the profiler
     compares them in one process)."""
     global _chosen, _decided
     if choice is not None and choice not in IMPLS:
@@ -111,7 +111,7 @@ _decided: str | None = None  # _fused's answer, once asked (a plain global: torc
 
 def _fused() -> str:
     """Which Triton kernels CUDA tensors take ('shift' or 'band'), or '' for the PyTorch path:
-    'shift' where Triton is installed, unless ``ALEXNET_LRN`` (or ``set_impl``) says otherwise."""
+    'band' where Triton is installed, unless ``ALEXNET_LRN`` (or ``set_impl``) says otherwise."""
     global _decided
     if _decided is None:
         _decided = _decide()
@@ -134,7 +134,7 @@ def _decide() -> str:
         raise AlexNetError(f"ALEXNET_LRN={choice}, but Triton is not installed")
     if not lrn_triton.available():
         return ""
-    return "band" if choice == "triton-band" else "shift"
+    return "shift" if choice == "triton" else "band"
 
 
 def local_response_norm_reference(x: torch.Tensor, size: int = SIZE, alpha: float = ALPHA, beta: float = BETA,

@@ -238,33 +238,44 @@ def backward(grad: torch.Tensor, x: torch.Tensor, denom: torch.Tensor, size: int
     return dx
 
 
-def _band_launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
+# How the band kernels launch: positions per program (BLOCK_P), warps, and the software
+# pipeline's depth (None: Triton's default). benchmarks/gpu_profile.py times other settings
+# beside these (its lrn_band section); these are the ones the kernels were written for.
+BAND_LAUNCH = dict(block_p=BAND_BLOCK_P, warps=4, stages=None)
+
+
+def _band_launch(x: torch.Tensor, groups: int, block_p: int, warps: int,
+                 stages: int | None) -> tuple[tuple[int, int], dict]:
     n, ch, h, w = x.shape
     s_n, s_c, s_h, s_w = x.stride()
     s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
     cg = _group_width(ch, groups)
-    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=cg, BLOCK_P=BAND_BLOCK_P, TC=BAND_CHUNK,
-                CHUNKS=triton.cdiv(cg, BAND_CHUNK))
-    return (n * triton.cdiv(h * w, BAND_BLOCK_P), groups), meta
+    meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=cg, BLOCK_P=block_p, TC=BAND_CHUNK,
+                CHUNKS=triton.cdiv(cg, BAND_CHUNK), num_warps=warps)
+    if stages is not None:
+        meta["num_stages"] = stages
+    return (n * triton.cdiv(h * w, block_p), groups), meta
 
 
-def band_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> torch.Tensor:
-    """LRN over ``x`` (N, C, H, W), contiguous or channels-last, by the band kernels."""
+def band_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1,
+                 **launch) -> torch.Tensor:
+    """LRN over ``x`` (N, C, H, W), contiguous or channels-last, by the band kernels (``launch``:
+    ``BAND_LAUNCH``'s settings to change)."""
     x = _dense(x)
     y = _like(x)
-    grid, meta = _band_launch(x, groups)
+    grid, meta = _band_launch(x, groups, **{**BAND_LAUNCH, **launch})
     with _on(x):
         _lrn_fwd_band[grid](x, y, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
     return y
 
 
 def band_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                  groups: int = 1) -> torch.Tensor:
+                  groups: int = 1, **launch) -> torch.Tensor:
     """The input's gradient from the output's and the input (the denominator recomputed)."""
     x = _dense(x)
     grad = _as(grad, x)
     dx = _like(x)
-    grid, meta = _band_launch(x, groups)
+    grid, meta = _band_launch(x, groups, **{**BAND_LAUNCH, **launch})
     with _on(x):
         _lrn_bwd_band[grid](grad, x, dx, alpha_n=alpha / size, beta=beta, k=k, SIZE=size, **meta)
     return dx

@@ -168,15 +168,16 @@ class TrainConfig:
                                   "profile on an H200, off until it has run through a whole training run on a GPU")
     tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
-                                    "faster for the network and device (models/fastconv.py; grouped: the two were "
-                                    "level on an H200)", ("auto", "grouped", "split"))
+                                    "faster for the network and device (models/fastconv.py; grouped: the halves were "
+                                    "slower on an H200)", ("auto", "grouped", "split"))
     pools: str = setting("auto", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
-                              "instead of generating its own pooling backward); the same results; auto: opaque "
-                              "for torchvision compiled on CUDA (measured faster on an H200), else native",
+                              "instead of generating its own pooling backward); the same results; auto: native "
+                              "(opaque was not faster compiled on an H200 on the last measurement)",
                     ("auto", "native", "opaque"))
     conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
-                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d for torchvision "
-                              "on CUDA (measured faster on an H200), else direct", ("auto", "direct", "s2d"))
+                              "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d on CUDA for "
+                              "both networks eager and torchvision's compiled (measured faster on an H200), else "
+                              "direct", ("auto", "direct", "s2d"))
     ten_crop: bool = setting(False, "final evaluation with 10 crops (per-epoch validation is always center crop)")
     checkpoint_every: str = setting("0", "also checkpoint inside an epoch: every N steps ('500') or minutes ('10m'); "
                                     "0 = at epoch ends only (SIGTERM/SIGINT always checkpoint before stopping)")
