@@ -190,6 +190,36 @@ def test_a_batch_of_encoded_images_crosses_from_a_worker_as_one_buffer(tree, tmp
     assert offsets[-1] == data.numel() and torch.equal(labels, split.labels[idx])
 
 
+class _InWorker(torch.utils.data.Dataset):
+    """A split's batches made in a loader process, with whether they were made in shared memory."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        images, labels = self.split.batch(list(range(4)))
+        return images, images.is_shared()
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "raw"])
+def test_a_worker_decodes_a_batch_into_shared_memory_as_the_main_process_would(tree, tmp_path, encoding):
+    """Made in a loader process, a batch is written straight into shared memory (sending it then
+    copies nothing) and holds the pixels the main process decodes; JPEG batches keep the decoder's
+    pixel order, channels-last (stacked without a transpose)."""
+    packed.prepare(tree, tmp_path / "dst", size=32, encoding=encoding, workers=1, progress=False)
+    split = packed.PackedSplit(tmp_path / "dst", "train")
+    here, _ = split.batch(list(range(4)))
+    assert not here.is_shared() and here.shape == (4, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(_InWorker(split), batch_size=None, num_workers=1)
+    (there, shared), = list(loader)
+    assert shared and torch.equal(there, here)
+    if encoding == "jpeg":
+        assert here.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_device_decoding_runs_in_its_own_thread_one_batch_ahead_of_the_step(tree, tmp_path, monkeypatch):
     """While the consumer holds batch k (its step), batch k + 1 is already being decoded, in the
     decoder's thread; a decoding error reaches the consumer."""
