@@ -6,7 +6,8 @@
 #                                            # no stage named: all but profile and cifar
 #
 # profile: benchmarks/gpu_profile.py (where a training step's time goes, per layer and choice,
-# compiled and graphed; about 6 minutes, its files under OUTDIR/profile/); setup: packages, GPU,
+# compiled and graphed; no compile variant starts after GPU_CHECK_PROFILE_BUDGET seconds, default
+# 170: about 3 minutes on an H200; its files under OUTDIR/profile/); setup: packages, GPU,
 # data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
 # the test suite on this machine in 8 processes (CUDA wherever a test's device is "auto"; not the
 # web page's browser test: no Chromium there); bench: alexnet bench
@@ -156,7 +157,8 @@ begin() {
 
 stage_profile() {
     begin profile
-    run_step profile 540 "$PY" benchmarks/gpu_profile.py --out "$OUTDIR/profile" $([ $SMOKE = 1 ] && echo --smoke)
+    run_step profile 540 "$PY" benchmarks/gpu_profile.py --out "$OUTDIR/profile" --budget "${GPU_CHECK_PROFILE_BUDGET:-170}" \
+        $([ $SMOKE = 1 ] && echo --smoke)
     finish profile
 }
 
