@@ -47,6 +47,7 @@ def test_bench_reports_every_figure(image_tree, monkeypatch, matmul_tf32):
     assert torch.backends.cuda.matmul.allow_tf32 and tf32[0][1:] == (torch.backends.cudnn.allow_tf32,
                                                                       torch.backends.cudnn.benchmark)
     _check_measured(result["figures"])
+    assert all(f["streamed_images_per_sec"] is None for f in result["figures"])  # a CPU's calls finish as made
     rate = {key: f["images_per_sec"] for key, f in figures.items()}
     tv = "torchvision"
     assert result["ratios"] == pytest.approx({f"{tv}: end-to-end / model": rate[("end-to-end", tv)] / rate[("model", tv)],
@@ -155,3 +156,32 @@ def test_the_pytorch_example_peer_trains_and_the_side_by_side_run_times_every_ar
     for r in rows:  # one round: each ratio is the example's seconds over the arm's
         assert r["speedup_median"] == pytest.approx(example / r["seconds"][0], abs=6e-4)  # stored to 3 places
     assert (tmp_path / "vs" / "fp32" / "model.safetensors").is_file()
+
+
+def test_gpu_rows_are_also_timed_streamed_and_their_ratios_say_so(monkeypatch):
+    """On a GPU the model and end-to-end rows are timed again as a training loop runs, one wait at
+    the end: the count of images over that one span; the streamed ratios stand beside the
+    step-by-step ones, only where both rows of a pair have a streamed rate."""
+    import types
+
+    from alexnet import bench
+    from alexnet.bench import Figure
+    from alexnet.training import runtime
+
+    waits = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.append(device))
+    clock = iter([10.0, 12.0])  # the span's start and end
+    monkeypatch.setattr(runtime, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert bench.time_streamed(lambda: 64, torch.device("cuda:0"), 5) == pytest.approx(5 * 64 / 2.0)
+    assert len(waits) == 2
+    assert bench.time_streamed(lambda: 64, torch.device("cpu"), 5) is None
+
+    def fig(what, variant, rate, streamed):
+        return Figure(what, variant, "gpu", rate, 256, 50, 1.0, streamed_images_per_sec=streamed)
+
+    figures = [fig("model", "paper", 100.0, 120.0), fig("cached", "paper", 80.0, 114.0),
+               fig("model", "torchvision", 200.0, None), fig("cached", "torchvision", 150.0, 190.0)]
+    ratios = bench._derived(figures, ["paper", "torchvision"])["ratios"]
+    assert ratios == pytest.approx({"paper: cached / model": 0.8, "paper: cached / model, streamed": 0.95,
+                                    "torchvision: cached / model": 0.75})
+

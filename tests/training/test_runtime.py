@@ -49,3 +49,16 @@ def test_each_timed_call_waits_for_every_device_of_the_split(monkeypatch):
     log.clear()
     timed_calls(lambda: log.append("call"), torch.device("cpu"), calls=1, warmup=0)
     assert log == ["call"]
+
+
+def test_streamed_calls_wait_once_at_each_end_not_after_every_call(monkeypatch):
+    """The training loop's pace: the host queues call k + 1 while the devices still run call k,
+    so nothing waits between calls; before the first and after the last, every device is waited for."""
+    from alexnet.training.runtime import streamed_calls
+
+    log = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append(str(device)))
+    towers = (torch.device("cuda:0"), torch.device("cuda:1"))
+    seconds, results = streamed_calls(lambda: log.append("call") or 3, towers, calls=3)
+    assert results == [3, 3, 3] and seconds >= 0
+    assert log == ["cuda:0", "cuda:1", "call", "call", "call", "cuda:0", "cuda:1"]

@@ -131,6 +131,19 @@ def timed_calls(fn, devices: torch.device | Sequence[torch.device], calls: int,
     return out
 
 
+def streamed_calls(fn, devices: torch.device | Sequence[torch.device], calls: int) -> tuple[float, list]:
+    """(seconds, results) of ``calls`` calls of ``fn`` back to back, waiting for ``devices`` once
+    before and once after: the pace of a training loop, where the host queues step k + 1 (its
+    batch's preparation too) while a GPU still runs step k. ``timed_calls`` waits after every
+    call, so the host's part of each step adds to the device's instead of hiding under it."""
+    devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
+    _sync(devices)
+    start = time.perf_counter()
+    results = [fn() for _ in range(calls)]
+    _sync(devices)
+    return time.perf_counter() - start, results
+
+
 def _sync(devices: tuple[torch.device, ...]) -> None:
     for device in dict.fromkeys(devices):
         if device.type == "cuda":
