@@ -185,3 +185,14 @@ def test_gpu_rows_are_also_timed_streamed_and_their_ratios_say_so(monkeypatch):
     assert ratios == pytest.approx({"paper: cached / model": 0.8, "paper: cached / model, streamed": 0.95,
                                     "torchvision: cached / model": 0.75})
 
+
+def test_a_small_sets_epoch_outlasts_every_call_a_row_makes_and_the_queue_ahead():
+    """A loader-fed row's warm-up, timed steps and (on a GPU) streamed steps all fall inside one
+    epoch with the loader processes' queue to spare: an epoch's end drains the queue and the
+    rate read across it is the drain's, not the loader's."""
+    from alexnet.bench import _passes
+
+    for batches, workers, prefetch, calls in [(3, 16, 4, 238), (3, 8, 4, 174), (40, 2, 4, 70), (1, 0, 4, 7)]:
+        assert _passes(batches, workers, prefetch, calls) * batches >= calls + 4 * max(1, workers) * prefetch
+    assert _passes(1000, 16, 4, 100) == 1  # a large set is not lengthened
+

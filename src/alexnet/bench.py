@@ -101,13 +101,17 @@ def time_steps(step: Callable[[], int], device: torch.device | Sequence[torch.de
     return reduce([n / seconds for seconds, n in timed_calls(step, device, steps, warmup)])
 
 
-def time_streamed(step: Callable[[], int], devices: torch.device | Sequence[torch.device], steps: int) -> float | None:
+def time_streamed(step: Callable[[], int], devices: torch.device | Sequence[torch.device], steps: int,
+                  warmup: int = 0) -> float | None:
     """Images/s of ``steps`` calls of ``step`` run back to back, one wait for the devices at the
-    end (``runtime.streamed_calls``), after the step-by-step timing's warm-up; None where no device
-    is a GPU."""
+    end (``runtime.streamed_calls``), after ``warmup`` untimed calls (for a loader-fed row, the
+    batches its processes hold ready: the slower step-by-step timing before let them fill their
+    queue); None where no device is a GPU."""
     devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
     if not any(d.type == "cuda" for d in devices):
         return None
+    for _ in range(warmup):
+        step()
     seconds, counts = streamed_calls(step, devices, steps)
     return sum(counts) / seconds
 
@@ -188,16 +192,17 @@ def _augmented(rt: Runtime, batch: int, size: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_decode: bool,
-                    crop: int, cache: str = "none", cache_format: str = "rgb"
+                    crop: int, cache: str = "none", cache_format: str = "rgb", calls: int = 0
                     ) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
     """A function returning the next augmented training batch (images, labels) from a
-    packed dataset, epoch after epoch: the input side of the loader and end-to-end runs.
-    Its loader processes stop when the ``with`` block ends, before the next row starts its own."""
+    packed dataset, epoch after epoch (each long enough for the row's ``calls``): the input side
+    of the loader and end-to-end runs. Its loader processes stop when the ``with`` block ends,
+    before the next row starts its own."""
     size = read_meta(packed_dir)["size"]
     req = data_loader.Request(splits=("train",), batch_size=batch, workers=workers, gpu_decode=gpu_decode,
                               cache=cache, cache_format=cache_format)
     splits = data_loader.build(packed_dir, size, rt.device, req)
-    _lengthen_epochs(splits.train, workers)
+    _lengthen_epochs(splits.train, workers, calls)
     augment = TrainAugment(Normalizer.channel().to(rt.device), crop, dtype=rt.dtype, channels_last=rt.channels_last)
     gen = torch.Generator(device=rt.device).manual_seed(0)
 
@@ -221,21 +226,22 @@ def _packed_batches(packed_dir: str, rt: Runtime, batch: int, workers: int, gpu_
         splits.close()
 
 
-def _lengthen_epochs(train: data_loader.Batches, workers: int) -> None:
+def _lengthen_epochs(train: data_loader.Batches, workers: int, calls: int = 0) -> None:
     """Pass over a small packed set several times an epoch, so that no epoch ends within the
     warm-up and timed steps. An epoch's end drains the loader processes' queue and leaves most
     of them idle: on an H200 with 16 processes, 1,000 images (3 batches an epoch) gave 2,239
     img/s from a loader whose one core decoded 1,645 (2026-11-26). Decoding an image twice costs
     what decoding two does."""
-    passes = _passes(len(train), resolve_workers(workers), data_loader.PREFETCH)
+    passes = _passes(len(train), resolve_workers(workers), data_loader.PREFETCH, calls)
     if passes > 1:
         train.repeat(passes)
 
 
-def _passes(batches: int, workers: int, prefetch: int) -> int:
-    """Passes over a set of ``batches`` an epoch that make the epoch at least 4 times what
-    ``workers`` loader processes hold ahead, ``prefetch`` batches each: well past the timed steps."""
-    need = 4 * max(1, workers) * prefetch
+def _passes(batches: int, workers: int, prefetch: int, calls: int = 0) -> int:
+    """Passes over a set of ``batches`` an epoch that make the epoch the ``calls`` a row makes
+    (warm-ups and timed steps) and 4 times what ``workers`` loader processes hold ahead,
+    ``prefetch`` batches each, more."""
+    need = calls + 4 * max(1, workers) * prefetch
     return max(1, -(-need // max(1, batches)))
 
 
@@ -247,10 +253,10 @@ def _warmup_past_prefetch(warmup: int, workers: int) -> int:
 
 def bench_loader(packed_dir: str, rt: Runtime, batch: int, steps: int, warmup: int, workers: int,
                  gpu_decode: bool, crop: int = 224) -> Figure:
-    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop) as next_batch:
+    warm = _warmup_past_prefetch(warmup, workers)
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, calls=warm + steps) as next_batch:
         _reset_peak(rt.device)
-        rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, _warmup_past_prefetch(warmup, workers),
-                          reduce=throughput)
+        rate = time_steps(lambda: next_batch()[0].shape[0], rt.device, steps, warm, reduce=throughput)
     return Figure("loader", "-", device_name(rt.device), rate, batch, steps, _peak_mib(rt.device),
                   {"workers": workers, "gpu_decode": gpu_decode})
 
@@ -294,13 +300,14 @@ def bench_end_to_end(variant: str, packed_dir: str, p: "_Plan", cached: bool = F
                                                 cache_format)
         if cache == "none":
             return None
-    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache, cache_format) as next_batch:
+    warm, queued = _warmup_past_prefetch(p.warmup, workers), _warmup_past_prefetch(0, workers)
+    calls = warm + steps + (queued + steps if rt.device.type == "cuda" else 0)  # and the streamed run's
+    with _packed_batches(packed_dir, rt, batch, workers, gpu_decode, crop, cache, cache_format, calls) as next_batch:
         model, optimizer = _model_and_optimizer(variant, rt, p.compile)
         train = _train_step(model, optimizer, rt)
         _reset_peak(rt.device)
-        rate = time_steps(lambda: train(*next_batch()), rt.devices, steps, _warmup_past_prefetch(p.warmup, workers),
-                          reduce=throughput)
-        streamed = time_streamed(lambda: train(*next_batch()), rt.devices, steps)
+        rate = time_steps(lambda: train(*next_batch()), rt.devices, steps, warm, reduce=throughput)
+        streamed = time_streamed(lambda: train(*next_batch()), rt.devices, steps, warmup=queued)
     return Figure("end-to-end" if cache == "none" else "cached", variant, device_name(rt.device), rate, batch, steps,
                   _peak_mib(rt.device), {"workers": workers, "gpu_decode": gpu_decode, "data": "packed",
                                          "cache": cache, **({"cache_format": cache_format} if cache != "none" else {})},
@@ -317,7 +324,7 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
     dataset = torchvision.datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
     # an epoch of several shuffled passes over a small folder, as the packed rows get (_lengthen_epochs);
     # 2: DataLoader's default prefetch
-    passes = _passes(len(dataset) // max(1, batch), workers, 2)
+    passes = _passes(len(dataset) // max(1, batch), workers, 2, warmup + 2 * workers + steps)
     sampler = torch.utils.data.RandomSampler(dataset, num_samples=len(dataset) * passes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", drop_last=True,

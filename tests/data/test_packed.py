@@ -216,8 +216,9 @@ def test_a_worker_decodes_a_batch_into_shared_memory_as_the_main_process_would(t
     loader = torch.utils.data.DataLoader(_InWorker(split), batch_size=None, num_workers=1)
     (there, shared), = list(loader)
     assert shared and torch.equal(there, here)
-    if encoding == "jpeg":
+    if encoding == "jpeg":  # made so, and received so: sending it copied nothing into another layout
         assert here.is_contiguous(memory_format=torch.channels_last)
+        assert there.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_device_decoding_runs_in_its_own_thread_one_batch_ahead_of_the_step(tree, tmp_path, monkeypatch):

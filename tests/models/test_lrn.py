@@ -71,7 +71,8 @@ def test_lrn_in_half_precision_does_not_overflow():
 
 def test_cuda_tensors_take_the_kernels_measured_fastest_unless_asked_otherwise(monkeypatch):
     """The band kernels were the fastest on an H200 (docs/benchmarks.md, 2026-11-27): 'auto' takes
-    them where Triton is installed; ALEXNET_LRN names the others; without Triton, PyTorch's path."""
+    them where Triton is installed (the shift kernels on ROCm, whose GPUs do not all have the band
+    kernels' tf32 products); ALEXNET_LRN names the others; without Triton, PyTorch's path."""
     import pytest
 
     from alexnet.errors import AlexNetError
@@ -91,6 +92,9 @@ def test_cuda_tensors_take_the_kernels_measured_fastest_unless_asked_otherwise(m
     monkeypatch.setattr(lrn_triton, "available", lambda: True)
     assert [decided(e) for e in (None, "auto", "triton-band", "triton", "torch")] == ["band", "band", "band",
                                                                                         "shift", ""]
+    monkeypatch.setattr(torch.version, "hip", "6.4")  # ROCm: tf32 products only on some GPUs
+    assert decided(None) == "shift" and decided("triton-band") == "band"
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(lrn_triton, "available", lambda: False)
     assert decided(None) == "" and decided("torch") == ""
     with pytest.raises(AlexNetError, match="Triton is not installed"):

@@ -36,17 +36,18 @@ POOL_IMPLS = ("native", "opaque")
 # What 'auto' picks: the choices benchmarks/gpu_profile.py measured faster (bf16, channels-last, a
 # whole training step at batch 256 and 512) on an NVIDIA H200 with PyTorch 2.11 (docs/benchmarks.md,
 # 2026-11-26 and 2026-11-27); everything not listed keeps the plain computation, which is also what
-# no measurement has beaten on a CPU. The towers stay grouped: two dense halves were slower in every
-# pairing. Keys: (variant, device type, compiled).
+# no measurement has beaten on a CPU. The towers stay grouped: two dense halves were 0.1-1.5 ms
+# slower a step at batch 256 and 0.2-0.4 ms faster at 512. Keys: (variant, device type, compiled).
 MEASURED_FASTER = {
     # conv1 by space-to-depth (2026-11-27): 9.63 against 11.74 ms a step at batch 256 with the band
     # LRN kernels, 17.61 against 21.66 at 512; compiled, not measured yet (the plain conv1 stays)
     ("paper", "cuda", False): {"conv1": "s2d"},
     # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27)
     ("torchvision", "cuda", False): {"conv1": "s2d"},
-    # compiled: s2d 6.51 ms against 8.37 (2026-11-26). Pools stay native: opaque ones were faster
-    # under compile on 2026-11-26 (7.35 against 8.37 ms, conv1 direct) but slower on 2026-11-27
-    # (7.17 against 6.59), after the code between had changed; the later is today's code
+    # compiled: s2d 6.51 ms against 8.37 (2026-11-26; not measured again on today's code, whose
+    # compiled direct step took 6.59). Pools stay native: opaque ones were faster under compile on
+    # 2026-11-26 (7.35 against 8.37 ms, conv1 direct) but slower on 2026-11-27 (7.17 against 6.59),
+    # after the code between had changed; the later is today's code
     ("torchvision", "cuda", True): {"conv1": "s2d"},
 }
 PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}

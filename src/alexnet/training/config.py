@@ -169,7 +169,7 @@ class TrainConfig:
     tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
                                     "faster for the network and device (models/fastconv.py; grouped: the halves were "
-                                    "slower on an H200)", ("auto", "grouped", "split"))
+                                    "slower at batch 256 on an H200)", ("auto", "grouped", "split"))
     pools: str = setting("auto", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
                               "instead of generating its own pooling backward); the same results; auto: native "
                               "(opaque was not faster compiled on an H200 on the last measurement)",
