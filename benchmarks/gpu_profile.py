@@ -101,9 +101,12 @@ def lrn_choices(args) -> list[str]:
 
 
 def default_config(variant: str, args, compiled: bool = False) -> dict:
-    """The choices ``alexnet train`` makes for ``variant`` on this device (its 'auto's)."""
+    """The choices ``alexnet train`` makes for ``variant`` on this device (its 'auto's; the LRN's
+    as ``lrn`` decides it, in this profile's names; torchvision's network has no LRN)."""
     chosen = fastconv.resolve(variant, args.device.type, compiled)
-    lrn_auto = "torch" if variant == "torchvision" or args.device.type != "cuda" else "triton-band"
+    lrn.set_impl(None)
+    kernels = lrn._fused() if args.device.type == "cuda" else ""
+    lrn_auto = {"band": "triton-band", "shift": "triton", "": "torch"}[kernels] if variant != "torchvision" else "torch"
     return dict(variant=variant, towers=chosen["towers"], conv1=chosen["conv1"], lrn=lrn_auto, pools=chosen["pools"])
 
 

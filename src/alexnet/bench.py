@@ -37,7 +37,7 @@ from .options import BenchConfig
 from .models.summary import summarize
 from .models import fastconv
 from .models.towers import TwoTowerAlexNet
-from .training.runtime import Runtime, cpu_has_bf16, resolve_runtime, streamed_calls, timed_calls
+from .training.runtime import Runtime, as_devices, cpu_has_bf16, resolve_runtime, streamed_calls, timed_calls
 from .training.train import build_optimizer, make_scaler, train_step
 
 
@@ -107,7 +107,7 @@ def time_streamed(step: Callable[[], int], devices: torch.device | Sequence[torc
     end (``runtime.streamed_calls``), after ``warmup`` untimed calls (for a loader-fed row, the
     batches its processes hold ready: the slower step-by-step timing before let them fill their
     queue); None where no device is a GPU."""
-    devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
+    devices = as_devices(devices)
     if not any(d.type == "cuda" for d in devices):
         return None
     for _ in range(warmup):
@@ -324,7 +324,8 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
     dataset = torchvision.datasets.ImageFolder(os.path.join(folder, "train"), transform=tf)
     # an epoch of several shuffled passes over a small folder, as the packed rows get (_lengthen_epochs);
     # 2: DataLoader's default prefetch
-    passes = _passes(len(dataset) // max(1, batch), workers, 2, warmup + 2 * workers + steps)
+    warm = warmup + 2 * workers  # past DataLoader's default prefetch of 2 batches a worker
+    passes = _passes(len(dataset) // max(1, batch), workers, 2, warm + steps)
     sampler = torch.utils.data.RandomSampler(dataset, num_samples=len(dataset) * passes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
@@ -349,8 +350,8 @@ def bench_baseline(folder: str, device: torch.device, batch: int, steps: int, wa
 
     _reset_peak(device)
     try:
-        with _pytorch_defaults():  # past DataLoader's default prefetch of 2 batches a worker
-            rate = time_steps(step, device, steps, warmup + 2 * workers, reduce=throughput)
+        with _pytorch_defaults():
+            rate = time_steps(step, device, steps, warm, reduce=throughput)
     finally:
         it.close()
         data_loader.close_loader(loader)

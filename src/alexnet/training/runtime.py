@@ -118,7 +118,7 @@ def timed_calls(fn, devices: torch.device | Sequence[torch.device], calls: int,
     to the completion of its work on every one of ``devices`` (with the towers split, the second
     tower's backward and update end after the first's): the benchmarks' and the time budget's
     one clock."""
-    devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
+    devices = as_devices(devices)
     for _ in range(warmup):
         fn()
     _sync(devices)
@@ -136,12 +136,17 @@ def streamed_calls(fn, devices: torch.device | Sequence[torch.device], calls: in
     before and once after: the pace of a training loop, where the host queues step k + 1 (its
     batch's preparation too) while a GPU still runs step k. ``timed_calls`` waits after every
     call, so the host's part of each step adds to the device's instead of hiding under it."""
-    devices = (devices,) if isinstance(devices, torch.device) else tuple(devices)
+    devices = as_devices(devices)
     _sync(devices)
     start = time.perf_counter()
     results = [fn() for _ in range(calls)]
     _sync(devices)
     return time.perf_counter() - start, results
+
+
+def as_devices(devices: torch.device | Sequence[torch.device]) -> tuple[torch.device, ...]:
+    """One device or several, as a tuple."""
+    return (devices,) if isinstance(devices, torch.device) else tuple(devices)
 
 
 def _sync(devices: tuple[torch.device, ...]) -> None:
