@@ -2,12 +2,14 @@
 # GPU acceptance in one command: set-up without network, the CUDA tests, the benchmarks and
 # the main job's GPU preset, each stage a JSON summary and a log under OUTDIR.
 #
-#   benchmarks/gpu_check.sh OUTDIR [profile] [setup] [tests] [suite] [bench] [main] [cifar]
-#                                            # no stage named: all but profile and cifar
+#   benchmarks/gpu_check.sh OUTDIR [profile] [decode] [setup] [tests] [suite] [bench] [main] [cifar]
+#                                            # no stage named: all but profile, decode and cifar
 #
 # profile: benchmarks/gpu_profile.py (where a training step's time goes, per layer and choice,
 # compiled and graphed; no compile variant starts after GPU_CHECK_PROFILE_BUDGET seconds, default
-# 170: about 3 minutes on an H200; its files under OUTDIR/profile/); setup: packages, GPU,
+# 170: about 3 minutes on an H200; its files under OUTDIR/profile/); decode:
+# benchmarks/decode_overlap.py (whether nvJPEG decoding overlaps the training step, and what
+# stops it; about a minute; OUTDIR/decode/decode_overlap.json); setup: packages, GPU,
 # data (benchmarks/gpu_env.py); tests: pytest -m gpu; suite: the rest of
 # the test suite on this machine in 8 processes (CUDA wherever a test's device is "auto"; not the
 # web page's browser test: no Chromium there); bench: alexnet bench
@@ -38,13 +40,13 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [profile] [setup] [tests] [suite] [bench] [main] [cifar]" >&2
+    echo "usage: benchmarks/gpu_check.sh [--smoke] OUTDIR [profile] [decode] [setup] [tests] [suite] [bench] [main] [cifar]" >&2
     exit 2
 fi
 OUTDIR="$1"; shift
 STAGES="${*:-setup tests suite bench main}"
 for s in $STAGES; do
-    case "$s" in profile|setup|tests|suite|bench|main|cifar) ;; *) echo "gpu_check: unknown stage '$s' (profile, setup, tests, suite, bench, main, cifar)" >&2; exit 2 ;; esac
+    case "$s" in profile|decode|setup|tests|suite|bench|main|cifar) ;; *) echo "gpu_check: unknown stage '$s' (profile, decode, setup, tests, suite, bench, main, cifar)" >&2; exit 2 ;; esac
 done
 mkdir -p "$OUTDIR" || { echo "gpu_check: cannot create $OUTDIR" >&2; exit 2; }
 OUTDIR="$(cd "$OUTDIR" && pwd)"
@@ -160,6 +162,12 @@ stage_profile() {
     run_step profile 540 "$PY" benchmarks/gpu_profile.py --out "$OUTDIR/profile" --budget "${GPU_CHECK_PROFILE_BUDGET:-170}" \
         $([ $SMOKE = 1 ] && echo --smoke)
     finish profile
+}
+
+stage_decode() {
+    begin decode
+    run_step decode-overlap 240 "$PY" benchmarks/decode_overlap.py --out "$OUTDIR/decode" $([ $SMOKE = 1 ] && echo --smoke)
+    finish decode
 }
 
 stage_setup() {

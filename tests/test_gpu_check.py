@@ -117,6 +117,19 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
     assert "## steps" in (tmp_path / "profile" / "profile.txt").read_text()
 
 
+def test_the_decode_stage_measures_decoding_alone_beside_the_step_and_in_the_pipeline(tmp_path):
+    """benchmarks/decode_overlap.py at toy size on the CPU (decode_jpeg on the CPU, the package's
+    DeviceDecoder and training step): every section measured, the pipeline's both ways."""
+    proc = run_check(tmp_path, "decode")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "decode.json").read_text())["ok"]
+    report = json.loads((tmp_path / "decode" / "decode_overlap.json").read_text())
+    sections = ["decode (main thread)", "step (streamed)", "concurrent: decode thread",
+                "gil: decode thread beside pure Python", "pipeline: DeviceDecoder (thread)",
+                "pipeline: decode inline after the step"]
+    assert all(report[s] > 0 for s in sections), {s: report.get(s) for s in sections}
+
+
 def test_the_profiles_compile_section_picks_its_variants(tmp_path):
     """The compile section (skipped by the smoke run: inductor takes minutes on the CPU) with
     the eager backend: each network at the choices `train --compile` makes here, torchvision's

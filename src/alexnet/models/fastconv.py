@@ -40,14 +40,17 @@ POOL_IMPLS = ("native", "opaque")
 # slower a step at batch 256 and 0.2-0.4 ms faster at 512. Keys: (variant, device type, compiled).
 MEASURED_FASTER = {
     # conv1 by space-to-depth (2026-11-27): 9.63 against 11.74 ms a step at batch 256 with the band
-    # LRN kernels, 17.61 against 21.66 at 512; compiled, not measured yet (the plain conv1 stays)
+    # LRN kernels, 17.61 against 21.66 at 512; again in the afternoon, 10.11 against 11.82 and
+    # 17.68 against 21.69
     ("paper", "cuda", False): {"conv1": "s2d"},
+    # compiled, with the band LRN kernels: 8.97 against 10.97 ms at batch 256 (2026-11-27, afternoon)
+    ("paper", "cuda", True): {"conv1": "s2d"},
     # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27)
     ("torchvision", "cuda", False): {"conv1": "s2d"},
-    # compiled: s2d 6.51 ms against 8.37 (2026-11-26; not measured again on today's code, whose
-    # compiled direct step took 6.59). Pools stay native: opaque ones were faster under compile on
-    # 2026-11-26 (7.35 against 8.37 ms, conv1 direct) but slower on 2026-11-27 (7.17 against 6.59),
-    # after the code between had changed; the later is today's code
+    # compiled: s2d 6.51 ms against 8.37 (2026-11-26), 5.68 against 6.59 direct (2026-11-27).
+    # Pools stay native: opaque ones were faster under compile on 2026-11-26 (7.35 against 8.37 ms,
+    # conv1 direct), slower on 2026-11-27's morning (7.17 against 6.59) and level in its afternoon
+    # (5.61 against 5.68 ms with s2d, within two runs' spread)
     ("torchvision", "cuda", True): {"conv1": "s2d"},
 }
 PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}
