@@ -31,6 +31,18 @@ def _runtime():
     return Runtime(torch.device("cpu"), None, True, distributed.from_environment())
 
 
+def test_the_budget_clock_starts_with_the_process_not_with_training():
+    """A command's imports count against its --time-budget: a process that spent a second
+    before asking sees its start at least a second back (a clock read when asked would not)."""
+    import subprocess
+    import sys
+
+    code = ("import time; time.sleep(1.0); from alexnet.training.budget import process_started; "
+            "print(time.perf_counter() - process_started())")
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1.0 <= age < 60
+
+
 def test_steps_taken_while_measuring_are_undone_weights_momentum_rate_gradients_and_random_stream():
     torch.manual_seed(3)
     model = create_model("paper", num_classes=10).to(memory_format=torch.channels_last)

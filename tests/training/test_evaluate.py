@@ -96,6 +96,19 @@ def test_ten_crop_ranks_the_mean_of_the_views_softmax(case):
     assert result.loss == pytest.approx(expected_loss, rel=1e-5)
 
 
+def test_ten_crop_views_go_through_the_network_a_batchs_worth_at_a_time(case):
+    """A batch of 3 images' 30 views in forward passes of at most 3 rows, in their order (the
+    table model names each row's image and view: a reordered row would change the result),
+    not one pass ten times the batch's size, which ran 1.4 times slower an image on a 2-core CPU."""
+    model, images, labels, table = case
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    batches = Fixed([Batch(images[:3], labels[:3]), Batch(images[3:], labels[3:])])
+    result = evaluate(model, batches, EvalCrops(IDENTITY, CROP, ten_crop=True), progress=False)
+    assert seen == [3] * 10 + [1] * 10
+    assert result.top1 == 1.0 and result.images == 4
+
+
 def test_top_k_counts_the_label_within_the_k_best(case):
     model, images, labels, table = case
     # relabel: image 0's label becomes its 2nd-ranked class, image 1's its 6th

@@ -69,6 +69,21 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
+def _forward_views(model: nn.Module, x: torch.Tensor, chunk: int,
+                   autocast: contextlib.AbstractContextManager | None, channels_last: bool) -> torch.Tensor:
+    """The logits of ``x``'s views (B * V rows), ``chunk`` rows (a batch's images) a forward pass:
+    the 10 crops of a batch as ten passes of the training batch's size, not one ten times its
+    size. On a 2-core AVX2 CPU (2026-11-27) the paper network's forward took 1.30 ms an image
+    at 128 images and 1.79 at 1,280 (channels-last, 67 px: the activations outgrow the caches)."""
+    parts = []
+    for part in x.split(chunk):
+        if channels_last:
+            part = part.contiguous(memory_format=torch.channels_last)
+        with autocast or contextlib.nullcontext():
+            parts.append(model(part))
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = "val",
              autocast: contextlib.AbstractContextManager | None = None, channels_last: bool = False,
@@ -85,11 +100,7 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
             continue
         views = crops(batch.images)  # (B, V, 3, crop, crop)
         b, v = views.shape[:2]
-        x = views.flatten(0, 1)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
+        logits = _forward_views(model, views.flatten(0, 1), b, autocast, channels_last)
         probs = average_views(logits, v)  # (B, classes)
         c1, c5 = topk_correct(probs, batch.labels)
         center = topk_correct(logits.reshape(b, v, -1)[:, CENTER_VIEW], batch.labels) if v > 1 else (c1, c5)

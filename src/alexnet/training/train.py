@@ -783,7 +783,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     """
-    started = time.perf_counter()
+    started = budget.process_started()  # a --time-budget counts the command's imports too
     run = Run(resolve(cfg, resume, overrides, overwrite))
     cfg = run.cfg
     try:
