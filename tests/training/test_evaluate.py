@@ -99,7 +99,7 @@ def test_ten_crop_ranks_the_mean_of_the_views_softmax(case):
 def test_ten_crop_views_go_through_the_network_a_batchs_worth_at_a_time(case):
     """A batch of 3 images' 30 views in forward passes of at most 3 rows, in their order (the
     table model names each row's image and view: a reordered row would change the result),
-    not one pass ten times the batch's size, which ran 1.4 times slower an image on a 2-core CPU."""
+    not one pass ten times the batch's size, which ran 1.2 times slower an image on a 2-core CPU."""
     model, images, labels, table = case
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))

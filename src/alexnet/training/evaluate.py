@@ -73,8 +73,9 @@ def _forward_views(model: nn.Module, x: torch.Tensor, chunk: int,
                    autocast: contextlib.AbstractContextManager | None, channels_last: bool) -> torch.Tensor:
     """The logits of ``x``'s views (B * V rows), ``chunk`` rows (a batch's images) a forward pass:
     the 10 crops of a batch as ten passes of the training batch's size, not one ten times its
-    size. On a 2-core AVX2 CPU (2026-11-27) the paper network's forward took 1.30 ms an image
-    at 128 images and 1.79 at 1,280 (channels-last, 67 px: the activations outgrow the caches)."""
+    size. On a 2-core AVX2 CPU (AMD Zen 3, 2026-11-27; four rounds, the two ways alternating)
+    the paper network's forward took 1.40-1.49 ms an image in passes of 128 and 1.62-1.88 in one
+    pass of 1,280 (channels-last, 67 px: the larger pass's activations outgrow the caches)."""
     parts = []
     for part in x.split(chunk):
         if channels_last:
