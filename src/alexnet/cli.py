@@ -199,6 +199,7 @@ def _train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .training.budget import process_started
     from .training.config import TrainConfig, apply_overrides
     from .training.train import fit
 
@@ -213,9 +214,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "out" in overrides and overrides["out"] != args.resume:
             raise AlexNetError("--resume names the run directory; do not also pass --out")
         overrides.pop("out", None)
-        fit(TrainConfig(out=args.resume), resume=True, overrides=overrides)
+        fit(TrainConfig(out=args.resume), resume=True, overrides=overrides, started=process_started())
     else:
-        fit(apply_overrides(TrainConfig(), overrides), overwrite=args.overwrite)
+        fit(apply_overrides(TrainConfig(), overrides), overwrite=args.overwrite, started=process_started())
     return 0
 
 
@@ -243,12 +244,13 @@ def _finetune(sub) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from .training.budget import process_started
     from .training.config import TrainConfig, apply_overrides
     from .training.train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
     fit(apply_overrides(TrainConfig(), {**FINETUNE_DEFAULTS, **overrides, "weights": args.source}),
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, started=process_started())
     return 0
 
 

@@ -43,6 +43,25 @@ def test_the_budget_clock_starts_with_the_process_not_with_training():
     assert 1.0 <= age < 60
 
 
+def test_the_commands_count_their_budget_from_the_process_start_and_a_library_call_from_the_call(
+        tmp_path, fmnist_dir, monkeypatch):
+    """`alexnet train` passes its process's start to fit (its imports count); fit called from a
+    long-lived process (a notebook up for days, a sweep of runs) counts from the call, so an
+    hour's budget still trains."""
+    from alexnet import cli
+
+    seen = {}
+    monkeypatch.setattr(budget, "process_started", lambda: -1234.5)
+    monkeypatch.setattr(train, "fit", lambda *args, **kw: seen.update(kw))
+    assert cli.main(["train", "--data", "fashion-mnist", "--out", str(tmp_path / "cli")]) == 0
+    assert seen["started"] == -1234.5
+    monkeypatch.undo()
+
+    monkeypatch.setattr(budget, "process_started", lambda: time.perf_counter() - 3 * 86400)
+    fit(tiny_config(tmp_path / "lib", epochs=1, time_budget=3600, fashion_mnist_dir=fmnist_dir))
+    assert len((tmp_path / "lib" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_steps_taken_while_measuring_are_undone_weights_momentum_rate_gradients_and_random_stream():
     torch.manual_seed(3)
     model = create_model("paper", num_classes=10).to(memory_format=torch.channels_last)

@@ -774,7 +774,8 @@ def reached_train_error(cfg: TrainConfig, history: list[dict]) -> bool:
     return steps_to(trace, target, smooth_window(len(history[0].get("trace_error", [])))) is not None
 
 
-def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False) -> dict:
+def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, overwrite: bool = False,
+        started: float | None = None) -> dict:
     """Train as ``cfg`` says, validating every epoch; returns the final metrics.
 
     Validation uses the data's val split, or images held out of the training set
@@ -782,8 +783,10 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     With ``resume``, the config stored in ``cfg.out``'s checkpoint is used, with
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
+    A ``--time-budget`` counts from ``started`` (a ``time.perf_counter()`` reading; the
+    commands pass their process's start, so that their imports count), else from this call.
     """
-    started = budget.process_started()  # a --time-budget counts the command's imports too
+    started = time.perf_counter() if started is None else started
     run = Run(resolve(cfg, resume, overrides, overwrite))
     cfg = run.cfg
     try:
