@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -199,7 +200,6 @@ def _train(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.budget import process_started
     from .training.config import TrainConfig, apply_overrides
     from .training.train import fit
 
@@ -214,9 +214,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if "out" in overrides and overrides["out"] != args.resume:
             raise AlexNetError("--resume names the run directory; do not also pass --out")
         overrides.pop("out", None)
-        fit(TrainConfig(out=args.resume), resume=True, overrides=overrides, started=process_started())
+        fit(TrainConfig(out=args.resume), resume=True, overrides=overrides, started=_entered)
     else:
-        fit(apply_overrides(TrainConfig(), overrides), overwrite=args.overwrite, started=process_started())
+        fit(apply_overrides(TrainConfig(), overrides), overwrite=args.overwrite, started=_entered)
     return 0
 
 
@@ -244,13 +244,12 @@ def _finetune(sub) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .training.budget import process_started
     from .training.config import TrainConfig, apply_overrides
     from .training.train import fit
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "command", "source", "overwrite")}
     fit(apply_overrides(TrainConfig(), {**FINETUNE_DEFAULTS, **overrides, "weights": args.source}),
-        overwrite=args.overwrite, started=process_started())
+        overwrite=args.overwrite, started=_entered)
     return 0
 
 
@@ -771,7 +770,15 @@ def _leave_if_torchrun_worker(code: int) -> None:
         os._exit(code)
 
 
+# When this command began (a time.perf_counter() reading): `train` and `finetune` count a
+# --time-budget from it, so that torch's imports and the data's loading count too, and a command
+# run in-process (a notebook, a sweep) counts from its own call, not from the process's start.
+_entered: float | None = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    global _entered
+    _entered = time.perf_counter()
     # Large CPU tensors (weights, gradients, autocast's bf16 copies, batches) on transparent huge
     # pages: one 2-MB page where 512 faults of 4 KB each would zero memory every time such a tensor
     # is allocated again (benchmarks/thp_cpu.py measures it). PyTorch reads the switch once, at its

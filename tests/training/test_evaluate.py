@@ -104,9 +104,25 @@ def test_ten_crop_views_go_through_the_network_a_batchs_worth_at_a_time(case):
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     batches = Fixed([Batch(images[:3], labels[:3]), Batch(images[3:], labels[3:])])
-    result = evaluate(model, batches, EvalCrops(IDENTITY, CROP, ten_crop=True), progress=False)
+    regions = Regions()
+    result = evaluate(model, batches, EvalCrops(IDENTITY, CROP, ten_crop=True), autocast=regions, progress=False)
     assert seen == [3] * 10 + [1] * 10
     assert result.top1 == 1.0 and result.images == 4
+    # one autocast region a batch, not one a pass: each region casts the weights again
+    assert regions.entered == 2
+
+
+class Regions:
+    """A stand-in for an autocast context that counts how often it is entered."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
 
 
 def test_top_k_counts_the_label_within_the_k_best(case):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -71,21 +70,6 @@ def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs
     for the evaluations after the last one; at most ``max_epochs``. Zero when not even one fits."""
     room = budget - spent - after_s
     return max(0, min(max_epochs, math.floor(room / epoch_s)))
-
-
-def process_started() -> float:
-    """The ``time.perf_counter()`` reading at which this process started (Linux: from
-    /proc/self/stat), so that a budget covers the command's imports too; now where unknown."""
-    now = time.perf_counter()
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks after boot
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return now
-    return now - min(max(age, 0.0), 3600.0)  # a clock that disagrees wildly is not believed
 
 
 def timed(fn: Callable[[], None], rt: Runtime) -> float:
@@ -143,7 +127,7 @@ def fit_to_budget(step: Callable[[], None], learner, splits: Splits, cfg: TrainC
     """Measure, then plan: ``step`` (the loop's own training step on its next batch, with the
     ``learner``'s model, optimiser and scaler) timed and undone, an evaluation batch timed, and
     the epochs that fit ``cfg.optim.time_budget`` seconds counted from ``started`` (a
-    ``time.perf_counter()`` reading: the process's start, ``process_started``), at most ``cfg.optim.epochs``,
+    ``time.perf_counter()`` reading: the command's start, or ``fit``'s call), at most ``cfg.optim.epochs``,
     leaving time for the evaluations after the last epoch: the final 10-crop validation where
     ``--ten-crop`` asks for one, and ``--budget-eval-views`` more. An error when not even one
     epoch fits."""

@@ -77,11 +77,9 @@ def _forward_views(model: nn.Module, x: torch.Tensor, chunk: int,
     the paper network's forward took 1.40-1.49 ms an image in passes of 128 and 1.62-1.88 in one
     pass of 1,280 (channels-last, 67 px: the larger pass's activations outgrow the caches)."""
     parts = []
-    for part in x.split(chunk):
-        if channels_last:
-            part = part.contiguous(memory_format=torch.channels_last)
-        with autocast or contextlib.nullcontext():
-            parts.append(model(part))
+    with autocast or contextlib.nullcontext():  # once: autocast casts the weights anew in each region
+        for part in x.split(chunk):
+            parts.append(model(part.contiguous(memory_format=torch.channels_last) if channels_last else part))
     return torch.cat(parts)
 
 

@@ -784,7 +784,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overrides: dict | None = None, o
     ``overrides`` (flag name -> value, e.g. ``{"epochs": 120}``) applied on top.
     A new run refuses an ``out`` that already holds one, unless ``overwrite``.
     A ``--time-budget`` counts from ``started`` (a ``time.perf_counter()`` reading; the
-    commands pass their process's start, so that their imports count), else from this call.
+    commands pass their own start, so that their imports count), else from this call.
     """
     started = time.perf_counter() if started is None else started
     run = Run(resolve(cfg, resume, overrides, overwrite))
