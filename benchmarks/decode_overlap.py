@@ -9,15 +9,22 @@ each section a fixed few seconds on the same in-memory JPEG batches (no loader p
    the decoded images stacked and augmented as training does; ``nvidia-smi dmon`` samples the
    engines meanwhile (its ``jpg`` column: the hardware JPEG decoder's load, 0 when the SMs decode).
 2. step: the training step alone, streamed.
-3. concurrent: a decoding thread and the step loop in the main thread, independent, run side by
-   side: both rates near their solo rates mean that nothing shared (SMs, the GIL) serialises them.
-   Again with ``sys.setswitchinterval`` at 0.1 ms (the GIL handed over 50 times as often).
-4. gil: the decoding thread beside a main thread that runs pure Python and no CUDA at all.
+3. concurrent: a decoding thread and the step loop in the main thread, independent, side by
+   side, the thread's batches counted over the step loop's own window: both rates near their
+   solo rates mean that nothing shared (SMs, the GIL, a synchronisation) serialises them.
+   Again with ``sys.setswitchinterval`` at 0.1 ms (the GIL handed over 50 times as often), with
+   the step on a CUDA stream of its own instead of PyTorch's default (CUDA's legacy stream 0,
+   which any work nvJPEG puts there waits for), and with the step loop held to two steps ahead
+   of the device (a full launch queue blocks the host). The thread times each step of its
+   decoding (split, stream wait, decode_jpeg, stack, labels and event): where the time goes.
+4. gil: the decoding thread, timed the same way, beside a main thread that sleeps, then one that
+   runs pure Python and no CUDA at all.
 5. pipeline: the package's own ``DeviceDecoder`` feeding augmentation and the step (as `alexnet
-   train --gpu-decode` runs), with its decoding thread, with the switch interval at 0.1 ms, and
-   with the same decoding done in the main thread after each step is queued (no thread).
+   train --gpu-decode` runs), with its decoding thread, with the switch interval at 0.1 ms, with
+   the same decoding done in the main thread after each step is queued (no thread), and the
+   thread and inline forms again with the step on a stream of its own.
 
-    python benchmarks/decode_overlap.py --out OUT           # on a GPU: about a minute
+    python benchmarks/decode_overlap.py --out OUT           # on a GPU: about two minutes
     python benchmarks/decode_overlap.py --out OUT --smoke   # toy sizes on the CPU
 
 Writes OUT/decode_overlap.json and prints a table (images per second for each section).
@@ -43,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from alexnet.bench import _model_and_optimizer, _train_step  # noqa: E402
 from alexnet.data.loader import DeviceDecoder  # noqa: E402
+from alexnet.data.packed import split_encoded  # noqa: E402
 from alexnet.data.transforms import Normalizer, TrainAugment  # noqa: E402
 from alexnet.models.registry import variant_info  # noqa: E402
 from alexnet.training.config import TrainConfig  # noqa: E402
@@ -67,34 +75,85 @@ def encoded_batches(count: int, batch: int, size: int, seed: int = 0) -> list:
     return out
 
 
-def rate(fn, seconds: float, sync) -> float:
-    """Images/s of ``fn`` (returns images) called for about ``seconds``, one wait at the end."""
+def window(fn, seconds: float, sync) -> tuple[int, float, float]:
+    """Calls ``fn`` (returns images) for about ``seconds`` after one warm-up call: the images and
+    the window (perf_counter start and end), one wait for the device at each end."""
     fn()
     sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         n += fn()
     sync()
-    return n / (time.perf_counter() - t0)
+    return n, t0, time.perf_counter()
+
+
+def rate(fn, seconds: float, sync) -> float:
+    n, t0, t1 = window(fn, seconds, sync)
+    return n / (t1 - t0)
 
 
 class Looper(threading.Thread):
-    """Calls ``fn`` (returns images) until stopped; ``rate()``: images/s between start and stop."""
+    """Calls ``fn`` (returns images) in a thread until stopped, noting when each call ended, so
+    that its rate can be read over another loop's exact window (``rate_within``)."""
 
     def __init__(self, fn) -> None:
         super().__init__(daemon=True)
-        self.fn, self.images, self.stop_flag = fn, 0, threading.Event()
+        self.fn, self.ends, self.error, self.stop_flag = fn, [], None, threading.Event()
 
     def run(self) -> None:
-        self.t0 = time.perf_counter()
-        while not self.stop_flag.is_set():
-            self.images += self.fn()
-        self.t1 = time.perf_counter()
+        try:
+            while not self.stop_flag.is_set():
+                n = self.fn()
+                self.ends.append((time.perf_counter(), n))
+        except BaseException as e:  # raised again in the main thread by stop()
+            self.error = e
 
-    def finish(self) -> float:
+    def stop(self) -> None:
         self.stop_flag.set()
         self.join()
-        return self.images / (self.t1 - self.t0)
+        if self.error is not None:
+            raise self.error
+
+    def rate_within(self, t0: float, t1: float) -> float:
+        return sum(n for t, n in self.ends if t0 < t <= t1) / (t1 - t0)
+
+
+class PhasedDecode:
+    """``DeviceDecoder._decode``'s steps one by one, each timed (wall ms a batch, summed over
+    the calls): where a starved decoding thread spends its time."""
+
+    PHASES = ("split", "stream wait", "decode_jpeg", "stack", "labels and event")
+
+    def __init__(self, decoder: DeviceDecoder, batches) -> None:
+        self.decoder, self.batches = decoder, batches
+        self.totals, self.calls = dict.fromkeys(self.PHASES, 0.0), 0
+
+    def __call__(self) -> int:
+        from torchvision.io import decode_jpeg
+
+        (data, offsets), labels = next(self.batches)
+        d, marks = self.decoder, [time.perf_counter()]
+        views = split_encoded(data, offsets)
+        marks.append(time.perf_counter())
+        with torch.cuda.stream(d.stream) if d.cuda else contextlib.nullcontext():
+            if d.cuda:
+                d.stream.synchronize()
+            marks.append(time.perf_counter())
+            decoded = decode_jpeg(views, device=d.device) if d.cuda else decode_jpeg(views)
+            marks.append(time.perf_counter())
+            images = torch.stack(decoded)
+            marks.append(time.perf_counter())
+            if d.cuda:
+                labels.to(d.device, non_blocking=True)
+                torch.cuda.Event().record(d.stream)
+            marks.append(time.perf_counter())
+        for phase, a, b in zip(self.PHASES, marks, marks[1:]):
+            self.totals[phase] += b - a
+        self.calls += 1
+        return images.shape[0]
+
+    def report(self) -> dict[str, float]:
+        return {phase: round(1000 * t / max(self.calls, 1), 3) for phase, t in self.totals.items()}
 
 
 def dmon(seconds: int) -> subprocess.Popen | None:
@@ -117,16 +176,17 @@ def main() -> int:
     rt = resolve_runtime(TrainConfig(device="cpu" if smoke else "cuda", precision="auto"))
     dev = rt.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    crop = 64 if smoke else variant_info(args.variant).input_size
+    net = "torchvision" if smoke else args.variant  # the smoke run's 64-px crops are too small for the paper's
+    crop = 64 if smoke else variant_info(net).input_size
     results: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
-                     "torch": torch.__version__, "batch": batch, "variant": args.variant, "seconds": seconds,
+                     "torch": torch.__version__, "batch": batch, "variant": net, "seconds": seconds,
                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node()}
     rows: list[tuple[str, str]] = []
 
     def record(name: str, value) -> None:
         results[name] = value
         rows.append((name, f"{value:,.0f}" if isinstance(value, float) else str(value)))
-        print(f"{name:<44} {rows[-1][1]}", flush=True)
+        print(f"{name:<52} {rows[-1][1]}", flush=True)
 
     data = encoded_batches(2 if smoke else 6, batch, size)
     cycle = itertools.cycle(data)
@@ -134,108 +194,137 @@ def main() -> int:
     augment = TrainAugment(Normalizer.channel().to(dev), crop, dtype=rt.dtype, channels_last=rt.channels_last)
     gen = torch.Generator(device=dev).manual_seed(0)
 
+    def ready(encoded, labels):
+        """A batch decoded here and handed to the current stream, as DeviceDecoder hands it."""
+        return decoder._ready(_Done(decoder._decode(encoded, labels)))
+
     def decode() -> int:
-        images, _, _ = decoder._decode(*next(cycle))
-        return images.shape[0]
+        return ready(*next(cycle)).images.shape[0]
 
     def decode_augment() -> int:
-        images, labels, done = decoder._decode(*next(cycle))
-        if done is not None:
-            torch.cuda.current_stream(dev).wait_event(done)
-        return augment(images, gen).shape[0]
+        b = ready(*next(cycle))
+        return augment(b.images, gen).shape[0]
 
-    # 1. decoding alone
-    mon = dmon(int(seconds) + 1) if dev.type == "cuda" else None
-    record("decode (main thread)", rate(decode, seconds, sync))
-    if mon is not None:
-        try:
-            results["dmon"] = mon.communicate(timeout=seconds + 10)[0]
-        except subprocess.TimeoutExpired:
-            mon.kill()
-            results["dmon"] = "timed out"
-        print(results["dmon"], flush=True)
-    record("decode + augment (main thread)", rate(decode_augment, seconds, sync))
+    try:
+        # 1. decoding alone
+        mon = dmon(int(seconds) + 1) if dev.type == "cuda" else None
+        record("decode (main thread)", rate(decode, seconds, sync))
+        if mon is not None:
+            try:
+                results["dmon"] = mon.communicate(timeout=seconds + 10)[0]
+            except subprocess.TimeoutExpired:
+                mon.kill()
+                results["dmon"] = "timed out"
+            print(results["dmon"], flush=True)
+        record("decode + augment (main thread)", rate(decode_augment, seconds, sync))
 
-    # 2. the step alone
-    model, optimizer = _model_and_optimizer(args.variant if not smoke else "torchvision", rt, False)
-    step = _train_step(model, optimizer, rt)
-    x = augment(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev), gen)
-    y = torch.randint(0, 1000, (batch,), device=dev)
-    for _ in range(3):
-        step(x, y)
-    record("step (streamed)", rate(lambda: step(x, y), seconds, sync))
+        # 2. the step alone
+        model, optimizer = _model_and_optimizer(net, rt, False)
+        step = _train_step(model, optimizer, rt)
+        x = augment(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev), gen)
+        y = torch.randint(0, 1000, (batch,), device=dev)
+        for _ in range(3):
+            step(x, y)
+        record("step (streamed)", rate(lambda: step(x, y), seconds, sync))
 
-    # 3. and 4. side by side; the step on PyTorch's default stream (CUDA's legacy stream 0, with
-    # which any work nvJPEG puts on stream 0 is serialised) or on a stream of its own
-    side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        # 3. side by side, the thread's rate over the step loop's own window (twice as long: the
+        # starved thread finishes few batches). The step on PyTorch's default stream (CUDA's
+        # legacy stream 0, which any work nvJPEG puts on stream 0 waits for), on a stream of its
+        # own, or never more than two steps ahead of the device (a full launch queue blocks the
+        # host where it would otherwise run ahead)
+        side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
 
-    def on_side():
-        if side is None:
-            return contextlib.nullcontext()
-        side.wait_stream(torch.cuda.current_stream(dev))
-        return torch.cuda.stream(side)
+        def on_side():
+            if side is None:
+                return contextlib.nullcontext()
+            side.wait_stream(torch.cuda.current_stream(dev))
+            return torch.cuda.stream(side)
 
-    for label, interval, stream in (("", None, False), (", switch 0.1 ms", 1e-4, False),
-                                    (", step on a side stream", None, True)):
-        old = sys.getswitchinterval()
-        if interval:
-            sys.setswitchinterval(interval)
-        loop = Looper(decode)
-        loop.start()
-        with on_side() if stream else contextlib.nullcontext():
-            steps = rate(lambda: step(x, y), seconds, sync)
-        record(f"concurrent{label}: step", steps)
-        record(f"concurrent{label}: decode thread", loop.finish())
-        sys.setswitchinterval(old)
-    for label, busy in (("sleeping", False), ("pure Python", True)):
-        loop = Looper(decode)
-        loop.start()
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            if busy:
-                sum(i * i for i in range(1000))
-            else:
-                time.sleep(0.01)
-        record(f"gil: decode thread beside {label}", loop.finish())
+        ahead: list = []
 
-    # 5. the package's pipeline: DeviceDecoder -> augment -> step
-    def pipeline(inline: bool, interval: float | None, stream: bool = False) -> float:
-        source = (data[i % len(data)] for i in itertools.count())
-        if inline:
-            def batches():
-                for encoded, labels in source:
-                    yield decoder._ready_now(encoded, labels)
-            it = batches()
-        else:
-            it = decoder.batches(source)
+        def step_bounded() -> int:
+            n = step(x, y)
+            if dev.type == "cuda":
+                ahead.append(torch.cuda.Event())
+                ahead[-1].record()
+                if len(ahead) > 2:
+                    ahead.pop(0).synchronize()
+            return n
 
-        def one() -> int:
-            b = next(it)
-            return step(augment(b.images, gen), b.labels)
-        old = sys.getswitchinterval()
-        if interval:
-            sys.setswitchinterval(interval)
-        try:
-            with on_side() if stream else contextlib.nullcontext():
-                return rate(one, seconds, sync)
-        finally:
-            sys.setswitchinterval(old)
-            it.close()
+        for label, interval, stream, fn in (("", None, False, lambda: step(x, y)),
+                                            (", switch 0.1 ms", 1e-4, False, lambda: step(x, y)),
+                                            (", step on a side stream", None, True, lambda: step(x, y)),
+                                            (", step two ahead at most", None, False, step_bounded)):
+            phased = PhasedDecode(decoder, cycle)
+            old = sys.getswitchinterval()
+            loop = Looper(phased)
+            try:
+                if interval:
+                    sys.setswitchinterval(interval)
+                loop.start()
+                with on_side() if stream else contextlib.nullcontext():
+                    n, t0, t1 = window(fn, 2 * seconds, sync)
+            finally:
+                sys.setswitchinterval(old)
+                loop.stop()
+            record(f"concurrent{label}: step", n / (t1 - t0))
+            record(f"concurrent{label}: decode thread", loop.rate_within(t0, t1))
+            results[f"concurrent{label}: decode thread's ms a batch"] = phased.report()
 
-    DeviceDecoder._ready_now = lambda self, encoded, labels: self._ready(_Done(self._decode(encoded, labels)))
-    record("pipeline: DeviceDecoder (thread)", pipeline(False, None))
-    record("pipeline: DeviceDecoder, switch 0.1 ms", pipeline(False, 1e-4))
-    record("pipeline: decode inline after the step", pipeline(True, None))
-    record("pipeline: DeviceDecoder, step on a side stream", pipeline(False, None, True))
-    record("pipeline: inline, step on a side stream", pipeline(True, None, True))
-    decoder.close()
+        # 4. the decoding thread beside a main thread that sleeps, or runs pure Python
+        for label, busy in (("sleeping", False), ("pure Python", True)):
+            phased = PhasedDecode(decoder, cycle)
+            loop = Looper(phased)
+            loop.start()
+            try:
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < 2 * seconds:
+                    if busy:
+                        sum(i * i for i in range(1000))
+                    else:
+                        time.sleep(0.01)
+                t1 = time.perf_counter()
+            finally:
+                loop.stop()
+            record(f"gil: decode thread beside {label}", loop.rate_within(t0, t1))
+            results[f"gil: decode thread beside {label}: ms a batch"] = phased.report()
+
+        # 5. the package's pipeline: DeviceDecoder -> augment -> step
+        def pipeline(inline: bool, interval: float | None, stream: bool = False) -> float:
+            source = (data[i % len(data)] for i in itertools.count())
+            it = (ready(*item) for item in source) if inline else decoder.batches(source)
+
+            def one() -> int:
+                b = next(it)
+                return step(augment(b.images, gen), b.labels)
+            old = sys.getswitchinterval()
+            try:
+                if interval:
+                    sys.setswitchinterval(interval)
+                with on_side() if stream else contextlib.nullcontext():
+                    return rate(one, seconds, sync)
+            finally:
+                sys.setswitchinterval(old)
+                it.close()
+                decoder.pool.submit(lambda: None).result()  # the batch it had started, finished
+
+        record("pipeline: DeviceDecoder (thread)", pipeline(False, None))
+        record("pipeline: DeviceDecoder, switch 0.1 ms", pipeline(False, 1e-4))
+        record("pipeline: decode inline after the step", pipeline(True, None))
+        record("pipeline: DeviceDecoder, step on a side stream", pipeline(False, None, True))
+        record("pipeline: inline, step on a side stream", pipeline(True, None, True))
+    finally:
+        decoder.close()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_overlap.json").write_text(json.dumps(results, indent=1))
-    print(f"\n{results['device']}, torch {results['torch']}, batch {batch}, {args.variant}: images/s")
+    print(f"\n{results['device']}, torch {results['torch']}, batch {batch}, {net}: images/s")
     for name, value in rows:
-        print(f"{name:<44} {value:>10}")
+        print(f"{name:<52} {value:>10}")
+    for name, phases in results.items():
+        if name.endswith("ms a batch"):
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in phases.items()))
     return 0
 
 

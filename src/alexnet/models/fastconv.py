@@ -47,7 +47,8 @@ MEASURED_FASTER = {
     ("paper", "cuda", True): {"conv1": "s2d"},
     # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27)
     ("torchvision", "cuda", False): {"conv1": "s2d"},
-    # compiled: s2d 6.51 ms against 8.37 (2026-11-26), 5.68 against 6.59 direct (2026-11-27).
+    # compiled: s2d 6.51 ms against 8.37 (2026-11-26); 5.68 on 2026-11-27's afternoon, against
+    # 6.59 direct that morning (two sessions: direct was not compiled in the afternoon's)
     # Pools stay native: opaque ones were faster under compile on 2026-11-26 (7.35 against 8.37 ms,
     # conv1 direct), slower on 2026-11-27's morning (7.17 against 6.59) and level in its afternoon
     # (5.61 against 5.68 ms with s2d, within two runs' spread)
