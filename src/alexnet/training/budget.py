@@ -62,7 +62,8 @@ class Plan:
     def describe(self, budget: float) -> str:
         after = f", {self.after_s:.0f} s kept for the evaluations after it" if self.after_s else ""
         return (f"time budget {budget:g} s: a training step takes {self.step_s:.3f} s here, an epoch with its "
-                f"validation about {self.epoch_s:.0f} s, set-up took {self.spent:.0f} s{after}: {self.epochs} epochs")
+                f"validation about {self.epoch_s:.0f} s, set-up took {self.spent:.0f} s{after}: {self.epochs} "
+                f"epoch{'s' if self.epochs != 1 else ''}")
 
 
 def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs: int) -> int:
