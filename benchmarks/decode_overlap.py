@@ -23,9 +23,14 @@ each section a fixed few seconds on the same in-memory JPEG batches (no loader p
    train --gpu-decode` runs), with its decoding thread, with the switch interval at 0.1 ms, with
    the same decoding done in the main thread after each step is queued (no thread), and the
    thread and inline forms again with the step on a stream of its own.
+6. process: the same decoding in a process of its own (its own CUDA context, its own
+   interpreter), alone and then beside the step loop: whether a decoding process would keep
+   its rate where a decoding thread is starved (the design that would hand batches over in
+   shared GPU memory; not built).
 
     python benchmarks/decode_overlap.py --out OUT           # on a GPU: about two minutes
     python benchmarks/decode_overlap.py --out OUT --smoke   # toy sizes on the CPU
+    python benchmarks/decode_overlap.py --out OUT --sections process   # one section (and the step)
 
 Writes OUT/decode_overlap.json and prints a table (images per second for each section).
 """
@@ -90,6 +95,9 @@ def window(fn, seconds: float, sync) -> tuple[int, float, float]:
 def rate(fn, seconds: float, sync) -> float:
     n, t0, t1 = window(fn, seconds, sync)
     return n / (t1 - t0)
+
+
+SECTIONS = ("decode", "concurrent", "gil", "pipeline", "process")
 
 
 class Looper(threading.Thread):
@@ -170,7 +178,12 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU")
     ap.add_argument("--variant", default="paper")
     ap.add_argument("--seconds", type=float, default=3.0, help="each section's timed length")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"which to run, comma-separated (default all: {','.join(SECTIONS)}; the step alone always)")
     args = ap.parse_args()
+    wanted = set(args.sections.split(","))
+    if wanted - set(SECTIONS):
+        ap.error(f"unknown section(s) {', '.join(sorted(wanted - set(SECTIONS)))}: choose from {', '.join(SECTIONS)}")
     smoke = args.smoke or not torch.cuda.is_available()
     batch, size, seconds = (4, 80, 0.3) if smoke else (256, 256, args.seconds)
     rt = resolve_runtime(TrainConfig(device="cpu" if smoke else "cuda", precision="auto"))
@@ -207,16 +220,17 @@ def main() -> int:
 
     try:
         # 1. decoding alone
-        mon = dmon(int(seconds) + 1) if dev.type == "cuda" else None
-        record("decode (main thread)", rate(decode, seconds, sync))
-        if mon is not None:
-            try:
-                results["dmon"] = mon.communicate(timeout=seconds + 10)[0]
-            except subprocess.TimeoutExpired:
-                mon.kill()
-                results["dmon"] = "timed out"
-            print(results["dmon"], flush=True)
-        record("decode + augment (main thread)", rate(decode_augment, seconds, sync))
+        if "decode" in wanted:
+            mon = dmon(int(seconds) + 1) if dev.type == "cuda" else None
+            record("decode (main thread)", rate(decode, seconds, sync))
+            if mon is not None:
+                try:
+                    results["dmon"] = mon.communicate(timeout=seconds + 10)[0]
+                except subprocess.TimeoutExpired:
+                    mon.kill()
+                    results["dmon"] = "timed out"
+                print(results["dmon"], flush=True)
+            record("decode + augment (main thread)", rate(decode_augment, seconds, sync))
 
         # 2. the step alone
         model, optimizer = _model_and_optimizer(net, rt, False)
@@ -251,43 +265,45 @@ def main() -> int:
                     ahead.pop(0).synchronize()
             return n
 
-        for label, interval, stream, fn in (("", None, False, lambda: step(x, y)),
-                                            (", switch 0.1 ms", 1e-4, False, lambda: step(x, y)),
-                                            (", step on a side stream", None, True, lambda: step(x, y)),
-                                            (", step two ahead at most", None, False, step_bounded)):
-            phased = PhasedDecode(decoder, cycle)
-            old = sys.getswitchinterval()
-            loop = Looper(phased)
-            try:
-                if interval:
-                    sys.setswitchinterval(interval)
-                loop.start()
-                with on_side() if stream else contextlib.nullcontext():
-                    n, t0, t1 = window(fn, 2 * seconds, sync)
-            finally:
-                sys.setswitchinterval(old)
-                loop.stop()
-            record(f"concurrent{label}: step", n / (t1 - t0))
-            record(f"concurrent{label}: decode thread", loop.rate_within(t0, t1))
-            results[f"concurrent{label}: decode thread's ms a batch"] = phased.report()
+        if "concurrent" in wanted:
+            for label, interval, stream, fn in (("", None, False, lambda: step(x, y)),
+                                                (", switch 0.1 ms", 1e-4, False, lambda: step(x, y)),
+                                                (", step on a side stream", None, True, lambda: step(x, y)),
+                                                (", step two ahead at most", None, False, step_bounded)):
+                phased = PhasedDecode(decoder, cycle)
+                old = sys.getswitchinterval()
+                loop = Looper(phased)
+                try:
+                    if interval:
+                        sys.setswitchinterval(interval)
+                    loop.start()
+                    with on_side() if stream else contextlib.nullcontext():
+                        n, t0, t1 = window(fn, 2 * seconds, sync)
+                finally:
+                    sys.setswitchinterval(old)
+                    loop.stop()
+                record(f"concurrent{label}: step", n / (t1 - t0))
+                record(f"concurrent{label}: decode thread", loop.rate_within(t0, t1))
+                results[f"concurrent{label}: decode thread's ms a batch"] = phased.report()
 
         # 4. the decoding thread beside a main thread that sleeps, or runs pure Python
-        for label, busy in (("sleeping", False), ("pure Python", True)):
-            phased = PhasedDecode(decoder, cycle)
-            loop = Looper(phased)
-            loop.start()
-            try:
-                t0 = time.perf_counter()
-                while time.perf_counter() - t0 < 2 * seconds:
-                    if busy:
-                        sum(i * i for i in range(1000))
-                    else:
-                        time.sleep(0.01)
-                t1 = time.perf_counter()
-            finally:
-                loop.stop()
-            record(f"gil: decode thread beside {label}", loop.rate_within(t0, t1))
-            results[f"gil: decode thread beside {label}: ms a batch"] = phased.report()
+        if "gil" in wanted:
+            for label, busy in (("sleeping", False), ("pure Python", True)):
+                phased = PhasedDecode(decoder, cycle)
+                loop = Looper(phased)
+                loop.start()
+                try:
+                    t0 = time.perf_counter()
+                    while time.perf_counter() - t0 < 2 * seconds:
+                        if busy:
+                            sum(i * i for i in range(1000))
+                        else:
+                            time.sleep(0.01)
+                    t1 = time.perf_counter()
+                finally:
+                    loop.stop()
+                record(f"gil: decode thread beside {label}", loop.rate_within(t0, t1))
+                results[f"gil: decode thread beside {label}: ms a batch"] = phased.report()
 
         # 5. the package's pipeline: DeviceDecoder -> augment -> step
         def pipeline(inline: bool, interval: float | None, stream: bool = False) -> float:
@@ -308,11 +324,29 @@ def main() -> int:
                 it.close()
                 decoder.pool.submit(lambda: None).result()  # the batch it had started, finished
 
-        record("pipeline: DeviceDecoder (thread)", pipeline(False, None))
-        record("pipeline: DeviceDecoder, switch 0.1 ms", pipeline(False, 1e-4))
-        record("pipeline: decode inline after the step", pipeline(True, None))
-        record("pipeline: DeviceDecoder, step on a side stream", pipeline(False, None, True))
-        record("pipeline: inline, step on a side stream", pipeline(True, None, True))
+        if "pipeline" in wanted:
+            record("pipeline: DeviceDecoder (thread)", pipeline(False, None))
+            record("pipeline: DeviceDecoder, switch 0.1 ms", pipeline(False, 1e-4))
+            record("pipeline: decode inline after the step", pipeline(True, None))
+            record("pipeline: DeviceDecoder, step on a side stream", pipeline(False, None, True))
+            record("pipeline: inline, step on a side stream", pipeline(True, None, True))
+
+        # 6. decoding in a process of its own, alone (this process sleeps) and beside the step loop
+        if "process" in wanted:
+            try:
+                with DecodingProcess(batch, size, dev) as child:
+                    for label, fn in (("alone", None), ("beside the step loop", lambda: step(x, y))):
+                        child.go()
+                        if fn is None:
+                            t0 = time.perf_counter()
+                            time.sleep(2 * seconds)
+                            t1 = time.perf_counter()
+                        else:
+                            n, t0, t1 = window(fn, 2 * seconds, sync)
+                            record("process: step", n / (t1 - t0))
+                        record(f"process: decoding process {label}", child.rate_within(t0, t1))
+            except Exception as e:  # a finding; the sections before it stand
+                record("process: error", f"{type(e).__name__}: {e}"[:300])
     finally:
         decoder.close()
 
@@ -326,6 +360,76 @@ def main() -> int:
         if name.endswith("ms a batch"):
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in phases.items()))
     return 0
+
+
+class DecodingProcess:
+    """A child process (spawned: its own CUDA context and interpreter) that decodes
+    ``encoded_batches`` with nvJPEG in a loop between ``go()`` and the next, noting when each
+    batch was decoded, on the clock this process reads (``perf_counter``, CLOCK_MONOTONIC on
+    Linux, which all processes share)."""
+
+    def __init__(self, batch: int, size: int, device: torch.device) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child_end = ctx.Pipe()
+        self.proc = ctx.Process(target=_decode_loop, args=(child_end, batch, size, str(device)), daemon=True)
+
+    def __enter__(self) -> "DecodingProcess":
+        self.proc.start()
+        if not self.conn.poll(300) or self.conn.recv() != "ready":
+            raise RuntimeError("the decoding process did not start")
+        return self
+
+    def go(self) -> None:
+        """Start decoding."""
+        self.conn.send("go")
+
+    def rate_within(self, t0: float, t1: float) -> float:
+        """Stop decoding; the images a second it decoded between ``t0`` and ``t1``."""
+        self.conn.send("stop")
+        ends = self.conn.recv()
+        return sum(n for t, n in ends if t0 < t <= t1) / (t1 - t0)
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send("quit")
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _decode_loop(conn, batch: int, size: int, device: str) -> None:
+    """The decoding process: decode batches from ``go`` to ``stop``, then send their end times."""
+    from torchvision.io import decode_jpeg
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(dev)
+    data = encoded_batches(2 if not cuda else 6, batch, size)
+
+    def one(i: int) -> int:
+        (buf, offsets), _ = data[i % len(data)]
+        views = split_encoded(buf, offsets)
+        images = torch.stack(decode_jpeg(views, device=dev) if cuda else decode_jpeg(views))
+        if cuda:
+            torch.cuda.current_stream(dev).synchronize()
+        return images.shape[0]
+
+    for i in range(3):
+        one(i)
+    conn.send("ready")
+    while (msg := conn.recv()) != "quit":
+        if msg != "go":
+            continue
+        ends, i = [], 0
+        while not conn.poll():
+            n = one(i)
+            ends.append((time.perf_counter(), n))
+            i += 1
+        conn.recv()  # the stop
+        conn.send(ends)
 
 
 class _Done:

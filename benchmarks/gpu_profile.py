@@ -3,6 +3,8 @@ per network and batch, compiled and CUDA-graphed, with the top kernels and a Chr
 
     python benchmarks/gpu_profile.py --out OUT                # on a GPU: about 5-7 minutes
     python benchmarks/gpu_profile.py --out OUT --smoke        # toy sizes on the CPU (the suite)
+    python benchmarks/gpu_profile.py --out OUT --batches 256 --sections layers,steps,compiled
+                                                              # a part of it, for a short lease
 
 Writes OUT/profile.json (every figure), OUT/profile.txt (the tables printed) and
 OUT/trace.json (torch.profiler's Chrome trace of a few steps of the paper network: open it in
@@ -12,10 +14,10 @@ the median of ``--reps`` after ``--warmup``:
 1. layers: the paper network's layers one by one at the real shapes (bf16, channels-last on
    CUDA): forward, input gradient and weight gradient, for every choice that layer has (conv1
    direct or space-to-depth, LRN in PyTorch or by either pair of Triton kernels, the towers'
-   convolutions grouped or as two dense halves).
+   convolutions grouped or as two dense halves, the pools by PyTorch or by Triton kernels).
 2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
    under every combination of those choices, and torchvision's with its conv1 choices, at
-   batch 256 and 512 (``--batches``).
+   batch 256 and 512 (``--batches``); and each network at its defaults with the Triton pools.
 3. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
 4. kernels: the top kernels of the paper network's step at the choices ``alexnet train`` makes
    on this device (``fastconv.resolve``, the LRN's 'auto'), by total device time.
@@ -25,8 +27,8 @@ the median of ``--reps`` after ``--warmup``:
    copy's, and its largest difference from the default settings' result (CUDA; on the CPU only
    under ``TRITON_INTERPRET=1``, a few settings).
 6. compile: the same step under torch.compile: each network at the choices ``alexnet train
-   --compile`` makes, the paper network at its fastest eager choices, then both with opaque
-   pools (PyTorch's own pooling backward kept); each compile takes a minute or so, and none
+   --compile`` makes, then with the Triton pools, the paper network at its fastest eager
+   choices, then both with opaque pools (PyTorch's own pooling backward kept); each compile takes a minute or so, and none
    starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
 """
 
@@ -50,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from alexnet import create_model  # noqa: E402
 from alexnet.models import fastconv
 from alexnet.models import lrn
+
+
+SECTIONS = ("layers", "steps", "graphed", "kernels", "lrn_band", "compiled")
 
 
 class Timer:
@@ -98,6 +103,12 @@ def autocast(args):
 
 def lrn_choices(args) -> list[str]:
     return ["torch", "triton", "triton-band"] if args.device.type == "cuda" else ["torch"]
+
+
+def pool_choices(args) -> list[str]:
+    """PyTorch's pooling and the Triton kernels ('opaque' runs PyTorch's own kernels: the same
+    time outside compile); on CUDA only (interpreted on the CPU they take seconds a call)."""
+    return ["native", "triton"] if args.device.type == "cuda" else ["native"]
 
 
 def default_config(variant: str, args, compiled: bool = False) -> dict:
@@ -159,6 +170,8 @@ def layers(args, timer: Timer) -> list[dict]:
             choices = [(f"lrn={c}", lambda c=c: lrn.set_impl(c)) for c in lrn_choices(args)]
         elif getattr(layer, "groups", 1) > 1:
             choices = [(f"towers={c}", lambda c=c: fastconv.use(model, towers=c)) for c in fastconv.TOWER_IMPLS]
+        elif isinstance(layer, torch.nn.MaxPool2d):
+            choices = [(f"pools={c}", lambda c=c: fastconv.use(model, pools=c)) for c in pool_choices(args)]
         for label, choose in choices:
             choose()
             layer = dict(model.features.named_children())[name]
@@ -191,11 +204,15 @@ def configs(args) -> list[dict]:
     out = [dict(variant="paper", towers=t, conv1=c, lrn=n) for t, c, n in
            itertools.product(fastconv.TOWER_IMPLS, fastconv.CONV1_IMPLS, lrn_choices(args))]
     out += [dict(variant="torchvision", towers="grouped", conv1=c, lrn="torch") for c in fastconv.CONV1_IMPLS]
-    return out
+    # each network at its defaults with every other pool choice
+    for variant in ("paper", "torchvision"):
+        base = default_config(variant, args)
+        out += [dict(base, pools=p) for p in pool_choices(args) if p != base["pools"]]
+    return list({label(c): c for c in out}.values())
 
 
 def label(cfg: dict) -> str:
-    pools = " pools=opaque" if cfg.get("pools") == "opaque" else ""
+    pools = f" pools={cfg['pools']}" if cfg.get("pools", "native") != "native" else ""
     if cfg["variant"] == "torchvision":
         return f"torchvision conv1={cfg['conv1']}{pools}"
     return f"paper towers={cfg['towers']} conv1={cfg['conv1']} lrn={cfg['lrn']}{pools}"
@@ -223,7 +240,7 @@ def time_step(cfg: dict, n: int, timer: Timer, args, compile_model: bool = False
 def graphed_step(cfg: dict, n: int, timer: Timer, args) -> dict:
     """The whole step (forward, backward, optimizer) captured once and replayed."""
     lrn.set_impl(cfg["lrn"])
-    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args)
+    model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args, cfg.get("pools", "native"))
     x, y = batch(model, n, args)
     step, opt = step_fn(model, x, y, args)
     side = torch.cuda.Stream()
@@ -322,13 +339,14 @@ def copy_row(x: torch.Tensor, timer: Timer) -> dict:
 
 def compile_candidates(steps: list[dict], first: int, args) -> list[dict]:
     """What the compile section tries, most telling first: each network at ``train --compile``'s
-    choices, the paper network at its fastest eager ones, then both with opaque pools."""
+    choices, then with the Triton pools, the paper network at its fastest eager ones, then both
+    networks with opaque pools."""
     paper = [s for s in steps if s["batch"] == first and s["config"].startswith("paper")]
     paper_fastest = min(paper, key=lambda s: s["step_ms"])["config"] if paper else None
     fastest = [c for c in configs(args) if label(c) == paper_fastest]
     defaults = [default_config(v, args, compiled=True) for v in ("torchvision", "paper")]
-    opaque = [dict(c, pools="opaque") for c in defaults if c["pools"] != "opaque"]
-    out = {label(c): c for c in [*defaults, *fastest, *opaque]}
+    others = [dict(c, pools=p) for p in (*pool_choices(args)[1:], "opaque") for c in defaults if c["pools"] != p]
+    out = {label(c): c for c in [*defaults, *others[:len(defaults)], *fastest, *others]}
     return list(out.values())
 
 
@@ -357,12 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds after which compile variants are skipped")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend (the suite: eager)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"which to run, comma-separated (default all: {','.join(SECTIONS)})")
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, compile only with --compile-backend "
                                                         "other than inductor (the suite)")
     args = p.parse_args(argv)
     if args.smoke:
         args.device, args.batches, args.size, args.warmup, args.reps = "cpu", "2", 99, 1, 1
         args.compile = args.compile and args.compile_backend != "inductor"
+    args.sections = [x for x in args.sections.split(",") if x]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     args.device = torch.device(args.device)
     args.batches = [int(b) for b in str(args.batches).split(",")]
     args.bf16 = args.device.type == "cuda"
@@ -390,28 +414,35 @@ def main(argv: list[str] | None = None) -> int:
             print(text[name], flush=True)
         save()
 
-    section("layers", layers(args, timer), ["layer", "choice", "input", "forward_ms", "input_grad_ms",
-                                              "weight_grad_ms"])
-    steps = [time_step(cfg, n, timer, args) for n in args.batches for cfg in configs(args)]
-    section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
+    wanted = set(args.sections)
+    if "layers" in wanted:
+        section("layers", layers(args, timer), ["layer", "choice", "input", "forward_ms", "input_grad_ms",
+                                                  "weight_grad_ms"])
+    steps = [time_step(cfg, n, timer, args) for n in args.batches for cfg in configs(args)] if "steps" in wanted else []
+    if "steps" in wanted:
+        section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
     graphed = []
-    if args.device.type == "cuda":
+    if args.device.type == "cuda" and "graphed" in wanted:
         # each network at its defaults and with the plain conv1; the paper network's with the shift
         # LRN kernels too, as the profiles before 2026-11-27 graphed it
         plain = [dict(default_config(v, args), conv1="direct") for v in ("paper", "torchvision")]
         graphed_configs = [default_config("paper", args), default_config("torchvision", args), *plain,
-                           dict(plain[0], lrn="triton")]
+                           dict(plain[0], lrn="triton"),
+                           *[dict(default_config(v, args), pools="triton") for v in ("paper", "torchvision")]]
         for cfg in list({label(c): c for c in graphed_configs}.values()):
             try:
                 graphed.append(graphed_step(cfg, args.batches[0], timer, args))
             except Exception as e:  # a capture that fails is a finding, not the end of the profile
                 graphed.append({"config": label(cfg), "batch": args.batches[0], "error": str(e)[:200]})
-    section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "error"])
-    section("kernels", kernels(args, out), ["name", "calls", "total_ms_per_step"])
-    section("lrn_band", lrn_band(args, timer), ["layer", "pass", "block_p", "warps", "stages", "ms", "gb_per_s",
-                                                "max_diff", "error"])
+    if "graphed" in wanted:
+        section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "error"])
+    if "kernels" in wanted:
+        section("kernels", kernels(args, out), ["name", "calls", "total_ms_per_step"])
+    if "lrn_band" in wanted:
+        section("lrn_band", lrn_band(args, timer), ["layer", "pass", "block_p", "warps", "stages", "ms", "gb_per_s",
+                                                    "max_diff", "error"])
     compiled = []
-    if args.compile:
+    if args.compile and "compiled" in wanted:
         first = args.batches[0]
         candidates = compile_candidates(steps, first, args)
         for cfg in candidates:
@@ -424,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
                 compiled.append({"config": label(cfg), "batch": first, "error": str(e)[:200]})
             section("compiled", compiled, ["config", "batch", "step_ms", "images_per_sec", "first_step_s",
                                            "skipped", "error"], final=False)
-    section("compiled", compiled, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "skipped",
-                                   "error"])
+    if "compiled" in wanted:
+        section("compiled", compiled, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "skipped",
+                                       "error"])
     report["seconds"] = time.perf_counter() - start
     text["end"] = f"profile: {report['seconds']:.0f} s; {out / 'profile.json'}, {out / 'trace.json'}\n"
     print(text["end"])

@@ -55,6 +55,45 @@ def test_fused_lrn_on_the_gpu_matches_the_fp64_formula_at_the_papers_shapes(dtyp
     assert y.is_contiguous(memory_format=fmt) and y.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 96, 55, 55), (64, 256, 27, 27), (64, 64, 55, 55), (64, 192, 27, 27)])
+def test_triton_pools_on_the_gpu_match_pytorchs_at_the_networks_shapes(dtype, shape):
+    """The Triton max pool compiled for the device (the suite checks it interpreted): the same
+    maxima as PyTorch's CUDA pool, and gradients equal to the fp64 sum of what PyTorch routes."""
+    from alexnet.models import pool_triton
+
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, device="cuda") * 3).relu().round().to(dtype)  # ties, as ReLU maps have
+    x = x.contiguous(memory_format=torch.channels_last)
+    want = F.max_pool2d(x, 3, 2)
+    g = torch.randn_like(want)
+    xr, xa = x.double().requires_grad_(), x.double().requires_grad_()
+    F.max_pool2d(xr, 3, 2).backward(g.double())
+    F.max_pool2d(xa, 3, 2).backward(g.double().abs())
+    xt = x.clone().requires_grad_()
+    y = pool_triton.max_pool2d(xt, 3, 2)
+    y.backward(g)
+    assert torch.equal(y, want) and y.is_contiguous(memory_format=torch.channels_last)
+    assert ((xt.grad.double() - xr.grad).abs() <= 2 * torch.finfo(dtype).eps * xa.grad).all()
+    assert xt.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_networks_with_triton_pools_train_as_eager_ones_do():
+    """Inductor keeps the pools as the registered operators: one compiled step gives the
+    gradients of one eager step (fp32, no dropout)."""
+    from alexnet.models import fastconv
+
+    torch.manual_seed(0)
+    base = fastconv.use(create_model("paper", num_classes=10, init="kaiming", dropout=0.0).cuda(), pools="triton")
+    x, y = torch.randn(8, 3, 227, 227, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    grads = []
+    for model in (base, torch.compile(copy.deepcopy(base))):
+        F.cross_entropy(model(x), y).backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
 def test_bf16_channels_last_forward_agrees_with_fp32(variant):
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
@@ -108,7 +109,7 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
     layers = {(r["layer"], r["choice"]) for r in report["layers"]}
     # every choice a layer has, measured: conv1 both ways, the towers' convolutions both ways
     assert {("conv1", "conv1=direct"), ("conv1", "conv1=s2d"), ("conv4", "towers=grouped"),
-            ("conv4", "towers=split")} <= layers
+            ("conv4", "towers=split"), ("pool1", "pools=native")} <= layers
     assert all(r["forward_ms"] > 0 and r["input_grad_ms"] > 0 for r in report["layers"])
     assert all("weight_grad_ms" in r for r in report["layers"] if r["layer"].startswith("conv"))
     configs = {r["config"] for r in report["steps"]}
@@ -126,7 +127,7 @@ def test_the_decode_stage_measures_decoding_alone_beside_the_step_and_in_the_pip
     report = json.loads((tmp_path / "decode" / "decode_overlap.json").read_text())
     sections = ["decode (main thread)", "step (streamed)", "concurrent: decode thread",
                 "gil: decode thread beside pure Python", "pipeline: DeviceDecoder (thread)",
-                "pipeline: decode inline after the step"]
+                "pipeline: decode inline after the step", "process: decoding process beside the step loop"]
     assert all(report[s] > 0 for s in sections), {s: report.get(s) for s in sections}
 
 
@@ -144,6 +145,37 @@ def test_the_profiles_compile_section_picks_its_variants(tmp_path):
     assert {"paper towers=grouped conv1=direct lrn=torch", "torchvision conv1=direct pools=opaque",
             "paper towers=grouped conv1=direct lrn=torch pools=opaque"} <= set(configs)
     assert len(configs) == len(set(configs)) and all(c.get("images_per_sec", 0) > 0 for c in compiled)
+
+
+def test_the_profile_on_cuda_steps_and_compiles_each_network_with_the_triton_pools():
+    """What the steps and compile sections take on a GPU (their choice, not their timing, which
+    needs one): each network at its defaults and again with the Triton pools; compiled, the
+    Triton pools before the opaque ones; each label once."""
+    import types
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_profile as gp
+
+    args = types.SimpleNamespace(device=torch.device("cuda"))
+    labels = [gp.label(c) for c in gp.configs(args)]
+    defaults = [gp.label(gp.default_config(v, args)) for v in ("paper", "torchvision")]
+    assert set(defaults) <= set(labels) and len(labels) == len(set(labels))
+    assert {d + " pools=triton" for d in defaults} <= set(labels)
+    compiled = [gp.label(c) for c in gp.compile_candidates([], 256, args)]
+    for variant in ("paper", "torchvision"):
+        d = gp.label(gp.default_config(variant, args, compiled=True))
+        assert compiled.index(d + " pools=triton") < compiled.index(d + " pools=opaque")
+
+
+def test_the_profile_runs_only_the_sections_named(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
+                           "--smoke", "--sections", "layers"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "profile.json").read_text())
+    assert report["layers"] and not {"steps", "graphed", "kernels", "lrn_band", "compiled"} & set(report)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
+                           "--smoke", "--sections", "layers,stepz"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "unknown section(s) stepz" in done.stderr
 
 
 def test_the_profile_times_the_band_lrn_kernels_launch_settings_and_checks_their_results():

@@ -131,15 +131,17 @@ def test_space_to_depth_folds_a_channels_last_image_into_channels_last_blocks():
 
 def test_auto_takes_a_measured_choice_only_where_one_was_measured_and_a_named_one_always_wins():
     """On the CPU every network keeps the plain computation (nothing measured there beat it);
-    on CUDA both networks take space-to-depth, eager and compiled; the half-width network,
-    never measured, keeps the plain computation; no network takes the opaque pools (never
-    clearly faster compiled); a choice the user names is kept as named."""
+    on CUDA both networks take space-to-depth, eager and compiled, and the Triton pools eager
+    (compiled, inductor's own pooling was faster); the half-width network, never measured, keeps
+    the plain computation; no network takes the opaque pools (never clearly faster compiled); a
+    choice the user names is kept as named."""
     from alexnet.models.registry import VARIANTS
 
     for variant in VARIANTS:
         for compiled in (False, True):
             assert fastconv.resolve(variant, "cpu", compiled) == fastconv.PLAIN
-    assert fastconv.resolve("paper", "cuda", False) == {"towers": "grouped", "conv1": "s2d", "pools": "native"}
+    assert fastconv.resolve("paper", "cuda", False) == {"towers": "grouped", "conv1": "s2d", "pools": "triton"}
+    assert fastconv.resolve("torchvision", "cuda", False)["pools"] == "triton"
     assert fastconv.resolve("paper", "cuda", True) == {"towers": "grouped", "conv1": "s2d", "pools": "native"}
     assert fastconv.resolve("paper-half", "cuda", True) == fastconv.PLAIN
     assert fastconv.resolve("paper-half", "cuda", False) == fastconv.PLAIN  # not measured

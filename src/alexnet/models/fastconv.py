@@ -21,6 +21,11 @@ forward and backward are PyTorch's own native kernels. ``torch.compile`` cannot
 look inside it, so it keeps them rather than generate its own pooling backward (recent
 inductor versions scatter-add it, which may be why compiling made torchvision's network
 slower on an H100). Exact: the same kernels run.
+
+``triton`` pools: max pooling by ``pool_triton``'s kernels (an int8 place for each maximum, a
+backward that gathers rather than zero-fills and scatters), also an operator that compile keeps;
+on CUDA (or under ``TRITON_INTERPRET=1``), PyTorch's pooling elsewhere. Exact: the same maxima,
+the same places, the gradients summed in fp32.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch import nn
 
 TOWER_IMPLS = ("grouped", "split")
 CONV1_IMPLS = ("direct", "s2d")
-POOL_IMPLS = ("native", "opaque")
+POOL_IMPLS = ("native", "opaque", "triton")
 
 # What 'auto' picks: the choices benchmarks/gpu_profile.py measured faster (bf16, channels-last, a
 # whole training step at batch 256 and 512) on an NVIDIA H200 with PyTorch 2.11 (docs/benchmarks.md,
@@ -42,16 +47,21 @@ MEASURED_FASTER = {
     # conv1 by space-to-depth (2026-11-27): 9.63 against 11.74 ms a step at batch 256 with the band
     # LRN kernels, 17.61 against 21.66 at 512; again in the afternoon, 10.11 against 11.82 and
     # 17.68 against 21.69
-    ("paper", "cuda", False): {"conv1": "s2d"},
+    # Triton pools (2026-11-27, evening): 9.31 against 9.74 ms a step at batch 256 with s2d and the
+    # band LRN kernels, peak memory 1.59 against 2.02 GiB
+    ("paper", "cuda", False): {"conv1": "s2d", "pools": "triton"},
     # compiled, with the band LRN kernels: 8.97 against 10.97 ms at batch 256 (2026-11-27, afternoon)
     ("paper", "cuda", True): {"conv1": "s2d"},
     # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27)
-    ("torchvision", "cuda", False): {"conv1": "s2d"},
+    # Triton pools (2026-11-27, evening): 5.79 against 6.21 ms at batch 256, 1.48 against 1.63 GiB
+    ("torchvision", "cuda", False): {"conv1": "s2d", "pools": "triton"},
     # compiled: s2d 6.51 ms against 8.37 (2026-11-26); 5.68 on 2026-11-27's afternoon, against
     # 6.59 direct that morning (two sessions: direct was not compiled in the afternoon's)
-    # Pools stay native: opaque ones were faster under compile on 2026-11-26 (7.35 against 8.37 ms,
-    # conv1 direct), slower on 2026-11-27's morning (7.17 against 6.59) and level in its afternoon
-    # (5.61 against 5.68 ms with s2d, within two runs' spread)
+    # Pools stay native compiled: opaque ones were faster on 2026-11-26 (7.35 against 8.37 ms,
+    # conv1 direct), slower on 2026-11-27's morning (7.17 against 6.59), level in its afternoon
+    # (5.61 against 5.68 ms with s2d) and faster at 16:45 (5.30 against 6.38) but slower at 17:08
+    # (6.35 against 5.31), when the Triton pools were slower too (6.36); the paper network's
+    # compiled: Triton pools 9.66 against 8.70 ms, opaque 9.00 (17:08)
     ("torchvision", "cuda", True): {"conv1": "s2d"},
 }
 PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}
@@ -115,6 +125,19 @@ class OpaqueMaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return max_pool2d(x, _int(self.kernel_size), _int(self.stride), _int(self.padding), self.ceil_mode)[0]
+
+
+class TritonMaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d by ``pool_triton``'s kernels where they run (CUDA, or any device under
+    ``TRITON_INTERPRET=1``), PyTorch's own elsewhere (square windows, no dilation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import pool_triton
+
+        if not pool_triton.runs_on(x):
+            return super().forward(x)
+        return pool_triton.max_pool2d(x, _int(self.kernel_size), _int(self.stride), _int(self.padding),
+                                      self.ceil_mode)
 
 
 def _int(v) -> int:
@@ -191,7 +214,7 @@ def _swap(parent: nn.Module, name: str, conv: nn.Conv2d, cls: type) -> None:
 def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct", pools: str = "native") -> nn.Module:
     """Compute ``model``'s grouped convolutions as ``towers`` ('grouped' or 'split'), its first
     strided convolution as ``conv1`` ('direct' or 's2d') and its max pools as ``pools``
-    ('native' or 'opaque'); in place, parameters kept."""
+    ('native', 'opaque' or 'triton'); in place, parameters kept."""
     if towers not in TOWER_IMPLS:
         raise ValueError(f"towers must be one of {TOWER_IMPLS}, got {towers!r}")
     if conv1 not in CONV1_IMPLS:
@@ -205,7 +228,7 @@ def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct", pools:
             elif isinstance(child, nn.Conv2d) and child.groups > 1:
                 _swap(parent, name, child, SplitConv2d if towers == "split" else nn.Conv2d)
             elif isinstance(child, nn.MaxPool2d) and child.dilation in (1, (1, 1)):
-                cls = OpaqueMaxPool2d if pools == "opaque" else nn.MaxPool2d
+                cls = {"opaque": OpaqueMaxPool2d, "triton": TritonMaxPool2d}.get(pools, nn.MaxPool2d)
                 if type(child) is not cls:
                     setattr(parent, name, cls(child.kernel_size, child.stride, child.padding,
                                               ceil_mode=child.ceil_mode))

@@ -170,10 +170,11 @@ class TrainConfig:
                                     "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
                                     "faster for the network and device (models/fastconv.py; grouped: the halves were "
                                     "slower at batch 256 on an H200)", ("auto", "grouped", "split"))
-    pools: str = setting("auto", "max pools: native, or opaque (PyTorch's own kernels, which --compile then keeps "
-                              "instead of generating its own pooling backward); the same results; auto: native "
-                              "(opaque was not faster compiled on an H200 on the last measurement)",
-                    ("auto", "native", "opaque"))
+    pools: str = setting("auto", "max pools: native, opaque (PyTorch's own kernels, which --compile then keeps "
+                              "instead of generating its own pooling backward) or triton (Triton kernels: an int8 "
+                              "place for each maximum and a gathering backward; CUDA only, PyTorch's elsewhere); "
+                              "the same results; auto: models/fastconv.py's measured choice for the network and "
+                              "device, else native", ("auto", "native", "opaque", "triton"))
     conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d on CUDA for "
                               "both networks eager and torchvision's compiled (measured faster on an H200), else "

@@ -1,0 +1,149 @@
+"""The Triton max pool (pool_triton.py) against PyTorch's, on the CPU through Triton's
+interpreter (TRITON_INTERPRET=1, set in a child process before Triton compiles anything)."""
+
+import textwrap
+
+import pytest
+import torch
+from conftest import run_interpreted
+
+from alexnet import create_model
+from alexnet.models import fastconv
+
+pytest.importorskip("triton")
+
+CHECKS = textwrap.dedent("""
+    import json, torch
+    import torch.nn.functional as F
+    from alexnet import create_model
+    from alexnet.models import fastconv, pool_triton as pt
+
+    torch.manual_seed(0)
+    rows = []
+    # (kernel, stride, padding, ceil): the paper's 3x3/2 with floor and Caffe's ceil, padding, a
+    # window no wider than its stride (one window a position), a stride of 1 (three a row); every
+    # case channels-last in fp32, the paper's in both formats and both dtypes
+    cases = [(3, 2, 0, False), (3, 2, 0, True), (3, 2, 1, False), (2, 2, 0, False), (3, 1, 1, True)]
+    cl, nchw, fp32, bf16 = torch.channels_last, torch.contiguous_format, torch.float32, torch.bfloat16
+    runs = [(c, cl, fp32) for c in cases] + [(cases[0], nchw, fp32), (cases[0], cl, bf16), (cases[0], nchw, bf16)]
+    for ((k, s, p, ceil), fmt, dtype) in runs:
+        # 36 channels: a whole tile of 32 and a part-filled one
+        # small integers after a ReLU: most windows tie, many at 0, as real maps do
+        x = (torch.randint(-2, 3, (2, 36, 9, 11)).float().relu()).to(dtype).contiguous(memory_format=fmt)
+        x[0, 0, 0, 0] = float("nan")          # a NaN wins its windows
+        x[1, 1, :4, :4] = float("-inf")        # windows of -inf keep their first place
+        want, idx = F.max_pool2d(x.double(), k, s, p, ceil_mode=ceil, return_indices=True)
+        g = torch.randn_like(want).to(dtype)
+        # the gradient PyTorch routes, summed in fp64 from the same values, and the sum of
+        # the magnitudes it adds (what bounds a sum's rounding)
+        xr, xa = x.double().requires_grad_(), x.double().requires_grad_()
+        F.max_pool2d(xr, k, s, p, ceil_mode=ceil).backward(g.double())
+        F.max_pool2d(xa, k, s, p, ceil_mode=ceil).backward(g.double().abs())
+        y, places = pt.forward(x, k, s, p, ceil)
+        # PyTorch's flat index as a place inside the window
+        oh = torch.arange(y.shape[2]).view(1, 1, -1, 1) * s - p
+        ow = torch.arange(y.shape[3]).view(1, 1, 1, -1) * s - p
+        want_places = (idx // x.shape[3] - oh) * k + (idx % x.shape[3] - ow)
+        xt = x.clone().requires_grad_()
+        pt.max_pool2d(xt, k, s, p, ceil).backward(g)
+        eps = torch.finfo(dtype).eps
+        rows.append(dict(case=[k, s, p, ceil], fmt=str(fmt), dtype=str(dtype),
+                         out=bool(torch.equal(y.double().nan_to_num(), want.nan_to_num())),
+                         places=bool(torch.equal(places.long(), want_places)),
+                         grad=bool(((xt.grad.double() - xr.grad).abs() <= 2 * eps * xa.grad).all()),
+                         formats=[y.is_contiguous(memory_format=fmt), places.is_contiguous(memory_format=fmt),
+                                  xt.grad.is_contiguous(memory_format=fmt)],
+                         dtypes=[str(y.dtype), str(places.dtype), str(xt.grad.dtype)]))
+
+    # the paper network with the Triton pools: the same outputs and gradients as PyTorch's pools
+    torch.manual_seed(1)
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming")
+    x = torch.randn(2, 3, 67, 67)
+    def grads(m):
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        return out, m.features[0].weight.grad.clone()
+    want = grads(model)
+    fastconv.use(model, pools="triton")
+    got = grads(model)
+    network = dict(swapped=sum(isinstance(m, fastconv.TritonMaxPool2d) for m in model.modules()),
+                   out=((got[0] - want[0]).abs().max() / want[0].abs().max()).item(),
+                   conv1_grad=((got[1] - want[1]).abs().max() / want[1].abs().max()).item())
+
+    # a gradient in the other memory format than the output's (as a compiled graph may hand it
+    # over), read through its own strides
+    m = torch.randint(0, 3, (2, 36, 9, 11)).float().contiguous(memory_format=torch.channels_last)
+    y, places = pt.forward(m, 3, 2)
+    g = torch.randn(y.shape)  # contiguous, against the channels-last output
+    xr = m.clone().requires_grad_()
+    F.max_pool2d(xr, 3, 2).backward(g)
+    other_strides = bool(torch.equal(pt.backward(g, places, 9, 11, 3, 2, 0, True), xr.grad))
+
+    # what autograd keeps for the backward: the int8 places alone (PyTorch's pool keeps its
+    # input and int64 indices)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(str(t.dtype)) or t, lambda t: t):
+        pt.max_pool2d(torch.rand(1, 4, 9, 9, requires_grad=True), 3, 2)
+
+    # torch.compile keeps each pool as one operator, forward and backward
+    seen = []
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+    torch._dynamo.reset()
+    torch.compile(model.features, backend=backend, fullgraph=True)(x)
+    xc = torch.rand(1, 8, 9, 9, requires_grad=True)
+    torch.compile(lambda t: pt.max_pool2d(t, 3, 2), backend="aot_eager")(xc).sum().backward()
+    xd = xc.detach().clone().requires_grad_()
+    F.max_pool2d(xd, 3, 2).sum().backward()
+    print(json.dumps(dict(rows=rows, network=network, kept=kept, graph=seen, other_strides=other_strides,
+                          compiled_grad=bool(torch.equal(xc.grad, xd.grad)))))
+""")
+
+
+@pytest.fixture(scope="module")
+def checked():
+    return run_interpreted(CHECKS)
+
+
+def test_the_same_maxima_places_and_gradients_as_pytorchs_pooling(checked):
+    """Ties go to a window's first maximum, NaN wins, an all -inf window keeps its first place;
+    each overlapping window's gradient reaches the place PyTorch's pool sends it, summed to the
+    dtype's rounding; outputs keep the input's memory format and dtype, the places are int8."""
+    assert len(checked["rows"]) == 8
+    for row in checked["rows"]:
+        assert row["out"] and row["places"] and row["grad"], row
+        assert all(row["formats"]), row
+        assert row["dtypes"][0] == row["dtypes"][2] == row["dtype"] and row["dtypes"][1] == "torch.int8", row
+
+
+def test_a_gradient_in_another_memory_format_is_read_through_its_strides(checked):
+    assert checked["other_strides"]
+
+
+def test_the_network_with_triton_pools_computes_what_it_computed_before(checked):
+    net = checked["network"]
+    assert net["swapped"] == 3
+    assert net["out"] < 1e-6 and net["conv1_grad"] < 1e-5, net
+
+
+def test_the_backward_keeps_only_the_int8_places(checked):
+    assert checked["kept"] == ["torch.int8"]
+
+
+def test_compile_keeps_each_triton_pool_as_one_operator(checked):
+    seen = checked["graph"]
+    assert sum("alexnet.max_pool2d_triton" in t for t in seen) == 3, seen
+    assert not any("max_pool2d_with" in t for t in seen)
+    assert checked["compiled_grad"]
+
+
+def test_triton_pools_fall_back_to_pytorchs_where_their_kernels_cannot_run():
+    """On a CPU tensor without the interpreter, the Triton pool is PyTorch's pool, bit for bit."""
+    torch.manual_seed(0)
+    model = create_model("paper", num_classes=10, dropout=0.0, init="kaiming")
+    x = torch.randn(2, 3, 99, 99)
+    want = model(x)
+    fastconv.use(model, pools="triton")
+    assert torch.equal(model(x), want)
