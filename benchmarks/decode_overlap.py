@@ -394,9 +394,11 @@ class DecodingProcess:
     def __exit__(self, *exc) -> None:
         with contextlib.suppress(Exception):
             self.conn.send("quit")
+        self.conn.close()
         self.proc.join(30)
         if self.proc.is_alive():
             self.proc.kill()
+            self.proc.join()
 
 
 def _decode_loop(conn, batch: int, size: int, device: str) -> None:
@@ -428,7 +430,8 @@ def _decode_loop(conn, batch: int, size: int, device: str) -> None:
             n = one(i)
             ends.append((time.perf_counter(), n))
             i += 1
-        conn.recv()  # the stop
+        if conn.recv() == "quit":  # the parent gave up mid-window (an error there)
+            return
         conn.send(ends)
 
 

@@ -204,10 +204,9 @@ def configs(args) -> list[dict]:
     out = [dict(variant="paper", towers=t, conv1=c, lrn=n) for t, c, n in
            itertools.product(fastconv.TOWER_IMPLS, fastconv.CONV1_IMPLS, lrn_choices(args))]
     out += [dict(variant="torchvision", towers="grouped", conv1=c, lrn="torch") for c in fastconv.CONV1_IMPLS]
-    # each network at its defaults with every other pool choice
+    # each network at its defaults with every pool choice (its default's among them)
     for variant in ("paper", "torchvision"):
-        base = default_config(variant, args)
-        out += [dict(base, pools=p) for p in pool_choices(args) if p != base["pools"]]
+        out += [dict(default_config(variant, args), pools=p) for p in pool_choices(args)]
     return list({label(c): c for c in out}.values())
 
 
@@ -423,12 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
     graphed = []
     if args.device.type == "cuda" and "graphed" in wanted:
-        # each network at its defaults and with the plain conv1; the paper network's with the shift
-        # LRN kernels too, as the profiles before 2026-11-27 graphed it
-        plain = [dict(default_config(v, args), conv1="direct") for v in ("paper", "torchvision")]
+        # each network at its defaults and with the plain conv1 and pools; the paper network's with
+        # the shift LRN kernels too, as the profiles before 2026-11-27 graphed it; each default with
+        # every pool choice
+        plain = [dict(default_config(v, args), conv1="direct", pools="native") for v in ("paper", "torchvision")]
         graphed_configs = [default_config("paper", args), default_config("torchvision", args), *plain,
                            dict(plain[0], lrn="triton"),
-                           *[dict(default_config(v, args), pools="triton") for v in ("paper", "torchvision")]]
+                           *[dict(default_config(v, args), pools=p) for v in ("paper", "torchvision")
+                             for p in pool_choices(args)]]
         for cfg in list({label(c): c for c in graphed_configs}.values()):
             try:
                 graphed.append(graphed_step(cfg, args.batches[0], timer, args))

@@ -149,8 +149,8 @@ def test_the_profiles_compile_section_picks_its_variants(tmp_path):
 
 def test_the_profile_on_cuda_steps_and_compiles_each_network_with_the_triton_pools():
     """What the steps and compile sections take on a GPU (their choice, not their timing, which
-    needs one): each network at its defaults and again with the Triton pools; compiled, the
-    Triton pools before the opaque ones; each label once."""
+    needs one): each network at its defaults with PyTorch's pools and with the Triton pools;
+    compiled, the Triton pools before the opaque ones; each label once."""
     import types
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -158,9 +158,10 @@ def test_the_profile_on_cuda_steps_and_compiles_each_network_with_the_triton_poo
 
     args = types.SimpleNamespace(device=torch.device("cuda"))
     labels = [gp.label(c) for c in gp.configs(args)]
-    defaults = [gp.label(gp.default_config(v, args)) for v in ("paper", "torchvision")]
-    assert set(defaults) <= set(labels) and len(labels) == len(set(labels))
-    assert {d + " pools=triton" for d in defaults} <= set(labels)
+    assert len(labels) == len(set(labels))
+    for variant in ("paper", "torchvision"):
+        base = gp.default_config(variant, args)
+        assert {gp.label(dict(base, pools=p)) for p in ("native", "triton")} <= set(labels)
     compiled = [gp.label(c) for c in gp.compile_candidates([], 256, args)]
     for variant in ("paper", "torchvision"):
         d = gp.label(gp.default_config(variant, args, compiled=True))

@@ -26,6 +26,8 @@ CHECKS = textwrap.dedent("""
     cases = [(3, 2, 0, False), (3, 2, 0, True), (3, 2, 1, False), (2, 2, 0, False), (3, 1, 1, True)]
     cl, nchw, fp32, bf16 = torch.channels_last, torch.contiguous_format, torch.float32, torch.bfloat16
     runs = [(c, cl, fp32) for c in cases] + [(cases[0], nchw, fp32), (cases[0], cl, bf16), (cases[0], nchw, bf16)]
+    # a wider window (up to 9 windows a position, places up to 24) in fp16, ceil with padding
+    runs += [((5, 2, 2, True), cl, torch.float16)]
     for ((k, s, p, ceil), fmt, dtype) in runs:
         # 36 channels: a whole tile of 32 and a part-filled one
         # small integers after a ReLU: most windows tie, many at 0, as real maps do
@@ -48,7 +50,8 @@ CHECKS = textwrap.dedent("""
         pt.max_pool2d(xt, k, s, p, ceil).backward(g)
         eps = torch.finfo(dtype).eps
         rows.append(dict(case=[k, s, p, ceil], fmt=str(fmt), dtype=str(dtype),
-                         out=bool(torch.equal(y.double().nan_to_num(), want.nan_to_num())),
+                         out=bool(torch.equal(y.double().nan_to_num(), want.nan_to_num())
+                                  and torch.equal(y.isnan(), want.isnan())),
                          places=bool(torch.equal(places.long(), want_places)),
                          grad=bool(((xt.grad.double() - xr.grad).abs() <= 2 * eps * xa.grad).all()),
                          formats=[y.is_contiguous(memory_format=fmt), places.is_contiguous(memory_format=fmt),
@@ -111,7 +114,7 @@ def test_the_same_maxima_places_and_gradients_as_pytorchs_pooling(checked):
     """Ties go to a window's first maximum, NaN wins, an all -inf window keeps its first place;
     each overlapping window's gradient reaches the place PyTorch's pool sends it, summed to the
     dtype's rounding; outputs keep the input's memory format and dtype, the places are int8."""
-    assert len(checked["rows"]) == 8
+    assert len(checked["rows"]) == 9
     for row in checked["rows"]:
         assert row["out"] and row["places"] and row["grad"], row
         assert all(row["formats"]), row
@@ -147,3 +150,24 @@ def test_triton_pools_fall_back_to_pytorchs_where_their_kernels_cannot_run():
     want = model(x)
     fastconv.use(model, pools="triton")
     assert torch.equal(model(x), want)
+
+
+def test_pools_the_kernels_would_not_compute_as_pytorch_does_stay_pytorchs():
+    """A rectangular pool is never swapped; inputs the kernels cannot take exactly (fp64, which
+    they would compare in fp32; integers; unbatched maps; maps too small for one window; 2^31
+    elements and more, past their int32 offsets; windows whose places overflow an int8) are left
+    to PyTorch's pooling."""
+    from alexnet.models import pool_triton as pt
+
+    model = torch.nn.Sequential(torch.nn.MaxPool2d((3, 2), (2, 1)), torch.nn.MaxPool2d(3, 2))
+    fastconv.use(model, pools="triton")
+    assert type(model[0]) is torch.nn.MaxPool2d and type(model[1]) is fastconv.TritonMaxPool2d
+    x = torch.rand(2, 4, 9, 9)
+    assert pt.supports(x, 3, 2, 0, False)
+    assert not pt.supports(x.double(), 3, 2, 0, False)
+    assert not pt.supports((x * 9).int(), 3, 2, 0, False)
+    assert not pt.supports(x[0], 3, 2, 0, False)
+    assert not pt.supports(torch.rand(1, 1, 2, 9), 3, 2, 0, False)
+    assert not pt.supports(x, 12, 2, 0, False)
+    big = torch.empty(2**16, 2**10, 2**3, 2**2, device="meta")  # 2^31 elements, no memory
+    assert not pt.supports(big, 3, 2, 0, False) and pt.supports(big[:-1], 3, 2, 0, False)

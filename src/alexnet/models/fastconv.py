@@ -134,14 +134,22 @@ class TritonMaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from . import pool_triton
 
-        if not pool_triton.runs_on(x):
+        k, s, p = _int(self.kernel_size), _int(self.stride), _int(self.padding)
+        if not (pool_triton.runs_on(x) and pool_triton.supports(x, k, s, p, self.ceil_mode)):
             return super().forward(x)
-        return pool_triton.max_pool2d(x, _int(self.kernel_size), _int(self.stride), _int(self.padding),
-                                      self.ceil_mode)
+        return pool_triton.max_pool2d(x, k, s, p, self.ceil_mode)
 
 
 def _int(v) -> int:
     return v if isinstance(v, int) else v[0]
+
+
+def _square(pool: nn.MaxPool2d) -> bool:
+    """A pool the other forms take: the same window, stride and padding along both axes, no
+    dilation (a rectangular one keeps nn.MaxPool2d)."""
+    pairs = [v if isinstance(v, (tuple, list)) else (v, v) for v in (pool.kernel_size, pool.stride, pool.padding)]
+    dilation = pool.dilation if isinstance(pool.dilation, (tuple, list)) else (pool.dilation,) * 2
+    return all(a == b for a, b in pairs) and tuple(dilation) == (1, 1) and not pool.return_indices
 
 
 class SplitConv2d(nn.Conv2d):
@@ -227,7 +235,7 @@ def use(model: nn.Module, towers: str = "grouped", conv1: str = "direct", pools:
                 _swap(parent, name, child, SpaceToDepthConv2d if conv1 == "s2d" else nn.Conv2d)
             elif isinstance(child, nn.Conv2d) and child.groups > 1:
                 _swap(parent, name, child, SplitConv2d if towers == "split" else nn.Conv2d)
-            elif isinstance(child, nn.MaxPool2d) and child.dilation in (1, (1, 1)):
+            elif isinstance(child, nn.MaxPool2d) and _square(child):
                 cls = {"opaque": OpaqueMaxPool2d, "triton": TritonMaxPool2d}.get(pools, nn.MaxPool2d)
                 if type(child) is not cls:
                     setattr(parent, name, cls(child.kernel_size, child.stride, child.padding,

@@ -49,6 +49,22 @@ def runs_on(x: torch.Tensor) -> bool:
     return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def supports(x: torch.Tensor, k: int, s: int, p: int, ceil: bool) -> bool:
+    """Whether these kernels compute this pool as PyTorch would: a batch of maps in a dtype whose
+    values fp32 holds exactly, a window whose places fit an int8, at least one output, and
+    offsets inside int32 (the kernels' address arithmetic): below 2^31 elements, the paper's
+    pool1 up to a batch of about 7,000. Elsewhere PyTorch's pooling answers (and raises its own
+    errors)."""
+    if x.dim() != 4 or x.dtype not in DTYPES or not 1 <= k <= 11 or s < 1 or not 0 <= p <= k // 2:
+        return False
+    if x.numel() >= 2**31 or min(x.shape[:2]) < 1:
+        return False
+    return min(output_size(x.shape[2], k, s, p, ceil), output_size(x.shape[3], k, s, p, ceil)) >= 1
+
+
 if triton is not None:
     @triton.jit
     def _tile(P, OW_or_W, HW, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -207,7 +223,7 @@ def _(grad, places, h, w, k, s, p, channels_last):
 def _setup(ctx, inputs, output):
     x, k, s, p, _ = inputs
     ctx.save_for_backward(output[1])  # the places alone: the input is not kept
-    ctx.args = (x.shape[2], x.shape[3], k, s, p, _format(_dense(x)) == torch.channels_last)
+    ctx.args = (x.shape[2], x.shape[3], k, s, p, _format(x) == torch.channels_last)  # the format _dense gives
     ctx.mark_non_differentiable(output[1])
 
 
@@ -221,5 +237,6 @@ max_pool2d_op.register_autograd(_backward, setup_context=_setup)
 
 def max_pool2d(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False) -> torch.Tensor:
     """A k x k max pool with stride s and padding p through the Triton kernels (CUDA, or any
-    device under ``TRITON_INTERPRET=1``)."""
+    device under ``TRITON_INTERPRET=1``; ``supports`` says which pools they compute as PyTorch
+    does). First derivatives only: the backward is not itself differentiable."""
     return max_pool2d_op(x, k, s, p, ceil)[0]
