@@ -28,8 +28,8 @@ the median of ``--reps`` after ``--warmup``:
    under ``TRITON_INTERPRET=1``, a few settings).
 6. compile: the same step under torch.compile: each network at the choices ``alexnet train
    --compile`` makes, then with the Triton pools, the paper network at its fastest eager
-   choices, then both with opaque pools (PyTorch's own pooling backward kept); each compile takes a minute or so, and none
-   starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
+   choices, then both with opaque pools (PyTorch's own pooling backward kept); each compile
+   takes a minute or so, and none starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
 """
 
 from __future__ import annotations

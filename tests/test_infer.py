@@ -34,6 +34,25 @@ def test_predict_names_probabilities_and_accuracy(trained_run, tmp_path, fmnist_
     assert ten[0]["protocol"] == "ten-crop" and ten[0]["top"][0]["prob"] != results[0]["top"][0]["prob"]
 
 
+def test_ten_crop_probabilities_run_a_batch_of_views_at_a_time(trained_run):
+    """Ten passes of the batch's size, not one of ten times it, with the same result as one pass."""
+    from alexnet.infer import Loaded
+    from alexnet.training.evaluate import average_views
+
+    net = Loaded.from_path(trained_run, "cpu", "fp32")
+    images = torch.randint(0, 256, (3, 3, 76, 76), dtype=torch.uint8)
+    sizes = []
+    hook = net.model.register_forward_pre_hook(lambda m, inp: sizes.append(inp[0].shape[0]))
+    with torch.no_grad():
+        probs = net.probabilities(images, ten_crop=True)
+    hook.remove()
+    assert sizes == [3] * 10
+    views = net.crops(True)(images)
+    with torch.no_grad():
+        whole = average_views(net.model(views.flatten(0, 1)), 10)
+    torch.testing.assert_close(probs, whole, rtol=1e-5, atol=1e-6)
+
+
 def test_predict_cli_json_and_errors(trained_run, tmp_path, capsys):
     from skimage import data
     from PIL import Image

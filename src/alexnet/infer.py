@@ -167,9 +167,15 @@ class Loaded:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, ten_crop: bool = False) -> torch.Tensor:
         """Class probabilities (B, classes) of uint8 images (B, 3, S, S) at the network's resize:
-        the center crop, or the mean over the 10 crops' softmax outputs (the paper's test)."""
+        the center crop, or the mean over the 10 crops' softmax outputs (the paper's test). The
+        views run B at a time, as ``evaluate`` runs them: ten passes of the batch, not one of ten
+        times it (whose activations outgrow a CPU's caches, and a GPU's memory sooner)."""
         views = self.crops(ten_crop)(images.to(self.device))  # (B, V, 3, crop, crop)
-        return average_views(self(views.flatten(0, 1)), views.shape[1])
+        b, v = views.shape[:2]
+        with self.runtime.autocast():  # once: autocast casts the weights anew in each region
+            parts = views.flatten(0, 1).split(max(b, 1))
+            logits = torch.cat([self.model(self.runtime.prepare(part)) for part in parts])
+        return average_views(logits.float(), v)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, layer: str) -> torch.Tensor:
