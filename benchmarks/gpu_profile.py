@@ -26,7 +26,11 @@ the median of ``--reps`` after ``--warmup``:
    each with its bandwidth (the fewest bytes the pass must move over its time) beside a plain
    copy's, and its largest difference from the default settings' result (CUDA; on the CPU only
    under ``TRITON_INTERPRET=1``, a few settings).
-6. compile: the same step under torch.compile: each network at the choices ``alexnet train
+6. pool_tiles: the Triton max pool's kernels alone at the paper network's three pools under
+   several launch settings (positions and channels per program, warps), each with its bandwidth
+   and its largest difference from the default settings' results (CUDA; on the CPU only under
+   ``TRITON_INTERPRET=1``, pool5 and two settings).
+7. compile: the same step under torch.compile: each network at the choices ``alexnet train
    --compile`` makes, then with the Triton pools, the paper network at its fastest eager
    choices, then both with opaque pools (PyTorch's own pooling backward kept); each compile
    takes a minute or so, and none starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
@@ -54,7 +58,7 @@ from alexnet.models import fastconv
 from alexnet.models import lrn
 
 
-SECTIONS = ("layers", "steps", "graphed", "kernels", "lrn_band", "compiled")
+SECTIONS = ("layers", "steps", "graphed", "kernels", "lrn_band", "pool_tiles", "compiled")
 
 
 class Timer:
@@ -328,6 +332,55 @@ def lrn_band(args, timer: Timer) -> list[dict]:
     return rows
 
 
+# (positions per program, channels per program, warps); the first is the default
+POOL_SETTINGS = [(32, 32, 4), (64, 32, 4), (32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 32, 2)]
+
+
+def pool_tiles(args, timer: Timer) -> list[dict]:
+    """The Triton max pool's kernels alone at the paper network's three pools, under each launch
+    setting: forward and backward time, the bandwidth of the bytes each pass moves (forward: x in,
+    the output and the int8 places out; backward: the output's gradient and the places in, the
+    input's gradient out), and the largest difference from the default setting's results (CUDA;
+    on the CPU only under ``TRITON_INTERPRET=1``: pool5 and two settings)."""
+    from alexnet.models import pool_triton as pt
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not pt.available() or (args.device.type != "cuda" and not interpreted):
+        return []
+    model = build("paper", "grouped", "direct", args)
+    x0, _ = batch(model, args.batches[0], args)
+    inputs = layer_inputs(model, x0, args)
+    settings = [POOL_SETTINGS[0], (16, 64, 4)] if interpreted else POOL_SETTINGS
+    rows = []
+    for name in ("pool5",) if interpreted else ("pool1", "pool2", "pool5"):
+        pool = model.features.get_submodule(name)
+        x = inputs[name].to(torch.bfloat16 if args.bf16 else torch.float32)
+        k, s, p, ceil = fastconv._int(pool.kernel_size), fastconv._int(pool.stride), fastconv._int(pool.padding), \
+            pool.ceil_mode
+        y, places = pt.forward(x, k, s, p, ceil)
+        g = torch.randn_like(y)
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        moved = x.numel() * x.element_size() + y.numel() * (y.element_size() + 1)  # either pass: map, output, places
+        want = None
+        for block_p, block_c, warps in settings:
+            launch = dict(block_p=block_p, block_c=block_c, warps=warps)
+            row = {"layer": name, "block_p": block_p, "block_c": block_c, "warps": warps}
+            fwd = lambda: pt.forward(x, k, s, p, ceil, **launch)  # noqa: E731
+            bwd = lambda: pt.backward(g, places, x.shape[2], x.shape[3], k, s, p, cl, **launch)  # noqa: E731
+            try:
+                out, where = fwd()
+                got = (out.float(), where.float(), bwd().float())
+                want = want or got  # the first (default) setting's results
+                diff = max((a - b).abs().max().item() for a, b in zip(got, want))
+                for direction, fn in (("forward", fwd), ("backward", bwd)):
+                    ms = timer(fn)
+                    rows.append({**row, "pass": direction, "ms": ms, "max_diff": diff,
+                                 "gb_per_s": moved / ms / 1e6})
+            except Exception as e:  # a setting that does not compile or launch is a finding, not the end
+                rows.append({**row, "pass": "both", "error": str(e)[:200]})
+    return rows
+
+
 def copy_row(x: torch.Tensor, timer: Timer) -> dict:
     """A plain copy of a tensor 16 times norm1's input: the bandwidth the LRN passes can hope for."""
     big = x.repeat(16, 1, 1, 1) if x.is_cuda else x.clone()
@@ -442,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     if "lrn_band" in wanted:
         section("lrn_band", lrn_band(args, timer), ["layer", "pass", "block_p", "warps", "stages", "ms", "gb_per_s",
                                                     "max_diff", "error"])
+    if "pool_tiles" in wanted:
+        section("pool_tiles", pool_tiles(args, timer), ["layer", "pass", "block_p", "block_c", "warps", "ms",
+                                                        "gb_per_s", "max_diff", "error"])
     compiled = []
     if args.compile and "compiled" in wanted:
         first = args.batches[0]

@@ -201,6 +201,25 @@ def test_the_profile_times_the_band_lrn_kernels_launch_settings_and_checks_their
     assert all(r["max_diff"] <= 1e-6 for r in timed), [r["max_diff"] for r in timed]
 
 
+def test_the_profile_times_the_triton_pools_launch_settings_and_checks_their_results():
+    """The pool_tiles section through Triton's interpreter at toy size: two settings whose grids
+    differ (32 x 32 and 16 x 64 positions by channels a program) at pool5, forward and backward,
+    each computing what the default does."""
+    from conftest import run_interpreted
+
+    pytest.importorskip("triton")
+    rows = run_interpreted(textwrap.dedent(f"""
+        import json, sys, types, torch
+        sys.path.insert(0, {str(ROOT / "benchmarks")!r})
+        import gpu_profile as gp
+        args = types.SimpleNamespace(device=torch.device("cpu"), batches=[2], size=99, bf16=False)
+        print(json.dumps(gp.pool_tiles(args, gp.Timer(args.device, 0, 1))))
+    """))
+    assert {(r["layer"], r["pass"], r["block_p"], r["block_c"]) for r in rows} == {
+        ("pool5", direction, p, c) for direction in ("forward", "backward") for p, c in ((32, 32), (16, 64))}
+    assert all(r["ms"] > 0 and r["gb_per_s"] > 0 and r["max_diff"] == 0 for r in rows), rows
+
+
 def test_the_setup_stage_checks_every_package_the_project_names(monkeypatch):
     """benchmarks/gpu_env.py's lists against pyproject.toml: a dependency added to the package or
     its tests and not to the lists would be found missing on the GPU machine only when a test

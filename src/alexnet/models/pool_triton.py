@@ -38,6 +38,9 @@ if triton is not None:
 
 BLOCK_P = 32  # positions per program
 BLOCK_C = 32  # channels per program: divides the paper's 96, 256 and torchvision's 64, 192, 256
+# How the kernels launch; benchmarks/gpu_profile.py times other settings beside these (its
+# pool_tiles section): on an H200 these ran pool1 at some 17% of a copy's bandwidth (2026-11-27)
+POOL_LAUNCH = dict(block_p=BLOCK_P, block_c=BLOCK_C, warps=4)
 
 
 def available() -> bool:
@@ -160,19 +163,27 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-def forward(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output, int8 place of each maximum inside its window) of a k x k max pool."""
+def forward(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False,
+            **launch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, int8 place of each maximum inside its window) of a k x k max pool (``launch``:
+    ``POOL_LAUNCH``'s settings to change)."""
     _check(x, k, s, p)
     x = _dense(x)
     y, places = _outputs_like(x, k, s, p, ceil)
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
-    grid = (triton.cdiv(n * oh * ow, BLOCK_P), triton.cdiv(c, BLOCK_C))
+    bp, bc, warps = _launch(**launch)
+    grid = (triton.cdiv(n * oh * ow, bp), triton.cdiv(c, bc))
     if y.numel():
         with _on(x):
             _pool_fwd[grid](x, y, places, n * oh * ow, c, h, w, oh, ow, *x.stride(), *y.stride(),
-                            K=k, S=s, PAD=p, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+                            K=k, S=s, PAD=p, BLOCK_P=bp, BLOCK_C=bc, num_warps=warps)
     return y, places
+
+
+def _launch(**launch) -> tuple[int, int, int]:
+    settings = {**POOL_LAUNCH, **launch}
+    return settings["block_p"], settings["block_c"], settings["warps"]
 
 
 def _input_like(grad: torch.Tensor, h: int, w: int, channels_last: bool) -> torch.Tensor:
@@ -181,17 +192,19 @@ def _input_like(grad: torch.Tensor, h: int, w: int, channels_last: bool) -> torc
 
 
 def backward(grad: torch.Tensor, places: torch.Tensor, h: int, w: int, k: int, s: int, p: int = 0,
-             channels_last: bool = False) -> torch.Tensor:
+             channels_last: bool = False, **launch) -> torch.Tensor:
     """The gradient of the (N, C, h, w) input, stored channels-last or contiguous, from the output's
     (read through its own strides, whatever they are: no copy)."""
     dx = _input_like(grad, h, w, channels_last)
     n, c = dx.shape[:2]
     oh, ow = places.shape[2:]
-    grid = (triton.cdiv(n * h * w, BLOCK_P), triton.cdiv(c, BLOCK_C))
+    bp, bc, warps = _launch(**launch)
+    grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
     if dx.numel():
         with _on(dx):
             _pool_bwd[grid](grad, places, dx, n * h * w, c, h, w, oh, ow, *dx.stride(), *places.stride(),
-                            *grad.stride(), K=k, S=s, PAD=p, REACH=-(-k // s), BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+                            *grad.stride(), K=k, S=s, PAD=p, REACH=-(-k // s), BLOCK_P=bp, BLOCK_C=bc,
+                            num_warps=warps)
     return dx
 
 
