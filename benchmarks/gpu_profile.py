@@ -294,18 +294,26 @@ BAND_SETTINGS = [(64, 4, None), (64, 4, 1), (64, 8, None), (128, 4, None), (128,
                  (256, 8, None)]
 
 
+def kernel_inputs(args, available: bool) -> tuple:
+    """(the paper network, each feature layer's input, interpreted) for timing Triton kernels
+    alone: on CUDA, or on the CPU under ``TRITON_INTERPRET=1``; (None, None, _) elsewhere."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not available or (args.device.type != "cuda" and not interpreted):
+        return None, None, interpreted
+    model = build("paper", "grouped", "direct", args)
+    x0, _ = batch(model, args.batches[0], args)
+    return model, layer_inputs(model, x0, args), interpreted
+
+
 def lrn_band(args, timer: Timer) -> list[dict]:
     """Each setting's forward and backward time at norm1's and norm2's inputs, the bandwidth of the
     fewest bytes each pass moves (forward: x in, y out; backward: x and the gradient in, dx out),
     and its largest difference from the default setting's output."""
     from alexnet.models import lrn_triton as lt
 
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not lt.available() or (args.device.type != "cuda" and not interpreted):
+    model, inputs, interpreted = kernel_inputs(args, lt.available())
+    if model is None:
         return []
-    model = build("paper", "grouped", "direct", args)
-    x0, _ = batch(model, args.batches[0], args)
-    inputs = layer_inputs(model, x0, args)
     settings = [BAND_SETTINGS[0], (128, 8, None)] if interpreted else BAND_SETTINGS  # the interpreter: two grids
     rows = [copy_row(inputs["norm1"], timer)]
     for name in ("norm1", "norm2"):
@@ -344,12 +352,9 @@ def pool_tiles(args, timer: Timer) -> list[dict]:
     on the CPU only under ``TRITON_INTERPRET=1``: pool5 and two settings)."""
     from alexnet.models import pool_triton as pt
 
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not pt.available() or (args.device.type != "cuda" and not interpreted):
+    model, inputs, interpreted = kernel_inputs(args, pt.available())
+    if model is None:
         return []
-    model = build("paper", "grouped", "direct", args)
-    x0, _ = batch(model, args.batches[0], args)
-    inputs = layer_inputs(model, x0, args)
     settings = [POOL_SETTINGS[0], (16, 64, 4)] if interpreted else POOL_SETTINGS
     rows = []
     for name in ("pool5",) if interpreted else ("pool1", "pool2", "pool5"):

@@ -1,4 +1,4 @@
-"""What the LRN's and the training augmentation's Triton kernels compile to on a Hopper GPU
+"""What the LRN's, the max pool's and the training augmentation's Triton kernels compile to on a Hopper GPU
 (sm_90a), without a GPU: registers, spills, shared memory, the matrix instructions of their
 products, the width of their global loads and stores, and their fused multiply-adds (the
 augmentation's 4:2:0 conversion must have none: it rounds as the tensor path does), read from
@@ -39,8 +39,10 @@ from alexnet.models import lrn_triton as lt  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 INTS = {"P", "HW", "W", "sN", "sC", "sH", "sW", "Cg",  # the LRN's
-        "crop", "sxb", "sxc", "sxh", "sxw", "scb", "scc", "sch", "scw", "smc", "smh", "smw", "sob", "soc", "soh", "sow"}
-DIVISIBLE = {"P", "sN", "sH", "sW", "Cg"}  # by 16 at the paper's shapes; HW and W are not
+        "crop", "sxb", "sxc", "sxh", "sxw", "scb", "scc", "sch", "scw", "smc", "smh", "smw", "sob", "soc", "soh", "sow",
+        "C", "H", "OH", "OW", "tN", "tC", "tH", "tW", "uN", "uC", "uH", "uW"}  # the max pool's
+# by 16 at the paper's shapes (HW, W, H and the pooled sizes are not)
+DIVISIBLE = {"P", "sN", "sH", "sW", "Cg", "C", "tN", "tH", "tW", "uN", "uH", "uW"}
 FLOATS = {"alpha_n", "beta", "k"}
 
 
@@ -117,6 +119,12 @@ def kernels(warps: int = 4) -> list[tuple]:
                     shift, warps))
         out.append((f"shift_backward_bf16_C{width}", lt._lrn_bwd,
                     dict(g_ptr="bf16", x_ptr="bf16", d_ptr="fp32", dx_ptr="bf16"), shift, warps))
+    from alexnet.models import pool_triton as pt
+
+    pool = dict(sC=1, tC=1, K=3, S=2, PAD=0, BLOCK_P=pt.BLOCK_P, BLOCK_C=pt.BLOCK_C)  # channels-last, 3x3/2
+    out.append(("pool_forward_bf16", pt._pool_fwd, dict(x_ptr="bf16", y_ptr="bf16", i_ptr="i8"), pool, warps))
+    out.append(("pool_backward_bf16", pt._pool_bwd, dict(g_ptr="bf16", i_ptr="i8", dx_ptr="bf16"),
+                dict(pool, uC=1, REACH=2), warps))
     return out
 
 

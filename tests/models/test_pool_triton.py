@@ -171,3 +171,30 @@ def test_pools_the_kernels_would_not_compute_as_pytorch_does_stay_pytorchs():
     assert not pt.supports(x, 12, 2, 0, False)
     big = torch.empty(2**16, 2**10, 2**3, 2**2, device="meta")  # 2^31 elements, no memory
     assert not pt.supports(big, 3, 2, 0, False) and pt.supports(big[:-1], 3, 2, 0, False)
+
+
+def test_the_kernels_compile_for_hopper_with_vector_loads_and_stores_and_no_spills(tmp_path):
+    """benchmarks/triton_static.py, no GPU needed: every global load and store of both kernels
+    moves a vector along the channels of a channels-last map (a mask that depended on the places
+    once made the backward's gradient loads scalar, 2 bytes each)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no ptxas")
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "static.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "triton_static.py"), "--only", "pool",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kernel"] for r in rows] == ["pool_forward_bf16", "pool_backward_bf16"]
+    for r in rows:
+        assert r["spill_stores"] == r["spill_loads"] == 0, r
+        assert r["loads"] and all(op.startswith(("ld.global.v2", "ld.global.v4")) for op in r["loads"]), r
+        assert r["stores"] and all(op.startswith(("st.global.v2", "st.global.v4")) for op in r["stores"]), r

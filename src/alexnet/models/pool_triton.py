@@ -121,8 +121,10 @@ if triton is not None:
                 m = ok[:, None] & mc[None, :]
                 mine = tl.load(i_ptr + at, mask=m, other=-1).to(tl.int32) == (kh * K + kw)[:, None]
                 at = (n * uN + oh * uH + ow * uW)[:, None] + c[None, :] * uC  # the gradient's own strides
-                g = tl.load(g_ptr + at, mask=m & mine, other=0.0).to(tl.float32)
-                acc += g
+                # loaded whole and then selected: a mask that depends on the places would make
+                # every load a scalar one (benchmarks/triton_static.py)
+                g = tl.load(g_ptr + at, mask=m, other=0.0).to(tl.float32)
+                acc += tl.where(mine, g, 0.0)
         at = (n * sN + h * sH + w * sW)[:, None] + c[None, :] * sC
         tl.store(dx_ptr + at, acc.to(dx_ptr.dtype.element_ty), mask=mp[:, None] & mc[None, :])
 
