@@ -58,3 +58,29 @@ def test_a_repeated_split_shows_every_image_as_often_in_one_long_shuffled_epoch(
     seen = [label for b in batches for label in b.labels.tolist()]
     assert len(batches) == 4 and sorted(seen) == sorted([1, 3, 5, 7, 9] * 4)
     assert any(len(set(seen[i:i + 5])) < 5 for i in range(0, 20, 5))  # copies mixed, not five passes in turn
+
+
+def test_an_epoch_of_fewer_steps_is_the_first_batches_of_its_whole_epoch_a_fresh_part_each_epoch():
+    """--epoch-steps: the epoch's first steps of its own shuffled order (so a resumed epoch and
+    every process agree), a different part of the images each epoch; the mean image's pass
+    still reads every image."""
+    from alexnet.data.loader import TensorBatches, image_sum
+
+    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 8, 8).contiguous()
+    batches = TensorBatches(images, torch.arange(40), 8, batch_size=4, shuffle=True, drop_last=True,
+                            device=torch.device("cpu"))
+    whole = {}
+    for epoch in (0, 1):
+        batches.set_epoch(epoch)
+        whole[epoch] = [b.labels.tolist() for b in batches]
+    batches.max_batches = 3
+    parts = {}
+    for epoch in (0, 1):
+        batches.set_epoch(epoch)
+        parts[epoch] = [b.labels.tolist() for b in batches]
+        assert len(batches) == 3 and parts[epoch] == whole[epoch][:3]
+    assert sorted(sum(parts[0], [])) != sorted(sum(parts[1], []))
+    batches.set_epoch(1, start=1)  # resumed after its first step
+    assert [b.labels.tolist() for b in batches] == parts[1][1:]
+    total, count = image_sum(batches, 100)
+    assert count == 40 and batches.max_batches == 3

@@ -27,6 +27,30 @@ def test_the_plan_takes_the_most_whole_epochs_that_fit():
         assert n == cap or spent + (n + 1) * epoch_s + final > budget_s  # and one more would not
 
 
+def test_one_more_epoch_of_fewer_steps_where_it_trains_more_in_the_same_time():
+    rng = random.Random(1)
+    shortened_seen = 0
+    for _ in range(2000):
+        steps, step_s, val_s = rng.randint(1, 500), rng.uniform(0.01, 2), rng.uniform(0, 60)
+        epoch_s = budget.MARGIN * (steps * step_s + val_s)
+        cap_epochs = rng.randint(1, 20)
+        room = rng.uniform(0, 25) * epoch_s
+        whole = budget.plan(room, 0, epoch_s, 0, cap_epochs)
+        epochs, cap = budget.shortened(room, whole, cap_epochs, steps, step_s, val_s)
+        if cap == 0:
+            assert epochs == whole
+            continue
+        shortened_seen += 1
+        assert 0 < whole < epochs == whole + 1 <= cap_epochs and 1 <= cap < steps
+        assert budget.MARGIN * epochs * (cap * step_s + val_s) <= room  # it fits
+        assert epochs * cap > whole * steps  # and trains more steps than the whole epochs would
+    assert shortened_seen > 100
+    # the main job on the 2-core Zen 3 (2026-11-27): 0.46 s a step, one whole epoch of 430 fits
+    # 400 s; two of 384 steps fit too
+    assert budget.shortened(400, 1, 15, 430, 0.46, 5) == (2, 384)
+    assert budget.shortened(400, 1, 1, 430, 0.46, 5) == (1, 0)  # --epochs caps it
+
+
 def _runtime():
     return Runtime(torch.device("cpu"), None, True, distributed.from_environment())
 
@@ -113,6 +137,24 @@ def test_a_budgeted_run_trains_exactly_as_one_given_its_planned_epochs(tmp_path,
     a = read_weights(tmp_path / "budget" / "model.safetensors")[0]
     b = read_weights(tmp_path / "fixed" / "model.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)  # the measurement changed nothing the run does
+
+
+def test_a_budgeted_run_of_shorter_epochs_trains_exactly_as_one_given_them(tmp_path, fmnist_dir, monkeypatch):
+    monkeypatch.setattr(budget, "plan", lambda *args: 2)
+    monkeypatch.setattr(budget, "shortened", lambda room, epochs, *args: (epochs + 1, 3))  # of the 4 steps
+    fit(tiny_config(tmp_path / "budget", epochs=5, time_budget=3600, schedule="cosine", fashion_mnist_dir=fmnist_dir))
+    fit(tiny_config(tmp_path / "fixed", epochs=3, epoch_steps=3, schedule="cosine", fashion_mnist_dir=fmnist_dir))
+    config = json.loads((tmp_path / "budget" / "config.json").read_text())
+    assert config["optim"]["epochs"] == 3 and config["optim"]["epoch_steps"] == 3
+    records = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["train_images"] == 3 * 32 for r in records)
+    a = read_weights(tmp_path / "budget" / "model.safetensors")[0]
+    b = read_weights(tmp_path / "fixed" / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # resumed with the same command, it keeps its shorter epochs
+    cfg, _ = _prepare_run(TrainConfig(out=str(tmp_path / "budget")), True, {"epochs": 5, "time_budget": 3600,
+                                                                            "epoch_steps": 0})
+    assert (cfg.optim.epochs, cfg.optim.epoch_steps) == (3, 3)
 
 
 def test_a_budget_shorter_than_one_epoch_is_one_line_and_writes_nothing(tmp_path, fmnist_dir):

@@ -84,6 +84,7 @@ class Batches:
         self.device, self.seed, self.rank, self.world = device, seed, rank, world
         self.epoch = 0
         self.start = 0  # the epoch's first batch: > 0 when a run resumes inside an epoch
+        self.max_batches = 0  # an epoch's batches at most (--epoch-steps): the first of its order; 0: all
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """The next pass yields ``epoch``'s batches, from its ``start``-th on: the same batches
@@ -100,15 +101,17 @@ class Batches:
     def one_pass(self, shuffle: bool, epoch: int) -> Iterator[Batch]:
         """Every image once (no batch dropped), in ``epoch``'s order, leaving the training passes'
         settings and position as they were: a fixed order of the split's own (the mean image)."""
-        saved = (self.shuffle, self.drop_last, self.epoch, self.start)
-        self.shuffle, self.drop_last, self.epoch, self.start = shuffle, False, epoch, 0
+        saved = (self.shuffle, self.drop_last, self.epoch, self.start, self.max_batches)
+        self.shuffle, self.drop_last, self.epoch, self.start, self.max_batches = shuffle, False, epoch, 0, 0
         try:
             yield from iter(self)
         finally:
-            self.shuffle, self.drop_last, self.epoch, self.start = saved
+            self.shuffle, self.drop_last, self.epoch, self.start, self.max_batches = saved
 
     def _order(self) -> torch.Tensor:
         order = epoch_order(self.num_images, self.shuffle, self.seed, self.epoch, self.rank, self.world)
+        if self.max_batches:
+            order = order[: self.max_batches * self.local_batch]
         return order if self.indices is None else self.indices[order]
 
     def _chunks(self) -> list[torch.Tensor]:

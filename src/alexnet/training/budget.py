@@ -54,16 +54,22 @@ class Plan:
 
     step_s: float  # one step of the loop: data, augmentation, forward, backward, update
     eval_s: float  # one evaluation batch
-    epoch_s: float  # an epoch with its validation, margin included
+    epoch_s: float  # an epoch (of epoch_steps steps where set) with its validation, margin included
     epochs: int
     spent: float  # seconds from the start to the plan: set-up and the measurement
     after_s: float  # kept for the evaluations after the last epoch
+    epoch_steps: int = 0  # each epoch's steps when shortened (--epoch-steps); 0: whole epochs
+    steps: int = 0  # a whole epoch's steps
 
     def describe(self, budget: float) -> str:
         after = f", {self.after_s:.0f} s kept for the evaluations after it" if self.after_s else ""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        if self.epoch_steps:
+            epochs += (f" of {self.epoch_steps} of the {self.steps} steps each (a fresh random "
+                       f"{100 * self.epoch_steps / self.steps:.0f}% of the training images an epoch: more steps "
+                       f"than {self.epochs - 1} whole)")
         return (f"time budget {budget:g} s: a training step takes {self.step_s:.3f} s here, an epoch with its "
-                f"validation about {self.epoch_s:.0f} s, set-up took {self.spent:.0f} s{after}: {self.epochs} "
-                f"epoch{'s' if self.epochs != 1 else ''}")
+                f"validation about {self.epoch_s:.0f} s, set-up took {self.spent:.0f} s{after}: {epochs}")
 
 
 def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs: int) -> int:
@@ -71,6 +77,21 @@ def plan(budget: float, spent: float, epoch_s: float, after_s: float, max_epochs
     for the evaluations after the last one; at most ``max_epochs``. Zero when not even one fits."""
     room = budget - spent - after_s
     return max(0, min(max_epochs, math.floor(room / epoch_s)))
+
+
+def shortened(room: float, epochs: int, max_epochs: int, steps: int, step_s: float, val_s: float) -> tuple[int, int]:
+    """(epochs, steps an epoch; 0: all) when ``epochs`` whole epochs of ``steps`` steps fit
+    ``room`` seconds and one more does not: one more epoch of fewer steps, where that trains more
+    steps in the same time (validation, ``val_s`` an epoch, is paid once more), so that the last
+    whole epoch's worth of unused time is not lost. The learning-rate schedule then runs whole
+    over the shorter epochs."""
+    if epochs == 0 or epochs >= max_epochs:
+        return epochs, 0
+    more = epochs + 1
+    cap = math.floor((room / (MARGIN * more) - val_s) / step_s)
+    if cap >= steps or cap < 1 or more * cap <= epochs * steps:  # nothing gained (or whole ones fit after all)
+        return epochs, 0
+    return more, cap
 
 
 def timed(fn: Callable[[], None], rt: Runtime) -> float:
@@ -149,4 +170,8 @@ def fit_to_budget(step: Callable[[], None], learner, splits: Splits, cfg: TrainC
         raise AlexNetError(f"--time-budget {budget:g} does not fit one epoch here: an epoch with its validation "
                            f"takes about {epoch_s:.0f} s, set-up took {spent:.0f} s and the evaluations after it "
                            f"need about {after_s:.0f} s; raise the budget or train on fewer images (--limit-train)")
-    return Plan(step_s, eval_s, epoch_s, epochs, spent, after_s)
+    epochs, epoch_steps = shortened(budget - spent - after_s, epochs, cfg.optim.epochs, len(train), step_s,
+                                    val_batches * eval_s)
+    if epoch_steps:
+        epoch_s = MARGIN * (epoch_steps * step_s + val_batches * eval_s)
+    return Plan(step_s, eval_s, epoch_s, epochs, spent, after_s, epoch_steps, len(train))

@@ -113,7 +113,11 @@ class OptimConfig:
     epochs: int = setting(90, "epochs to train (paper: about 90); with --time-budget, at most this many")
     time_budget: float = setting(0.0, "seconds the run may take: train as many epochs as fit (at most --epochs), "
                                  "planned from the step time measured here before the first epoch, set-up, "
-                                 "validation and a final --ten-crop pass included; 0 = train --epochs")
+                                 "validation and a final --ten-crop pass included; where one more epoch of "
+                                 "fewer steps (--epoch-steps) trains more steps in the same time, that; 0 = "
+                                 "train --epochs")
+    epoch_steps: int = setting(0, "train at most this many steps an epoch, a fresh random part of the training set "
+                                  "each epoch (0 = every batch); --time-budget sets it when shorter epochs fit")
     budget_eval_views: int = setting(0, "with --time-budget: keep time for evaluating this many image views after "
                                      "the run, e.g. 100000 for `alexnet evaluate --split test --ten-crop` of 10,000 "
                                      "images (make main does)")
@@ -331,6 +335,7 @@ def validate(cfg: TrainConfig) -> None:
         (o.epochs >= 1, f"--epochs must be at least 1, got {o.epochs}"),
         (0 <= o.time_budget < float("inf"), f"--time-budget must be a finite number of seconds, got {o.time_budget:g}"),
         (o.budget_eval_views >= 0, f"--budget-eval-views must be non-negative, got {o.budget_eval_views}"),
+        (o.epoch_steps >= 0, f"--epoch-steps must be non-negative, got {o.epoch_steps}"),
         (o.batch_size >= 1, f"--batch-size must be at least 1, got {o.batch_size}"),
         (o.lr > 0, f"--lr must be positive, got {o.lr}"),
         (0 <= o.momentum < 1, f"--momentum must be in [0, 1), got {o.momentum}"),

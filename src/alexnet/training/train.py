@@ -423,7 +423,8 @@ def _keep_plan(saved: OptimConfig, overrides: dict) -> dict:
         raise AlexNetError(f"this run planned {saved.epochs} epochs to --time-budget {saved.time_budget:g}; a "
                            "resumed run keeps its plan: resume with the same budget, or with --time-budget 0 "
                            "and --epochs N")
-    return {**overrides, "epochs": min(overrides.get("epochs", saved.epochs), saved.epochs)}
+    return {**overrides, "epochs": min(overrides.get("epochs", saved.epochs), saved.epochs),
+            "epoch_steps": saved.epoch_steps}
 
 
 def _check_out(out: Path, resumed: bool, overwrite: bool) -> None:
@@ -474,6 +475,7 @@ def _splits(cfg: TrainConfig, rt: Runtime) -> data_loader.Splits:
                               gpu_decode=d.gpu_decode, cache=d.cache, cache_format=d.cache_format, seed=cfg.seed, rank=rt.env.rank, world=rt.env.world,
                               fashion_mnist_dir=d.fashion_mnist_dir or None)
     splits = data_loader.build(d.data, d.resize, rt.device, req)
+    splits.train.max_batches = o.epoch_steps
     if len(splits.train) == 0:
         splits.close()
         raise AlexNetError(f"too few training images for one batch of {o.batch_size}")
@@ -591,6 +593,9 @@ class Run:
         if isinstance(self.learner.step_fn, GraphedStep):  # its graph holds the optimiser state put back
             self.learner.step_fn = GraphedStep(train_step)
         self.cfg.optim.epochs = plan.epochs  # the schedule reads the same OptimConfig
+        if plan.epoch_steps:  # shorter epochs: the loader's and the schedule's
+            self.cfg.optim.epoch_steps = self.splits.train.max_batches = plan.epoch_steps
+            self.schedule.steps_per_epoch = len(self.splits.train)
         return plan
 
     # -- the run directory --------------------------------------------------------------
