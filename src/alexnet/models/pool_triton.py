@@ -174,18 +174,8 @@ def forward(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False,
     y, places = _outputs_like(x, k, s, p, ceil)
     n, c, h, w = x.shape
     oh, ow = y.shape[2:]
-    bp, bc, warps = _launch(**launch)
-    grid = (triton.cdiv(n * oh * ow, bp), triton.cdiv(c, bc))
-    if y.numel():
-        with _on(x):
-            _pool_fwd[grid](x, y, places, n * oh * ow, c, h, w, oh, ow, *x.stride(), *y.stride(),
-                            K=k, S=s, PAD=p, BLOCK_P=bp, BLOCK_C=bc, num_warps=warps)
+    _run(_pool_fwd, y, launch, x, y, places, n * oh * ow, c, h, w, oh, ow, *x.stride(), *y.stride(), K=k, S=s, PAD=p)
     return y, places
-
-
-def _launch(**launch) -> tuple[int, int, int]:
-    settings = {**POOL_LAUNCH, **launch}
-    return settings["block_p"], settings["block_c"], settings["warps"]
 
 
 def _input_like(grad: torch.Tensor, h: int, w: int, channels_last: bool) -> torch.Tensor:
@@ -200,14 +190,21 @@ def backward(grad: torch.Tensor, places: torch.Tensor, h: int, w: int, k: int, s
     dx = _input_like(grad, h, w, channels_last)
     n, c = dx.shape[:2]
     oh, ow = places.shape[2:]
-    bp, bc, warps = _launch(**launch)
-    grid = (triton.cdiv(n * h * w, bp), triton.cdiv(c, bc))
-    if dx.numel():
-        with _on(dx):
-            _pool_bwd[grid](grad, places, dx, n * h * w, c, h, w, oh, ow, *dx.stride(), *places.stride(),
-                            *grad.stride(), K=k, S=s, PAD=p, REACH=-(-k // s), BLOCK_P=bp, BLOCK_C=bc,
-                            num_warps=warps)
+    _run(_pool_bwd, dx, launch, grad, places, dx, n * h * w, c, h, w, oh, ow, *dx.stride(), *places.stride(),
+         *grad.stride(), K=k, S=s, PAD=p, REACH=-(-k // s))
     return dx
+
+
+def _run(kernel, out: torch.Tensor, launch: dict, *args, **constants) -> None:
+    """``kernel`` over every position of ``out`` (its 4th argument: their count) by every channel,
+    in tiles of ``POOL_LAUNCH``'s settings changed by ``launch``, on ``out``'s device."""
+    if not out.numel():
+        return
+    settings = {**POOL_LAUNCH, **launch}
+    bp, bc = settings["block_p"], settings["block_c"]
+    grid = (triton.cdiv(args[3], bp), triton.cdiv(out.shape[1], bc))
+    with _on(out):
+        kernel[grid](*args, **constants, BLOCK_P=bp, BLOCK_C=bc, num_warps=settings["warps"])
 
 
 # ---------------------------------------------------------------------------
