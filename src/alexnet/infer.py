@@ -21,7 +21,7 @@ from .data.folder import UnreadableImage, image_files, load_image, load_or_reaso
 from .data.transforms import EvalCrops, Normalizer
 from .progress import Progress
 from .errors import AlexNetError
-from .training.evaluate import EvalResult, average_views, evaluate
+from .training.evaluate import EvalResult, average_views, evaluate, forward_views
 from .training.runtime import Runtime, autocast_dtype, resolve_device
 from .training import distributed
 
@@ -172,9 +172,8 @@ class Loaded:
         times it (whose activations outgrow a CPU's caches, and a GPU's memory sooner)."""
         views = self.crops(ten_crop)(images.to(self.device))  # (B, V, 3, crop, crop)
         b, v = views.shape[:2]
-        with self.runtime.autocast():  # once: autocast casts the weights anew in each region
-            parts = views.flatten(0, 1).split(max(b, 1))
-            logits = torch.cat([self.model(self.runtime.prepare(part)) for part in parts])
+        logits = forward_views(self.model, views.flatten(0, 1), max(b, 1), self.runtime.autocast(),
+                               self.runtime.channels_last)
         return average_views(logits.float(), v)
 
     @torch.no_grad()

@@ -31,7 +31,8 @@ import os
 
 import torch
 
-from .lrn_triton import _on, triton
+from .fastconv import _memory_format as _format
+from .lrn_triton import _dense, _on, triton
 
 if triton is not None:
     import triton.language as tl
@@ -61,7 +62,7 @@ def supports(x: torch.Tensor, k: int, s: int, p: int, ceil: bool) -> bool:
     offsets inside int32 (the kernels' address arithmetic): below 2^31 elements, the paper's
     pool1 up to a batch of about 7,000. Elsewhere PyTorch's pooling answers (and raises its own
     errors)."""
-    if x.dim() != 4 or x.dtype not in DTYPES or not 1 <= k <= 11 or s < 1 or not 0 <= p <= k // 2:
+    if x.dim() != 4 or x.dtype not in DTYPES or not _window_ok(k, s, p):
         return False
     if x.numel() >= 2**31 or min(x.shape[:2]) < 1:
         return False
@@ -138,17 +139,17 @@ def output_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
     return out
 
 
+def _window_ok(k: int, s: int, p: int) -> bool:
+    """A window whose places fit an int8, a positive stride, at most half a window of padding."""
+    return 1 <= k <= 11 and s >= 1 and 0 <= p <= k // 2
+
+
 def _check(x: torch.Tensor, k: int, s: int, p: int) -> None:
     if x.dim() != 4:
         raise ValueError(f"max pooling takes (N, C, H, W) maps, got shape {tuple(x.shape)}")
-    if not 1 <= k <= 11 or s < 1 or not 0 <= p <= k // 2:
+    if not _window_ok(k, s, p):
         raise ValueError(f"max pooling needs 1 <= kernel <= 11 (its places are int8), stride >= 1 and "
                          f"0 <= padding <= kernel // 2; got kernel {k}, stride {s}, padding {p}")
-
-
-def _format(x: torch.Tensor) -> torch.memory_format:
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
 
 
 def _outputs_like(x: torch.Tensor, k: int, s: int, p: int, ceil: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,12 +158,6 @@ def _outputs_like(x: torch.Tensor, k: int, s: int, p: int, ceil: bool) -> tuple[
     fmt = _format(x)
     return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt),
             torch.empty(shape, dtype=torch.int8, device=x.device, memory_format=fmt))
-
-
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.contiguous()
 
 
 def forward(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False,

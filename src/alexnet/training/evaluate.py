@@ -69,7 +69,7 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
     return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
 
 
-def _forward_views(model: nn.Module, x: torch.Tensor, chunk: int,
+def forward_views(model: nn.Module, x: torch.Tensor, chunk: int,
                    autocast: contextlib.AbstractContextManager | None, channels_last: bool) -> torch.Tensor:
     """The logits of ``x``'s views (B * V rows), ``chunk`` rows (a batch's images) a forward pass:
     the 10 crops of a batch as ten passes of the training batch's size, not one ten times its
@@ -99,7 +99,7 @@ def evaluate(model: nn.Module, batches: Batches, crops: EvalCrops, split: str = 
             continue
         views = crops(batch.images)  # (B, V, 3, crop, crop)
         b, v = views.shape[:2]
-        logits = _forward_views(model, views.flatten(0, 1), b, autocast, channels_last)
+        logits = forward_views(model, views.flatten(0, 1), b, autocast, channels_last)
         probs = average_views(logits, v)  # (B, classes)
         c1, c5 = topk_correct(probs, batch.labels)
         center = topk_correct(logits.reshape(b, v, -1)[:, CENTER_VIEW], batch.labels) if v > 1 else (c1, c5)
