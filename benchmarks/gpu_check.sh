@@ -15,7 +15,8 @@
 # web page's browser test: no Chromium there); bench: alexnet bench
 # for both networks (model eager and compiled, decode, loader, end to end from packed JPEGs with
 # CPU and GPU decode and from raw packing, the plain baseline, the two-tower split on one
-# device); main: the main job's GPU preset (Makefile's GPU_FLAGS) and its evaluation; cifar:
+# device); main: the main job's GPU preset (Makefile's GPU_FLAGS, then GPU_CHECK_MAIN_FLAGS: e.g.
+# "--no-compile --cuda-graphs" trains the same run eagerly, replayed from a CUDA graph) and its evaluation; cifar:
 # `alexnet reproduce --preset cifar` for GPU_CHECK_CIFAR_S seconds (default 480), resumable: its
 # runs stay under runs/gpu-cifar in the repository (kept between calls on a warm machine), so
 # calling the stage again continues it; each call copies the report so far to OUTDIR/cifar/.
@@ -79,7 +80,7 @@ if [ $SMOKE = 1 ]; then
 else
     DEVICE=(); IMG_ARGS=(--classes 10 --per-class ${GPU_CHECK_PER_CLASS:-300} --val-per-class 10)
     BENCH_ARGS=()
-    MAIN_FLAGS="$GPU_FLAGS"
+    MAIN_FLAGS="$GPU_FLAGS ${GPU_CHECK_MAIN_FLAGS:-}"
     # the GPU machine has no Chromium: the web page's browser test is left to CI
     PYTEST_GPU=(-m gpu)
     PYTEST_REST=(-m "not gpu" -n 8 --dist loadfile --deselect tests/test_serve_page.py::test_the_page_classifies_a_photograph)

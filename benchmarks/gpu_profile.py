@@ -15,22 +15,25 @@ the median of ``--reps`` after ``--warmup``:
    CUDA): forward, input gradient and weight gradient, for every choice that layer has (conv1
    direct or space-to-depth, LRN in PyTorch or by either pair of Triton kernels, the towers'
    convolutions grouped or as two dense halves, the pools by PyTorch or by Triton kernels).
-2. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
+2. host: what each choice of the LRN and the pools costs the host a call, forward and input
+   gradient, its device work left queued: where a step's host time exceeds its device time,
+   eager training waits for the host (a CUDA graph does not).
+3. steps: a whole training step (forward, backward, SGD with momentum) for the paper network
    under every combination of those choices, and torchvision's with its conv1 choices, at
    batch 256 and 512 (``--batches``); and each network at its defaults with the Triton pools.
-3. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
-4. kernels: the top kernels of the paper network's step at the choices ``alexnet train`` makes
+4. graphs: the step captured once as a CUDA graph and replayed (CUDA only).
+5. kernels: the top kernels of the paper network's step at the choices ``alexnet train`` makes
    on this device (``fastconv.resolve``, the LRN's 'auto'), by total device time.
-5. lrn_band: the band LRN kernels alone at the paper network's two LRN layers, forward and
+6. lrn_band: the band LRN kernels alone at the paper network's two LRN layers, forward and
    backward, under several launch settings (positions per program, warps, pipeline depth),
    each with its bandwidth (the fewest bytes the pass must move over its time) beside a plain
    copy's, and its largest difference from the default settings' result (CUDA; on the CPU only
    under ``TRITON_INTERPRET=1``, a few settings).
-6. pool_tiles: the Triton max pool's kernels alone at the paper network's three pools under
+7. pool_tiles: the Triton max pool's kernels alone at the paper network's three pools under
    several launch settings (positions and channels per program, warps), each with its bandwidth
    and its largest difference from the default settings' results (CUDA; on the CPU only under
    ``TRITON_INTERPRET=1``, pool5 and two settings).
-7. compile: the same step under torch.compile: each network at the choices ``alexnet train
+8. compile: the same step under torch.compile: each network at the choices ``alexnet train
    --compile`` makes, then with the Triton pools, the paper network at its fastest eager
    choices, then both with opaque pools (PyTorch's own pooling backward kept); each compile
    takes a minute or so, and none starts once ``--budget`` seconds have passed. Last, so that a slow compile costs nothing else.
@@ -58,7 +61,7 @@ from alexnet.models import fastconv
 from alexnet.models import lrn
 
 
-SECTIONS = ("layers", "steps", "graphed", "kernels", "lrn_band", "pool_tiles", "compiled")
+SECTIONS = ("layers", "host", "steps", "graphed", "kernels", "lrn_band", "pool_tiles", "compiled")
 
 
 class Timer:
@@ -115,10 +118,11 @@ def pool_choices(args) -> list[str]:
     return ["native", "triton"] if args.device.type == "cuda" else ["native"]
 
 
-def default_config(variant: str, args, compiled: bool = False) -> dict:
-    """The choices ``alexnet train`` makes for ``variant`` on this device (its 'auto's; the LRN's
-    as ``lrn`` decides it, in this profile's names; torchvision's network has no LRN)."""
-    chosen = fastconv.resolve(variant, args.device.type, compiled)
+def default_config(variant: str, args, step_mode: str = "eager") -> dict:
+    """The choices ``alexnet train`` makes for ``variant`` on this device and in this mode
+    (``fastconv.MODES``; its 'auto's; the LRN's as ``lrn`` decides it, in this profile's names;
+    torchvision's network has no LRN)."""
+    chosen = fastconv.resolve(variant, args.device.type, step_mode)
     lrn.set_impl(None)
     kernels = lrn._fused() if args.device.type == "cuda" else ""
     lrn_auto = {"band": "triton-band", "shift": "triton", "": "torch"}[kernels] if variant != "torchvision" else "torch"
@@ -167,16 +171,7 @@ def layers(args, timer: Timer) -> list[dict]:
     x, _ = batch(model, args.batches[0], args)
     inputs = layer_inputs(model, x, args)
     for name, layer in model.features.named_children():
-        choices = [("", lambda: None)]
-        if name == "conv1":
-            choices = [(f"conv1={c}", lambda c=c: fastconv.use(model, conv1=c)) for c in fastconv.CONV1_IMPLS]
-        elif name.startswith("norm"):
-            choices = [(f"lrn={c}", lambda c=c: lrn.set_impl(c)) for c in lrn_choices(args)]
-        elif getattr(layer, "groups", 1) > 1:
-            choices = [(f"towers={c}", lambda c=c: fastconv.use(model, towers=c)) for c in fastconv.TOWER_IMPLS]
-        elif isinstance(layer, torch.nn.MaxPool2d):
-            choices = [(f"pools={c}", lambda c=c: fastconv.use(model, pools=c)) for c in pool_choices(args)]
-        for label, choose in choices:
+        for label, choose in layer_choices(model, name, layer, args):
             choose()
             layer = dict(model.features.named_children())[name]
             row = {"layer": name, "choice": label, "input": list(inputs[name].shape),
@@ -187,8 +182,72 @@ def layers(args, timer: Timer) -> list[dict]:
     return rows
 
 
+def layer_choices(model: torch.nn.Module, name: str, layer: torch.nn.Module, args) -> list[tuple]:
+    """(label, a function that makes the choice) for each implementation of one feature layer."""
+    if name == "conv1":
+        return [(f"conv1={c}", lambda c=c: fastconv.use(model, conv1=c)) for c in fastconv.CONV1_IMPLS]
+    if name.startswith("norm"):
+        return [(f"lrn={c}", lambda c=c: lrn.set_impl(c)) for c in lrn_choices(args)]
+    if getattr(layer, "groups", 1) > 1:
+        return [(f"towers={c}", lambda c=c: fastconv.use(model, towers=c)) for c in fastconv.TOWER_IMPLS]
+    if isinstance(layer, torch.nn.MaxPool2d):
+        return [(f"pools={c}", lambda c=c: fastconv.use(model, pools=c)) for c in pool_choices(args)]
+    return [("", lambda: None)]
+
+
 # ---------------------------------------------------------------------------
-# 2-4. steps, compiled, graphed
+# 2. host time
+
+
+def host(args) -> list[dict]:
+    """What each choice of the layers with kernels of this project's own (the LRNs, the pools)
+    costs the host: microseconds of Python, dispatch and launching a forward and input gradient
+    take, their device work left queued (on CUDA nothing synchronises inside the timed calls, and
+    the queue holds far more launches than they make; on the CPU the time includes the work).
+    Where a step's host time exceeds its device time, the device waits: what eager training pays
+    and a CUDA graph does not."""
+    rows = []
+    model = build("paper", "grouped", "direct", args)
+    x, _ = batch(model, args.batches[0], args)
+    inputs = layer_inputs(model, x, args)
+    for name in ("norm1", "pool1", "pool5"):
+        for label, choose in layer_choices(model, name, model.features.get_submodule(name), args):
+            choose()
+            layer = model.features.get_submodule(name)
+            xin = inputs[name].clone().requires_grad_()
+            with autocast(args):
+                g = torch.randn_like(layer(xin))
+
+            def call():
+                with autocast(args):
+                    y = layer(xin)
+                torch.autograd.grad(y, xin, g)
+
+            rows.append({"layer": name, "choice": label, "input": list(xin.shape), "host_us": host_us(call, args)})
+        fastconv.use(model)
+        lrn.set_impl(None)
+    return rows
+
+
+def host_us(fn, args, calls: int = 10) -> float:
+    """Median over ``args.reps`` rounds of the wall time ``calls`` calls take, per call, with no
+    synchronisation between them (after ``args.warmup`` calls and a synchronisation)."""
+    sync = torch.cuda.synchronize if args.device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        fn()
+    times = []
+    for _ in range(args.reps):
+        sync()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t) / calls * 1e6)
+    sync()
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------
+# 3-5 and 8. steps, graphed, kernels, compiled
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, args):
@@ -287,7 +346,7 @@ def kernels(args, out: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------
-# 5. the band LRN kernels' launch settings
+# 6-7. the band LRN kernels' and the pools' launch settings
 
 # (positions per program, warps, pipeline stages; None: Triton's default); the first is the default
 BAND_SETTINGS = [(64, 4, None), (64, 4, 1), (64, 8, None), (128, 4, None), (128, 8, None), (128, 8, 1),
@@ -401,7 +460,7 @@ def compile_candidates(steps: list[dict], first: int, args) -> list[dict]:
     paper = [s for s in steps if s["batch"] == first and s["config"].startswith("paper")]
     paper_fastest = min(paper, key=lambda s: s["step_ms"])["config"] if paper else None
     fastest = [c for c in configs(args) if label(c) == paper_fastest]
-    defaults = [default_config(v, args, compiled=True) for v in ("torchvision", "paper")]
+    defaults = [default_config(v, args, "compiled") for v in ("torchvision", "paper")]
     others = [dict(c, pools=p) for p in (*pool_choices(args)[1:], "opaque") for c in defaults if c["pools"] != p]
     out = {label(c): c for c in [*defaults, *others[:len(defaults)], *fastest, *others]}
     return list(out.values())
@@ -475,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     if "layers" in wanted:
         section("layers", layers(args, timer), ["layer", "choice", "input", "forward_ms", "input_grad_ms",
                                                   "weight_grad_ms"])
+    if "host" in wanted:
+        section("host", host(args), ["layer", "choice", "input", "host_us"])
     steps = [time_step(cfg, n, timer, args) for n in args.batches for cfg in configs(args)] if "steps" in wanted else []
     if "steps" in wanted:
         section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
@@ -484,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         # the shift LRN kernels too, as the profiles before 2026-11-27 graphed it; each default with
         # every pool choice
         plain = [dict(default_config(v, args), conv1="direct", pools="native") for v in ("paper", "torchvision")]
-        graphed_configs = [default_config("paper", args), default_config("torchvision", args), *plain,
+        graphed_configs = [default_config("paper", args, "graphed"), default_config("torchvision", args, "graphed"),
+                           *plain,
                            dict(plain[0], lrn="triton"),
                            *[dict(default_config(v, args), pools=p) for v in ("paper", "torchvision")
                              for p in pool_choices(args)]]

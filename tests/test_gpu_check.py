@@ -114,6 +114,10 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
     assert all("weight_grad_ms" in r for r in report["layers"] if r["layer"].startswith("conv"))
     configs = {r["config"] for r in report["steps"]}
     assert len(configs) == 6 and all(r["images_per_sec"] > 0 for r in report["steps"])  # 4 paper, 2 torchvision
+    # the host time of each choice of the layers with the project's own kernels (one each on the CPU)
+    assert [(r["layer"], r["choice"]) for r in report["host"]] == [("norm1", "lrn=torch"), ("pool1", "pools=native"),
+                                                                   ("pool5", "pools=native")]
+    assert all(r["host_us"] > 0 for r in report["host"])
     assert report["kernels"] and (tmp_path / "profile" / "trace.json").stat().st_size > 0
     assert "## steps" in (tmp_path / "profile" / "profile.txt").read_text()
 
@@ -164,7 +168,7 @@ def test_the_profile_on_cuda_steps_and_compiles_each_network_with_the_triton_poo
         assert {gp.label(dict(base, pools=p)) for p in ("native", "triton")} <= set(labels)
     compiled = [gp.label(c) for c in gp.compile_candidates([], 256, args)]
     for variant in ("paper", "torchvision"):
-        d = gp.label(gp.default_config(variant, args, compiled=True))
+        d = gp.label(gp.default_config(variant, args, "compiled"))
         assert compiled.index(d + " pools=triton") < compiled.index(d + " pools=opaque")
 
 
@@ -173,7 +177,7 @@ def test_the_profile_runs_only_the_sections_named(tmp_path):
                            "--smoke", "--sections", "layers"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "profile.json").read_text())
-    assert report["layers"] and not {"steps", "graphed", "kernels", "lrn_band", "compiled"} & set(report)
+    assert report["layers"] and not {"host", "steps", "graphed", "kernels", "lrn_band", "compiled"} & set(report)
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
                            "--smoke", "--sections", "layers,stepz"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and "unknown section(s) stepz" in done.stderr

@@ -156,7 +156,7 @@ def _train_step(model, optimizer, rt: Runtime):
 
 def _layers(variant: str, rt: Runtime, compile: bool) -> dict[str, str]:
     """The layers' implementations `alexnet train` would choose here (fastconv.resolve)."""
-    return fastconv.resolve(variant, rt.device.type, compile, channels_last=rt.channels_last)
+    return fastconv.resolve(variant, rt.device.type, fastconv.mode(compile), channels_last=rt.channels_last)
 
 
 def _model_and_optimizer(variant: str, rt: Runtime, compile: bool):

@@ -131,23 +131,34 @@ def test_space_to_depth_folds_a_channels_last_image_into_channels_last_blocks():
 
 def test_auto_takes_a_measured_choice_only_where_one_was_measured_and_a_named_one_always_wins():
     """On the CPU every network keeps the plain computation (nothing measured there beat it);
-    on CUDA both networks take space-to-depth, eager and compiled, and the Triton pools eager
-    (compiled, inductor's own pooling was faster); the half-width network, never measured, keeps
-    the plain computation; no network takes the opaque pools (never clearly faster compiled); a
-    choice the user names is kept as named."""
+    on CUDA both networks take space-to-depth in every mode, and the Triton pools only when the
+    step is replayed from a CUDA graph (eagerly their host time lost at batch 256; compiled,
+    inductor's own pooling was not slower); the half-width network, never measured, keeps the
+    plain computation; no network takes the opaque pools (never clearly faster compiled); a
+    choice the user names is kept as named; a mode not measured is refused."""
     from alexnet.models.registry import VARIANTS
 
     for variant in VARIANTS:
-        for compiled in (False, True):
-            assert fastconv.resolve(variant, "cpu", compiled) == fastconv.PLAIN
-    assert fastconv.resolve("paper", "cuda", False) == {"towers": "grouped", "conv1": "s2d", "pools": "triton"}
-    assert fastconv.resolve("torchvision", "cuda", False)["pools"] == "triton"
-    assert fastconv.resolve("paper", "cuda", True) == {"towers": "grouped", "conv1": "s2d", "pools": "native"}
-    assert fastconv.resolve("paper-half", "cuda", True) == fastconv.PLAIN
-    assert fastconv.resolve("paper-half", "cuda", False) == fastconv.PLAIN  # not measured
-    assert fastconv.resolve("torchvision", "cuda", False)["conv1"] == "s2d"
-    assert fastconv.resolve("torchvision", "cuda", True) == {"towers": "grouped", "conv1": "s2d", "pools": "native"}
-    assert fastconv.resolve("torchvision", "cuda", True, channels_last=False) == fastconv.PLAIN  # measured NHWC only
-    assert fastconv.resolve("torchvision", "cuda", True, conv1="direct", pools="native")["conv1"] == "direct"
-    assert fastconv.resolve("paper", "cpu", False, "split", "s2d", "opaque") == {"towers": "split", "conv1": "s2d",
-                                                                                 "pools": "opaque"}
+        for step_mode in fastconv.MODES:
+            assert fastconv.resolve(variant, "cpu", step_mode) == fastconv.PLAIN
+    for variant in ("paper", "torchvision"):
+        for step_mode in ("eager", "compiled"):
+            assert fastconv.resolve(variant, "cuda", step_mode) == {"towers": "grouped", "conv1": "s2d",
+                                                                     "pools": "native"}
+        assert fastconv.resolve(variant, "cuda", "graphed") == {"towers": "grouped", "conv1": "s2d", "pools": "triton"}
+    for step_mode in fastconv.MODES:
+        assert fastconv.resolve("paper-half", "cuda", step_mode) == fastconv.PLAIN  # not measured
+    assert fastconv.resolve("torchvision", "cuda", "graphed", channels_last=False) == fastconv.PLAIN  # NHWC only
+    assert fastconv.resolve("torchvision", "cuda", "graphed", conv1="direct", pools="native")["conv1"] == "direct"
+    assert fastconv.resolve("paper", "cpu", "eager", "split", "s2d", "opaque") == {"towers": "split", "conv1": "s2d",
+                                                                                   "pools": "opaque"}
+    with pytest.raises(ValueError, match="mode must be one of"):
+        fastconv.resolve("paper", "cuda", "fused")
+
+
+def test_the_trainers_mode_is_compiled_over_graphed_over_eager():
+    """`train`'s --compile and --cuda-graphs name the row of measured choices it takes: a
+    compiled step has been measured only ungraphed, so compiling decides."""
+    assert fastconv.mode(False) == fastconv.mode(False, False) == "eager"
+    assert fastconv.mode(False, True) == "graphed"
+    assert fastconv.mode(True) == fastconv.mode(True, True) == "compiled"

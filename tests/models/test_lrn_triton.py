@@ -77,7 +77,15 @@ CHECKS = textwrap.dedent("""
         xr = x.detach().double().requires_grad_()
         ref(xr, 5, 1e-2, 0.75, 1.0).square().sum().backward()
         compiled_bwd[kernel] = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item()
-    print(json.dumps(dict(rows=rows, graph=graphs, compiled_bwd=compiled_bwd)))
+    # the operators an eager call dispatches, against a call of the registered operator itself
+    def dispatched(norm):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            norm(torch.rand(1, 8, 3, 3, requires_grad=True)).sum().backward()
+        return sorted({e.name for e in prof.events() if e.name.startswith("alexnet::")})
+    dispatch = {kernel: dispatched(lambda t: lt.local_response_norm(t, 5, 1e-4, 0.75, 2.0, 1, kernel))
+                for kernel in lt.KERNELS}
+    dispatch["operator"] = dispatched(lambda t: lt.lrn_band_op(t, 5, 1e-4, 0.75, 2.0, 1))
+    print(json.dumps(dict(rows=rows, graph=graphs, compiled_bwd=compiled_bwd, dispatch=dispatch)))
 """)
 
 
@@ -111,6 +119,13 @@ def test_compile_keeps_the_fused_lrn_as_one_operation(results, kernel, op):
     assert [t for t in graph if "alexnet" in t] == [op]
     assert all("pow" not in t and "pool" not in t for t in graph), graph
     assert results["compiled_bwd"][kernel] < TOLERANCE["torch.float32"]
+
+
+def test_eager_calls_run_the_kernels_without_the_operators_dispatch(results):
+    """Eagerly, both kernels' forward and backward run through a plain autograd.Function, not
+    the operator layer (whose host time each call would pay; the check sees it when called)."""
+    assert results["dispatch"]["shift"] == results["dispatch"]["band"] == []
+    assert results["dispatch"]["operator"] == ["alexnet::lrn_band", "alexnet::lrn_band_backward"]
 
 
 def test_the_band_kernels_compile_for_hopper_with_wide_loads_tensor_core_products_and_no_spills(tmp_path):

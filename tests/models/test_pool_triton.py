@@ -100,8 +100,15 @@ CHECKS = textwrap.dedent("""
     torch.compile(lambda t: pt.max_pool2d(t, 3, 2), backend="aot_eager")(xc).sum().backward()
     xd = xc.detach().clone().requires_grad_()
     F.max_pool2d(xd, 3, 2).sum().backward()
+    # the operators each call dispatches, eagerly and through the registered operator itself
+    def dispatched(pool):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            pool(torch.rand(1, 8, 9, 9, requires_grad=True)).sum().backward()
+        return sorted({e.name for e in prof.events() if e.name.startswith("alexnet::")})
+    dispatch = dict(eager=dispatched(lambda t: pt.max_pool2d(t, 3, 2)),
+                    operator=dispatched(lambda t: pt.max_pool2d_op(t, 3, 2, 0, False)[0]))
     print(json.dumps(dict(rows=rows, network=network, kept=kept, graph=seen, other_strides=other_strides,
-                          compiled_grad=bool(torch.equal(xc.grad, xd.grad)))))
+                          compiled_grad=bool(torch.equal(xc.grad, xd.grad)), dispatch=dispatch)))
 """)
 
 
@@ -140,6 +147,13 @@ def test_compile_keeps_each_triton_pool_as_one_operator(checked):
     assert sum("alexnet.max_pool2d_triton" in t for t in seen) == 3, seen
     assert not any("max_pool2d_with" in t for t in seen)
     assert checked["compiled_grad"]
+
+
+def test_eager_pools_run_the_kernels_without_the_operators_dispatch(checked):
+    """Eagerly, the forward and backward run through a plain autograd.Function: the operator
+    layer's host time is not paid on each call (the check sees it when the operator is called)."""
+    assert checked["dispatch"]["eager"] == []
+    assert checked["dispatch"]["operator"] == ["alexnet::max_pool2d_triton", "alexnet::max_pool2d_triton_backward"]
 
 
 def test_triton_pools_fall_back_to_pytorchs_where_their_kernels_cannot_run():

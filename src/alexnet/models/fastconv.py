@@ -42,37 +42,58 @@ POOL_IMPLS = ("native", "opaque", "triton")
 # whole training step at batch 256 and 512) on an NVIDIA H200 with PyTorch 2.11 (docs/benchmarks.md,
 # 2026-11-26 and 2026-11-27); everything not listed keeps the plain computation, which is also what
 # no measurement has beaten on a CPU. The towers stay grouped: two dense halves were 0.1-1.5 ms
-# slower a step at batch 256 and 0.2-0.4 ms faster at 512. Keys: (variant, device type, compiled).
+# slower a step at batch 256 and 0.2-0.4 ms faster at 512. Keys: (variant, device type, mode):
+# the step run eagerly, compiled, or eagerly and replayed from a CUDA graph (``--cuda-graphs``).
+MODES = ("eager", "compiled", "graphed")
 MEASURED_FASTER = {
     # conv1 by space-to-depth (2026-11-27): 9.63 against 11.74 ms a step at batch 256 with the band
     # LRN kernels, 17.61 against 21.66 at 512; again in the afternoon, 10.11 against 11.82 and
-    # 17.68 against 21.69
-    # Triton pools (2026-11-27, evening): 9.31 against 9.74 ms a step at batch 256 with s2d and the
-    # band LRN kernels, peak memory 1.59 against 2.02 GiB
-    ("paper", "cuda", False): {"conv1": "s2d", "pools": "triton"},
+    # 17.68 against 21.69.
+    # Pools stay PyTorch's eagerly, not measured faster at batch 256: the Triton pools' step 9.31
+    # against 9.74 ms (17:08), then 12.35, 9.31, 10.33, 10.10 against 9.69, 10.08, 9.66, 10.32
+    # (19:17-19:27), medians 10.10 against 9.74; faster at 512 (15.13 against 17.69). The eager
+    # step at 256 waits for its host, and the Triton pools cost the host more a call
+    # (benchmarks/host_cost.py). Graphed, where the host costs nothing, they won every time.
+    ("paper", "cuda", "eager"): {"conv1": "s2d"},
     # compiled, with the band LRN kernels: 8.97 against 10.97 ms at batch 256 (2026-11-27, afternoon)
-    ("paper", "cuda", True): {"conv1": "s2d"},
-    # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27)
-    # Triton pools (2026-11-27, evening): 5.79 against 6.21 ms at batch 256, 1.48 against 1.63 GiB
-    ("torchvision", "cuda", False): {"conv1": "s2d", "pools": "triton"},
+    # Pools stay native: the Triton pools 9.66 against 8.70 ms (17:08), 8.04 against 9.19 (19:20)
+    ("paper", "cuda", "compiled"): {"conv1": "s2d"},
+    # graphed, s2d and band LRN: Triton pools 8.16, 8.11, 8.17, 8.10 ms against 9.34, 9.42, 9.45,
+    # 9.37 (batch 256, 2026-11-27, 19:17-19:27), peak memory 1.59 against 2.02 GiB
+    ("paper", "cuda", "graphed"): {"conv1": "s2d", "pools": "triton"},
+    # 6.13 against 7.21 ms at batch 256, 10.16 against 12.50 at 512 (2026-11-27).
+    # Pools: Triton 5.79 against 6.21 ms (17:08), then 6.66, 6.76, 6.94, 6.91 against 6.51, 6.12,
+    # 6.68, 6.17 (19:17-19:27); at 512 8.63 against 10.09
+    ("torchvision", "cuda", "eager"): {"conv1": "s2d"},
     # compiled: s2d 6.51 ms against 8.37 (2026-11-26); 5.68 on 2026-11-27's afternoon, against
     # 6.59 direct that morning (two sessions: direct was not compiled in the afternoon's)
     # Pools stay native compiled: opaque ones were faster on 2026-11-26 (7.35 against 8.37 ms,
     # conv1 direct), slower on 2026-11-27's morning (7.17 against 6.59), level in its afternoon
     # (5.61 against 5.68 ms with s2d) and faster at 16:45 (5.30 against 6.38) but slower at 17:08
-    # (6.35 against 5.31), when the Triton pools were slower too (6.36); the paper network's
-    # compiled: Triton pools 9.66 against 8.70 ms, opaque 9.00 (17:08)
-    ("torchvision", "cuda", True): {"conv1": "s2d"},
+    # (6.35 against 5.31) and at 19:20 (6.10 against 5.65); the Triton pools 6.36 against 5.31
+    # (17:08), 5.92 against 5.65 (19:20)
+    ("torchvision", "cuda", "compiled"): {"conv1": "s2d"},
+    # graphed, s2d: Triton pools 4.77, 4.78, 4.74, 4.78 ms against 5.74, 5.73, 5.80, 5.75 (batch
+    # 256, 2026-11-27, 19:17-19:27), 1.48 against 1.63 GiB
+    ("torchvision", "cuda", "graphed"): {"conv1": "s2d", "pools": "triton"},
 }
 PLAIN = {"towers": "grouped", "conv1": "direct", "pools": "native"}
 
 
-def resolve(variant: str, device_type: str, compiled: bool, towers: str = "auto", conv1: str = "auto",
+def mode(compiled: bool, graphed: bool = False) -> str:
+    """``MEASURED_FASTER``'s mode of a training step: compiled (whether graphed or not: no compiled
+    step has been measured graphed), else graphed, else eager."""
+    return "compiled" if compiled else "graphed" if graphed else "eager"
+
+
+def resolve(variant: str, device_type: str, step_mode: str, towers: str = "auto", conv1: str = "auto",
             pools: str = "auto", channels_last: bool = True) -> dict[str, str]:
     """``use``'s arguments with each 'auto' replaced by the choice measured faster for this
-    network and device (``MEASURED_FASTER``, all measured channels-last), else the plain
+    network, device and mode (``MEASURED_FASTER``, all measured channels-last), else the plain
     computation."""
-    faster = MEASURED_FASTER.get((variant, device_type, compiled), {}) if channels_last else {}
+    if step_mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {step_mode!r}")
+    faster = MEASURED_FASTER.get((variant, device_type, step_mode), {}) if channels_last else {}
     measured = {**PLAIN, **faster}
     given = {"towers": towers, "conv1": conv1, "pools": pools}
     return {k: measured[k] if v == "auto" else v for k, v in given.items()}

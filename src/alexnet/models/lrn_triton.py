@@ -17,7 +17,8 @@ Only plain Triton (loads, stores, ``static_range``, ``exp2``/``log2``), so that 
 machine's older Triton compiles it; ``TRITON_INTERPRET=1`` runs the same kernels on the CPU,
 which is how the suite checks them against an fp64 reference. ``lrn_forward`` and
 ``lrn_backward`` are registered as PyTorch operators (``alexnet::lrn``), which autograd
-differentiates and ``torch.compile`` keeps as single operations.
+differentiates and ``torch.compile`` keeps as single operations; eager calls run the same
+functions through a plain autograd.Function, without the operators' dispatch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -200,8 +202,14 @@ def _launch_shape(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict]:
     cg = _group_width(ch, groups)
     s_n, s_c, s_h, s_w = x.stride()
     meta = dict(P=n * h * w, HW=h * w, W=w, sN=s_n, sC=s_c, sH=s_h, sW=s_w, Cg=cg,
-                BLOCK_P=BLOCK_P, BLOCK_C=max(16, triton.next_power_of_2(cg)))
-    return (triton.cdiv(n * h * w, BLOCK_P), groups), meta
+                BLOCK_P=BLOCK_P, BLOCK_C=max(16, 1 << (cg - 1).bit_length()))  # a power of 2
+    return (cdiv(n * h * w, BLOCK_P), groups), meta
+
+
+def cdiv(a: int, b: int) -> int:
+    """``a / b`` rounded up, in plain Python: Triton's ``cdiv`` costs microseconds a call on the
+    host (a constexpr function's dispatch in Triton 3.8), and each launch computes its grid."""
+    return -(-a // b)
 
 
 def _group_width(channels: int, groups: int) -> int:
@@ -251,10 +259,10 @@ def _band_launch(x: torch.Tensor, groups: int, block_p: int, warps: int,
     s_w = s_h // w if h > 1 else s_w  # a size-1 width's stride is arbitrary; the rows' is not
     cg = _group_width(ch, groups)
     meta = dict(HW=h * w, sN=s_n, sC=s_c, sW=s_w, Cg=cg, BLOCK_P=block_p, TC=BAND_CHUNK,
-                CHUNKS=triton.cdiv(cg, BAND_CHUNK), num_warps=warps)
+                CHUNKS=cdiv(cg, BAND_CHUNK), num_warps=warps)
     if stages is not None:
         meta["num_stages"] = stages
-    return (n * triton.cdiv(h * w, block_p), groups), meta
+    return (n * cdiv(h * w, block_p), groups), meta
 
 
 def band_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1,
@@ -303,7 +311,32 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-# PyTorch operators: autograd differentiates them, torch.compile keeps each as one call.
+# PyTorch operators: autograd differentiates them, torch.compile keeps each as one call. Eager
+# calls take the same functions through a plain autograd.Function instead (``eager_function``).
+
+
+def eager_function(forward, setup_context, input_grad):
+    """An autograd.Function computing what a registered operator computes, by the same
+    functions, without the operator's dispatch. Eager training takes it: the operator layer costs
+    host time on every call (benchmarks/gpu_profile.py's ``host`` section), and a step whose
+    kernels are short waits for its host. Compiled graphs take the operator, which torch.compile
+    keeps as one call. ``forward(*inputs)`` returns the output first (then what the backward
+    needs), ``setup_context`` is the operator's, ``input_grad(ctx, grad)`` gives the input's
+    gradient. First derivatives only, as the operators."""
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = forward(*inputs)
+            setup_context(ctx, inputs, out)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad):
+            return input_grad(ctx, grad), *[None] * (len(ctx.needs_input_grad) - 1)
+
+    return Eager
 
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> list[torch.Tensor]:
@@ -334,13 +367,15 @@ def _setup(ctx, inputs, output):
     ctx.constants = (size, alpha, beta, groups)
 
 
-def _backward(ctx, grads):
+def _input_grad(ctx, grad, backward_impl=backward):
     x, denom = ctx.saved_tensors
     size, alpha, beta, groups = ctx.constants
-    return lrn_backward_op(grads[0], x, denom, size, alpha, beta, groups), None, None, None, None, None
+    return backward_impl(grad, x, denom, size, alpha, beta, groups)
 
 
-lrn_op.register_autograd(_backward, setup_context=_setup)
+lrn_op.register_autograd(lambda ctx, grads: (_input_grad(ctx, grads[0], lrn_backward_op), *[None] * 5),
+                         setup_context=_setup)
+_ShiftEager = eager_function(forward, _setup, _input_grad)
 
 
 @torch.library.custom_op("alexnet::lrn_band", mutates_args=())
@@ -369,12 +404,14 @@ def _band_setup(ctx, inputs, output):
     ctx.constants = inputs[1:]
 
 
-def _band_backward(ctx, grad):
+def _band_input_grad(ctx, grad, backward_impl=band_backward):
     (x,) = ctx.saved_tensors
-    return lrn_band_backward_op(grad, x, *ctx.constants), None, None, None, None, None
+    return backward_impl(grad, x, *ctx.constants)
 
 
-lrn_band_op.register_autograd(_band_backward, setup_context=_band_setup)
+lrn_band_op.register_autograd(lambda ctx, grad: (_band_input_grad(ctx, grad, lrn_band_backward_op), *[None] * 5),
+                              setup_context=_band_setup)
+_BandEager = eager_function(band_forward, _band_setup, _band_input_grad)
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
@@ -384,6 +421,7 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
     a window wider than two chunks, 2 * BAND_CHUNK + 1 channels, takes the shift kernels)."""
     if kernel not in KERNELS:
         raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "band" and size <= 2 * BAND_CHUNK + 1:
-        return lrn_band_op(x, size, alpha, beta, k, groups)
-    return lrn_op(x, size, alpha, beta, k, groups)[0]
+    band = kernel == "band" and size <= 2 * BAND_CHUNK + 1
+    if torch.compiler.is_compiling():
+        return lrn_band_op(x, size, alpha, beta, k, groups) if band else lrn_op(x, size, alpha, beta, k, groups)[0]
+    return (_BandEager if band else _ShiftEager).apply(x, size, alpha, beta, k, groups)

@@ -22,7 +22,7 @@ ascending). Positions and channels are addressed through the tensors' strides, s
 Only plain Triton, which the GPU machine's older Triton accepts; ``TRITON_INTERPRET=1`` runs
 the kernels on the CPU, where the suite checks them against PyTorch's pooling. ``max_pool2d``
 is a registered operator (``alexnet::max_pool2d_triton``): autograd differentiates it and
-``torch.compile`` keeps it as one call.
+``torch.compile`` keeps it as one call; eager calls take the same functions without its dispatch.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import os
 import torch
 
 from .fastconv import _memory_format as _format
-from .lrn_triton import _dense, _on, triton
+from .lrn_triton import _dense, _on, cdiv, eager_function, triton
 
 if triton is not None:
     import triton.language as tl
@@ -197,7 +197,7 @@ def _run(kernel, out: torch.Tensor, launch: dict, *args, **constants) -> None:
         return
     settings = {**POOL_LAUNCH, **launch}
     bp, bc = settings["block_p"], settings["block_c"]
-    grid = (triton.cdiv(args[3], bp), triton.cdiv(out.shape[1], bc))
+    grid = (cdiv(args[3], bp), cdiv(out.shape[1], bc))
     with _on(out):
         kernel[grid](*args, **constants, BLOCK_P=bp, BLOCK_C=bc, num_warps=settings["warps"])
 
@@ -234,16 +234,21 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _backward(ctx, grad, _):
+def _input_grad(ctx, grad, backward_impl=backward):
     (places,) = ctx.saved_tensors
-    return max_pool2d_backward_op(grad, places, *ctx.args), None, None, None, None
+    return backward_impl(grad, places, *ctx.args)
 
 
-max_pool2d_op.register_autograd(_backward, setup_context=_setup)
+max_pool2d_op.register_autograd(lambda ctx, grad, _: (_input_grad(ctx, grad, max_pool2d_backward_op), *[None] * 4),
+                                setup_context=_setup)
+_Eager = eager_function(forward, _setup, _input_grad)
 
 
 def max_pool2d(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False) -> torch.Tensor:
     """A k x k max pool with stride s and padding p through the Triton kernels (CUDA, or any
     device under ``TRITON_INTERPRET=1``; ``supports`` says which pools they compute as PyTorch
-    does). First derivatives only: the backward is not itself differentiable."""
-    return max_pool2d_op(x, k, s, p, ceil)[0]
+    does): the registered operator where torch.compile traces, the same functions without its
+    dispatch eagerly. First derivatives only: the backward is not itself differentiable."""
+    if torch.compiler.is_compiling():
+        return max_pool2d_op(x, k, s, p, ceil)[0]
+    return _Eager.apply(x, k, s, p, ceil)

@@ -547,7 +547,8 @@ class Run:
         self.cfg, self.rt, self.splits, self.resumed = cfg, start.rt, start.splits, ckpt is not None
         self.out, self.rundir = Path(cfg.out), RunDir(cfg.out)
         model, self.normalizer = _model(cfg, self.splits, ckpt, start.pretrained)
-        choices = fastconv.resolve(cfg.model.variant, self.rt.device.type, cfg.compile, cfg.tower_conv, cfg.conv1,
+        step_mode = fastconv.mode(cfg.compile, cfg.cuda_graphs)
+        choices = fastconv.resolve(cfg.model.variant, self.rt.device.type, step_mode, cfg.tower_conv, cfg.conv1,
                                    cfg.pools, self.rt.channels_last)
         self.model = fastconv.use(_place(model, self.rt), **choices)  # the same parameters
         self.optimizer = build_optimizer(self.model, cfg.optim)
