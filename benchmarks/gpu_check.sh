@@ -160,8 +160,10 @@ begin() {
 
 stage_profile() {
     begin profile
+    # the smoke run compiles with the eager backend (inductor takes minutes on a CPU), so that the
+    # compile section runs too
     run_step profile 540 "$PY" benchmarks/gpu_profile.py --out "$OUTDIR/profile" --budget "${GPU_CHECK_PROFILE_BUDGET:-200}" \
-        $([ $SMOKE = 1 ] && echo --smoke)
+        $([ $SMOKE = 1 ] && echo --smoke --compile-backend eager)
     finish profile
 }
 

@@ -101,7 +101,10 @@ def test_the_cifar_stage_stops_in_time_and_continues(tmp_path):
 
 
 def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
-    """benchmarks/gpu_profile.py at toy size on the CPU: the one command a GPU session runs first."""
+    """benchmarks/gpu_profile.py at toy size on the CPU, through the stage: the one command a GPU
+    session runs first. Its compile section runs with the eager backend (inductor takes minutes
+    on the CPU): each network at the choices `train --compile` makes here, torchvision's first,
+    and with opaque pools."""
     proc = run_check(tmp_path, "profile")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "profile.json").read_text())["ok"]
@@ -112,14 +115,20 @@ def test_the_profile_stage_writes_every_section_and_a_trace(tmp_path):
             ("conv4", "towers=split"), ("pool1", "pools=native")} <= layers
     assert all(r["forward_ms"] > 0 and r["input_grad_ms"] > 0 for r in report["layers"])
     assert all("weight_grad_ms" in r for r in report["layers"] if r["layer"].startswith("conv"))
-    configs = {r["config"] for r in report["steps"]}
-    assert len(configs) == 6 and all(r["images_per_sec"] > 0 for r in report["steps"])  # 4 paper, 2 torchvision
     # the host time of each choice of the layers with the project's own kernels (one each on the CPU)
     assert [(r["layer"], r["choice"]) for r in report["host"]] == [("norm1", "lrn=torch"), ("pool1", "pools=native"),
                                                                    ("pool5", "pools=native")]
     assert all(r["host_us"] > 0 for r in report["host"])
+    configs = {r["config"] for r in report["steps"]}
+    assert len(configs) == 6 and all(r["images_per_sec"] > 0 for r in report["steps"])  # 4 paper, 2 torchvision
     assert report["kernels"] and (tmp_path / "profile" / "trace.json").stat().st_size > 0
     assert "## steps" in (tmp_path / "profile" / "profile.txt").read_text()
+    compiled = [c["config"] for c in report["compiled"]]
+    # first each network at the CPU's choices (the plain computation), as `train --compile` runs it
+    assert compiled[:2] == ["torchvision conv1=direct", "paper towers=grouped conv1=direct lrn=torch"]
+    assert {"torchvision conv1=direct pools=opaque", "paper towers=grouped conv1=direct lrn=torch pools=opaque"} \
+        <= set(compiled)
+    assert len(compiled) == len(set(compiled)) and all(c.get("images_per_sec", 0) > 0 for c in report["compiled"])
 
 
 def test_the_decode_stage_measures_decoding_alone_beside_the_step_and_in_the_pipeline(tmp_path):
@@ -133,22 +142,6 @@ def test_the_decode_stage_measures_decoding_alone_beside_the_step_and_in_the_pip
                 "gil: decode thread beside pure Python", "pipeline: DeviceDecoder (thread)",
                 "pipeline: decode inline after the step", "process: decoding process beside the step loop"]
     assert all(report[s] > 0 for s in sections), {s: report.get(s) for s in sections}
-
-
-def test_the_profiles_compile_section_picks_its_variants(tmp_path):
-    """The compile section (skipped by the smoke run: inductor takes minutes on the CPU) with
-    the eager backend: each network at the choices `train --compile` makes here, torchvision's
-    first, and with opaque pools."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_profile.py"), "--out", str(tmp_path),
-                           "--smoke", "--compile-backend", "eager"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    compiled = json.loads((tmp_path / "profile.json").read_text())["compiled"]
-    configs = [c["config"] for c in compiled]
-    # first each network at the CPU's choices (the plain computation), as `train --compile` runs it
-    assert configs[:2] == ["torchvision conv1=direct", "paper towers=grouped conv1=direct lrn=torch"]
-    assert {"paper towers=grouped conv1=direct lrn=torch", "torchvision conv1=direct pools=opaque",
-            "paper towers=grouped conv1=direct lrn=torch pools=opaque"} <= set(configs)
-    assert len(configs) == len(set(configs)) and all(c.get("images_per_sec", 0) > 0 for c in compiled)
 
 
 def test_the_profile_on_cuda_steps_and_compiles_each_network_with_the_triton_pools():
@@ -194,7 +187,7 @@ def test_the_profile_times_the_band_lrn_kernels_launch_settings_and_checks_their
         import json, sys, types, torch
         sys.path.insert(0, {str(ROOT / "benchmarks")!r})
         import gpu_profile as gp
-        args = types.SimpleNamespace(device=torch.device("cpu"), batches=[2], size=99, bf16=False)
+        args = types.SimpleNamespace(device=torch.device("cpu"), batches=[2], size=67, bf16=False)
         print(json.dumps(gp.lrn_band(args, gp.Timer(args.device, 0, 1))))
     """))
     assert rows[0]["layer"] == "copy" and rows[0]["gb_per_s"] > 0
