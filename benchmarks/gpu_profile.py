@@ -202,8 +202,9 @@ def layer_choices(model: torch.nn.Module, name: str, layer: torch.nn.Module, arg
 def host(args) -> list[dict]:
     """What each choice of the layers with kernels of this project's own (the LRNs, the pools)
     costs the host: microseconds of Python, dispatch and launching a forward and input gradient
-    take, their device work left queued (on CUDA nothing synchronises inside the timed calls, and
-    the queue holds far more launches than they make; on the CPU the time includes the work).
+    take, their device work left queued (on CUDA nothing synchronises inside the 4 timed calls,
+    whose launches, at most some 150 a call, stay under the size of a device's launch queue; on
+    the CPU the time includes the work).
     Where a step's host time exceeds its device time, the device waits: what eager training pays
     and a CUDA graph does not."""
     rows = []
@@ -229,7 +230,7 @@ def host(args) -> list[dict]:
     return rows
 
 
-def host_us(fn, args, calls: int = 10) -> float:
+def host_us(fn, args, calls: int = 4) -> float:
     """Median over ``args.reps`` rounds of the wall time ``calls`` calls take, per call, with no
     synchronisation between them (after ``args.warmup`` calls and a synchronisation)."""
     sync = torch.cuda.synchronize if args.device.type == "cuda" else (lambda: None)

@@ -10,7 +10,8 @@ kernel's launch replaced by nothing, so what is timed is what the host does arou
 launches: the eager path (a plain autograd.Function over the kernels' wrappers) and the
 registered operator's path (``torch.library``'s dispatch and autograd, what ``torch.compile``
 keeps), side by side, with PyTorch's own pooling and LRN (their CPU work included: small) as a
-reference. Each row is the median of ``--rounds`` rounds of ``--calls`` calls, the rows
+reference. On a GPU each Triton call also enters and leaves its device's guard, which a
+CPU tensor does not. Each row is the median of ``--rounds`` rounds of ``--calls`` calls, the rows
 interleaved round by round so that the machine's drift falls on all of them alike. Triton's own
 launcher (binding the arguments, looking up the compiled kernel) is not included: it needs a GPU.
 """
@@ -53,7 +54,7 @@ def arms() -> dict:
         "pool, PyTorch": lambda t: F.max_pool2d(t, 3, 2),
         "pool, Triton eager": lambda t: pt.max_pool2d(t, 3, 2),
         "pool, Triton operator": lambda t: pt.max_pool2d_op(t, 3, 2, 0, False)[0],
-        "LRN, PyTorch": lambda t: lrn.local_response_norm_reference(t, *lrn_args[:4]),
+        "LRN, PyTorch": lambda t: lrn.local_response_norm(t, *lrn_args),  # a CPU tensor: lrn=torch's path
         "LRN band, Triton eager": lambda t: lt.local_response_norm(t, *lrn_args, kernel="band"),
         "LRN band, Triton operator": lambda t: lt.lrn_band_op(t, *lrn_args),
         "LRN shift, Triton eager": lambda t: lt.local_response_norm(t, *lrn_args, kernel="shift"),

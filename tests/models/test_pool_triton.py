@@ -107,6 +107,14 @@ CHECKS = textwrap.dedent("""
         return sorted({e.name for e in prof.events() if e.name.startswith("alexnet::")})
     dispatch = dict(eager=dispatched(lambda t: pt.max_pool2d(t, 3, 2)),
                     operator=dispatched(lambda t: pt.max_pool2d_op(t, 3, 2, 0, False)[0]))
+    # what traces or transforms the call gets the operator, which it knows: make_fx's graph holds
+    # it, and vmap over a batch of batches computes what the plain call computes
+    from torch.fx.experimental.proxy_tensor import make_fx
+    xf = torch.rand(2, 8, 9, 9)
+    dispatch["make_fx"] = sorted({str(n.target) for n in make_fx(lambda t: pt.max_pool2d(t, 3, 2))(xf).graph.nodes
+                                  if "alexnet" in str(n.target)})
+    dispatch["vmap"] = bool(torch.equal(torch.func.vmap(lambda t: pt.max_pool2d(t, 3, 2))(xf[None]),
+                                        pt.max_pool2d(xf, 3, 2)[None]))
     print(json.dumps(dict(rows=rows, network=network, kept=kept, graph=seen, other_strides=other_strides,
                           compiled_grad=bool(torch.equal(xc.grad, xd.grad)), dispatch=dispatch)))
 """)
@@ -151,9 +159,11 @@ def test_compile_keeps_each_triton_pool_as_one_operator(checked):
 
 def test_eager_pools_run_the_kernels_without_the_operators_dispatch(checked):
     """Eagerly, the forward and backward run through a plain autograd.Function: the operator
-    layer's host time is not paid on each call (the check sees it when the operator is called)."""
+    layer's host time is not paid on each call (the check sees it when the operator is called).
+    What traces or transforms the call (make_fx, vmap) gets the operator."""
     assert checked["dispatch"]["eager"] == []
     assert checked["dispatch"]["operator"] == ["alexnet::max_pool2d_triton", "alexnet::max_pool2d_triton_backward"]
+    assert checked["dispatch"]["make_fx"] == ["alexnet.max_pool2d_triton.default"] and checked["dispatch"]["vmap"]
 
 
 def test_triton_pools_fall_back_to_pytorchs_where_their_kernels_cannot_run():

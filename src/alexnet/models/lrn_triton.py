@@ -27,6 +27,7 @@ import contextlib
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.utils import _python_dispatch
 
 try:
     import triton
@@ -315,11 +316,20 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # calls take the same functions through a plain autograd.Function instead (``eager_function``).
 
 
+def traced() -> bool:
+    """Whether the call is being traced or transformed rather than run: torch.compile and
+    torch.export, ``torch.jit.trace``, a dispatch mode (fake tensors, ``make_fx``) or a functorch
+    transform (vmap). These know the registered operators and not ``eager_function``'s."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or _python_dispatch._get_current_dispatch_mode() is not None
+            or torch._C._functorch.maybe_current_level() is not None)
+
+
 def eager_function(forward, setup_context, input_grad):
     """An autograd.Function computing what a registered operator computes, by the same
     functions, without the operator's dispatch. Eager training takes it: the operator layer costs
-    host time on every call (benchmarks/gpu_profile.py's ``host`` section), and a step whose
-    kernels are short waits for its host. Compiled graphs take the operator, which torch.compile
+    host time on every call (benchmarks/host_cost.py), and a step whose kernels are short waits
+    for its host. Whatever traces the call (``traced``) takes the operator, which torch.compile
     keeps as one call. ``forward(*inputs)`` returns the output first (then what the backward
     needs), ``setup_context`` is the operator's, ``input_grad(ctx, grad)`` gives the input's
     gradient. First derivatives only, as the operators."""
@@ -422,6 +432,6 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
     if kernel not in KERNELS:
         raise ValueError(f"LRN kernel must be one of {KERNELS}, got {kernel!r}")
     band = kernel == "band" and size <= 2 * BAND_CHUNK + 1
-    if torch.compiler.is_compiling():
+    if traced():
         return lrn_band_op(x, size, alpha, beta, k, groups) if band else lrn_op(x, size, alpha, beta, k, groups)[0]
     return (_BandEager if band else _ShiftEager).apply(x, size, alpha, beta, k, groups)

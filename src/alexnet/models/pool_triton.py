@@ -32,7 +32,7 @@ import os
 import torch
 
 from .fastconv import _memory_format as _format
-from .lrn_triton import _dense, _on, cdiv, eager_function, triton
+from .lrn_triton import _dense, _on, cdiv, eager_function, traced, triton
 
 if triton is not None:
     import triton.language as tl
@@ -247,8 +247,8 @@ _Eager = eager_function(forward, _setup, _input_grad)
 def max_pool2d(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False) -> torch.Tensor:
     """A k x k max pool with stride s and padding p through the Triton kernels (CUDA, or any
     device under ``TRITON_INTERPRET=1``; ``supports`` says which pools they compute as PyTorch
-    does): the registered operator where torch.compile traces, the same functions without its
-    dispatch eagerly. First derivatives only: the backward is not itself differentiable."""
-    if torch.compiler.is_compiling():
+    does): the registered operator where something traces the call (``lrn_triton.traced``), the
+    same functions without its dispatch where it simply runs. First derivatives only: the backward is not itself differentiable."""
+    if traced():
         return max_pool2d_op(x, k, s, p, ceil)[0]
     return _Eager.apply(x, k, s, p, ceil)

@@ -168,8 +168,8 @@ class TrainConfig:
                                     "training step measured 1.02-2.2x faster with it), on, off", ("auto", "on", "off"))
     compile: bool = setting(False, "torch.compile the model")
     cuda_graphs: bool = setting(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
-                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and --pools auto takes "
-                                  "the Triton pools; at batch 256 on an H200 the paper network's step took 8.1 ms "
+                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "
+                                  "--pools auto takes the Triton pools; at batch 256 on an H200 the paper network's step took 8.1 ms "
                                   "against 9.7-10.3 eager, torchvision's 4.8 against 6.1-6.7; off until it has run "
                                   "through a whole training run on a GPU")
     tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
@@ -180,7 +180,7 @@ class TrainConfig:
                               "instead of generating its own pooling backward) or triton (Triton kernels: an int8 "
                               "place for each maximum and a gathering backward; CUDA only, PyTorch's elsewhere); "
                               "the same results; auto: models/fastconv.py's measured choice for the network, device "
-                              "and mode (on CUDA: triton with --cuda-graphs, else native), else native", ("auto", "native", "opaque", "triton"))
+                              "and mode (on CUDA: triton with --cuda-graphs and no --compile), else native", ("auto", "native", "opaque", "triton"))
     conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d on CUDA for "
                               "both networks, eager, compiled and graphed (measured faster on an H200), else "
