@@ -85,12 +85,12 @@ def test_at_even_map_sizes_ceil_pools_differ_in_overlap_alone(size):
 def test_pool5_size_is_the_map_the_network_makes():
     for overlap in (True, False):
         for ceil in (True, False):
+            model = create_model("paper", num_classes=10, overlap_pool=overlap, ceil_pool=ceil)  # features: any size
             for size in (67, 71, 99, 135, 199, 224, 227):
-                model = create_model("paper", num_classes=10, overlap_pool=overlap, ceil_pool=ceil)
                 side = model.features(torch.zeros(1, 3, size, size)).shape[-1]
                 assert pool5_size("paper", size, overlap, ceil) == side, (overlap, ceil, size)
+    model = create_model("torchvision", num_classes=10)
     for size in (63, 71, 95, 224):
-        model = create_model("torchvision", num_classes=10)
         assert pool5_size("torchvision", size) == model.features(torch.zeros(1, 3, size, size)).shape[-1], size
     small = create_model("torchvision", num_classes=10, pool5_grid=1)
     assert small.classifier[1].in_features == 256 and small(torch.zeros(2, 3, 71, 71)).shape == (2, 10)
