@@ -15,6 +15,11 @@ from alexnet.data import fashion_mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # serve_load's client and server
 
+# Two test processes side by side (pytest-xdist) each take one core; the Python processes their
+# tests start take one thread each too, instead of one per core on top of the other process's.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 # The suite writes up to about 3.2 GB at once under the temporary directory (full-size networks'
 # weights, checkpoints and Caffe files; measured with `make test`, 2026-11-27). Short of room it
