@@ -266,15 +266,18 @@ def test_fp32_by_name_turns_tf32_off_and_the_other_precisions_on():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+@pytest.mark.parametrize("pools", ["native", "triton"])
 @pytest.mark.parametrize("variant", ["paper", "torchvision"])
-def test_graphed_steps_train_as_the_eager_steps_do(variant):
+def test_graphed_steps_train_as_the_eager_steps_do(variant, pools):
     """--cuda-graphs: 3 eager steps, a capture, replays; the same weights as eager steps on the
-    same batches (fp32, no dropout), the rate changed between steps read from its tensor."""
+    same batches (fp32, no dropout), the rate changed between steps read from its tensor; with
+    PyTorch's pools and with the Triton pools that --pools auto takes graphed."""
+    from alexnet.models import fastconv
     from alexnet.training.graphs import GraphedStep
     from alexnet.training.train import set_lr, train_step
 
     torch.manual_seed(0)
-    base = create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda()
+    base = fastconv.use(create_model(variant, num_classes=10, init="kaiming", dropout=0.0).cuda(), pools=pools)
     models = [copy.deepcopy(base), copy.deepcopy(base)]
     opts = [build_optimizer(m, OptimConfig(lr=0.01)) for m in models]
     rt = Runtime(CUDA, None, False, distributed.from_environment(), None)
