@@ -133,7 +133,7 @@ def test_auto_takes_a_measured_choice_only_where_one_was_measured_and_a_named_on
     """On the CPU every network keeps the plain computation (nothing measured there beat it);
     on CUDA both networks take space-to-depth in every mode, and the Triton pools only when the
     step is replayed from a CUDA graph (eagerly their host time lost at batch 256; compiled,
-    inductor's own pooling was not slower); the half-width network, never measured, keeps the
+    they were not measured faster); the half-width network, never measured, keeps the
     plain computation; no network takes the opaque pools (never clearly faster compiled); a
     choice the user names is kept as named; a mode not measured is refused."""
     from alexnet.models.registry import VARIANTS

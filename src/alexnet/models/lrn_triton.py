@@ -348,6 +348,7 @@ def eager_function(forward, setup_context, input_grad):
 
     return Eager
 
+
 @torch.library.custom_op("alexnet::lrn", mutates_args=())
 def lrn_op(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> list[torch.Tensor]:
     y, d = forward(x, size, alpha, beta, k, groups)
