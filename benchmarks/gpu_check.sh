@@ -15,8 +15,9 @@
 # web page's browser test: no Chromium there); bench: alexnet bench
 # for both networks (model eager and compiled, decode, loader, end to end from packed JPEGs with
 # CPU and GPU decode and from raw packing, the plain baseline, the two-tower split on one
-# device); main: the main job's GPU preset (Makefile's GPU_FLAGS, then GPU_CHECK_MAIN_FLAGS: e.g.
-# "--no-compile --cuda-graphs" trains the same run eagerly, replayed from a CUDA graph) and its evaluation; cifar:
+# device); main: the main job's GPU preset (Makefile's GPU_FLAGS, its step replayed from a CUDA graph,
+# then GPU_CHECK_MAIN_FLAGS: e.g. "--compile" trains the same run compiled, "--no-cuda-graphs"
+# eagerly) and its evaluation; cifar:
 # `alexnet reproduce --preset cifar` for GPU_CHECK_CIFAR_S seconds (default 480), resumable: its
 # runs stay under runs/gpu-cifar in the repository (kept between calls on a warm machine), so
 # calling the stage again continues it; each call copies the report so far to OUTDIR/cifar/.

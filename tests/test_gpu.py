@@ -295,6 +295,30 @@ def test_graphed_steps_train_as_the_eager_steps_do(variant, pools):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_trainer_replays_its_step_by_default_and_resumes_graphed(tmp_path, fmnist_dir, capsys):
+    """--cuda-graphs auto on one GPU: the paper network's run says it replays its step, and
+    trains as the eager run does; a run cut after one epoch and resumed captures again, over the
+    optimizer state it loaded, and ends where the others do (fp32, no dropout, the same pools:
+    cuDNN's own nondeterminism aside, the same arithmetic)."""
+    from alexnet.training.config import TrainConfig
+    from alexnet.training.train import fit
+    from conftest import tiny_config
+
+    def run(name, epochs, **kw):
+        cfg = tiny_config(tmp_path / name, epochs=epochs, fashion_mnist_dir=fmnist_dir, precision="fp32",
+                          dropout=0.0, pools="triton", **kw)
+        return fit(cfg), capsys.readouterr().out
+
+    (graphed, said), (eager, said_eager) = run("graphed", 3), run("eager", 3, cuda_graphs="off")
+    assert "the step replayed from a CUDA graph" in said and "CUDA graph" not in said_eager
+    run("cut", 1)
+    resumed = fit(TrainConfig(out=str(tmp_path / "cut")), resume=True, overrides={"epochs": 3})
+    want = [h["train_loss"] for h in eager["history"]]
+    assert len(set(want)) == 3
+    for result in (graphed, resumed):
+        assert [h["train_loss"] for h in result["history"]] == pytest.approx(want, rel=1e-3)
+
+
 def test_fused_augmentation_on_the_gpu_is_the_tensor_path():
     """The Triton augmentation pass compiled for the device (the suite checks it interpreted)."""
     torch.manual_seed(0)

@@ -37,6 +37,24 @@ def _add_config_flags(parser: argparse.ArgumentParser, shown: dict | None = None
         _flag(groups[title], f, dest=f.name, default=argparse.SUPPRESS, help=help_line)
 
 
+SWITCH = ("auto", "on", "off")  # a setting that is a switch with a measured default
+
+
+class _Switch(argparse.Action):
+    """An auto/on/off setting read as a boolean flag too: --X alone is on, --no-X off, --X VALUE
+    any of the three."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs="?", **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value (it means {self.option_strings[0]} off)")
+            values = "off"
+        setattr(namespace, self.dest, "on" if values is None else values)
+
+
 def _flag(parser, f: dataclasses.Field, **kw) -> None:
     """One flag for a dataclass field: its help text, choices and default come from the field."""
     flag = "--" + f.name.replace("_", "-")
@@ -44,6 +62,8 @@ def _flag(parser, f: dataclasses.Field, **kw) -> None:
     choices = f.metadata.get("choices")
     if isinstance(default, bool):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif choices == SWITCH:
+        parser.add_argument(flag, "--no-" + flag[2:], action=_Switch, choices=choices, **kw)
     else:
         kind = type(default) if default is not None else str
         parser.add_argument(flag, type=kind, choices=choices, metavar=None if choices else f.name.upper(), **kw)
@@ -73,6 +93,12 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         if hidden or "(default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):  # the value belongs to --X alone
+            on, off = action.option_strings
+            return f"{on} [{{{','.join(action.choices)}}}], {off}"
+        return super()._format_action_invocation(action)
 
 
 def _lib(p: argparse.ArgumentParser, flag: str, function: str, **kw) -> None:

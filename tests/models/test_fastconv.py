@@ -73,11 +73,55 @@ def test_cuda_graphs_are_refused_where_a_step_checks_on_the_host_or_there_is_no_
 
     for bad in ({"precision": "fp16"}, {"fused": False}, {"skip_nonfinite": 3}):
         with pytest.raises(AlexNetError, match="--cuda-graphs needs bf16 or fp32, --fused"):
-            validate(apply_overrides(TrainConfig(), {"cuda_graphs": True, **bad}))
+            validate(apply_overrides(TrainConfig(), {"cuda_graphs": "on", **bad}))
     if not torch.cuda.is_available():
         assert main(["train", "--cuda-graphs", "--device", "cpu", "--out", str(tmp_path / "r"), "--epochs", "1",
                      "--limit-train", "64", "--limit-val", "32", "--resize", "76", "--crop", "67"]) == 2
         assert "--cuda-graphs needs a CUDA device and one process" in capsys.readouterr().err
+
+
+def test_cuda_graphs_auto_replays_only_where_measured_faster():
+    """auto: the paper and torchvision networks on one CUDA device, eager, with a step that can be
+    captured; never on the CPU, under torchrun, compiled, or for a network not measured; on: an
+    error where it cannot hold, not a silent eager run."""
+    from alexnet.training.config import TrainConfig, apply_overrides
+    from alexnet.training.graphs import wanted
+    from alexnet.errors import AlexNetError
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+
+    def graphed(device=cuda, world=1, **overrides):
+        return wanted(apply_overrides(TrainConfig(), overrides), device, world)
+
+    assert graphed() and graphed(variant="torchvision") and graphed(precision="fp32")
+    assert not graphed(device=cpu) and not graphed(world=2) and not graphed(compile=True)
+    for other in ("paper-half", "lenet5", "cifar-18pct"):
+        assert not graphed(variant=other)
+    for host_check in ({"precision": "fp16"}, {"fused": False}, {"skip_nonfinite": 2}, {"model_parallel": "auto"}):
+        assert not graphed(**host_check)
+    assert not graphed(cuda_graphs="off")
+    assert graphed(cuda_graphs="on", variant="lenet5") and graphed(cuda_graphs="on", compile=True)
+    for device, world in ((cpu, 1), (cuda, 2)):
+        with pytest.raises(AlexNetError, match="needs a CUDA device and one process"):
+            graphed(device, world, cuda_graphs="on")
+
+
+def test_the_switch_reads_as_a_boolean_flag_and_old_runs_keep_their_choice():
+    """--cuda-graphs alone is on, --no-cuda-graphs off, nothing auto; a run recorded before auto
+    (true or false) resumes as it ran."""
+    from alexnet.cli import build_parser
+    from alexnet.training.config import TrainConfig, from_dict, to_dict
+
+    parser = build_parser()
+    for argv, value in ((["--cuda-graphs"], "on"), (["--no-cuda-graphs"], "off"), (["--cuda-graphs", "off"], "off"),
+                        (["--cuda-graphs", "auto"], "auto"), ([], None)):
+        assert getattr(parser.parse_args(["train", *argv]), "cuda_graphs", None) == value
+    assert parser.parse_args(["train", "--no-channels-last"]).channels_last == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--no-cuda-graphs", "on"])
+    assert TrainConfig().cuda_graphs == "auto"
+    for old, now in ((True, "on"), (False, "off")):
+        assert from_dict({**to_dict(TrainConfig()), "cuda_graphs": old}).cuda_graphs == now
 
 
 def test_a_rate_held_as_a_tensor_is_filled_in_place():

@@ -166,12 +166,17 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = setting("auto", "channels-last memory format: auto (on CUDA and on the CPU, where every network's "
                                     "training step measured 1.02-2.2x faster with it), on, off", ("auto", "on", "off"))
-    compile: bool = setting(False, "torch.compile the model")
-    cuda_graphs: bool = setting(False, "replay the training step from a CUDA graph after 3 eager steps (one process on "
-                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "
-                                  "--pools auto takes the Triton pools; at batch 256 on an H200 the paper network's step took 8.1 ms "
-                                  "against 9.7-10.3 eager, torchvision's 4.8 against 6.1-6.7; off until it has run "
-                                  "through a whole training run on a GPU")
+    compile: bool = setting(False, "torch.compile the model; off by default: on an H200 compiled steps were not reliably "
+                                   "faster than eager ones for torchvision's network, and on one GPU the eager step "
+                                   "replayed from a CUDA graph (--cuda-graphs auto, which --compile turns off) was "
+                                   "faster than either")
+    cuda_graphs: str = setting("auto", "replay the training step from a CUDA graph after 3 eager steps (one process on "
+                                 "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "
+                                 "--pools auto takes the Triton pools; auto: on where measured faster, the paper and "
+                                 "torchvision networks on one GPU without --compile (on an H200 the paper network's "
+                                 "step took 8.1 ms against 9.9-10.3 eager, and the main job trained in 72 s against "
+                                 "154 compiled), else off; --cuda-graphs alone = on, --no-cuda-graphs = off",
+                               ("auto", "on", "off"))
     tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
                                     "faster for the network and device (models/fastconv.py; grouped: the halves were "
@@ -180,7 +185,7 @@ class TrainConfig:
                               "instead of generating its own pooling backward) or triton (Triton kernels: an int8 "
                               "place for each maximum and a gathering backward; CUDA only, PyTorch's elsewhere); "
                               "the same results; auto: models/fastconv.py's measured choice for the network, device "
-                              "and mode (on CUDA: triton with --cuda-graphs and no --compile), else native", ("auto", "native", "opaque", "triton"))
+                              "and mode (on CUDA: triton when the step is graphed, --cuda-graphs), else native", ("auto", "native", "opaque", "triton"))
     conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d on CUDA for "
                               "both networks, eager, compiled and graphed (measured faster on an H200), else "
@@ -229,6 +234,8 @@ def from_dict(d: dict) -> TrainConfig:
             if bad:
                 raise AlexNetError(f"config section {key!r} has unknown field(s) {', '.join(sorted(bad))}")
             kwargs[key] = section(**value)
+        elif key == "cuda_graphs" and isinstance(value, bool):  # from before auto: as run, on or off
+            kwargs[key] = "on" if value else "off"
         else:
             kwargs[key] = value
     return TrainConfig(**kwargs)
@@ -327,6 +334,7 @@ def adopt_classes(cfg: TrainConfig, classes: list[str]) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible combinations with a message naming the flag. Checks ``cfg`` as the run
     will have it: resolving is idempotent, so a resolved config and a command line's alike."""
+    from . import graphs
     from ..models.registry import variant_info
 
     cfg = resolve_defaults(cfg)  # the crop, pool5's grid and the rest as the run will have them
@@ -378,7 +386,7 @@ def validate(cfg: TrainConfig) -> None:
          f"--towers is for the cifar-11pct network; the {m.variant} network's layout is fixed"),
         (not m.variant.startswith("cifar") or m.init in ("auto", "paper", "kaiming", "torchvision"),
          f"--init {m.init}: the {m.variant} network takes paper (its layer file's), kaiming or torchvision"),
-        (not cfg.cuda_graphs or (cfg.precision != "fp16" and o.fused and not o.skip_nonfinite and not cfg.model_parallel),
+        (cfg.cuda_graphs != "on" or graphs.capturable(cfg),
          "--cuda-graphs needs bf16 or fp32, --fused, no --skip-nonfinite and no --model-parallel (each checks on the "
          "host or splits the step)"),
         (not cfg.model_parallel or m.variant == "paper",

@@ -9,13 +9,45 @@ momentum buffers), the next is captured and replayed, and a batch of another sha
 training, which drops the last short batch) runs eagerly. Dropout draws from the graph-safe
 CUDA generator. One process, bf16 or fp32 (fp16's loss scaler checks the gradients on the
 host), no ``--skip-nonfinite`` (also a host check); ``config.validate`` says so.
+
+``--cuda-graphs auto`` (the default) replays the step where that was measured faster, for a
+whole training run as well as a step (``wanted``); ``on`` wherever a step can be captured.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..errors import AlexNetError
+
 WARMUP = 3
+
+# The networks whose step --cuda-graphs auto replays on one CUDA device, eagerly (not compiled):
+# measured faster there than eager and compiled steps, for a step and for a whole run, on an
+# H200 (docs/benchmarks.md, "One H200, sixth session": at batch 256 the paper network's step
+# 8.1 ms against 9.9-10.3 eager, torchvision's 4.7 against 6.5-6.9; the main job trained in
+# 72 s against 154 compiled, 92.50% against 92.56% test top-1). Other networks: not measured.
+MEASURED_FASTER = ("paper", "torchvision")
+
+
+def capturable(cfg) -> bool:
+    """Whether the step can be one graph: nothing in it checks on the host (fp16's loss scaler,
+    --skip-nonfinite, the loop of the unfused SGD reading the rate) or splits it across devices."""
+    o = cfg.optim
+    return cfg.precision != "fp16" and o.fused and not o.skip_nonfinite and not cfg.model_parallel
+
+
+def wanted(cfg, device: torch.device, world: int) -> bool:
+    """Whether the run replays its step from a CUDA graph: ``--cuda-graphs on``, or ``auto`` where
+    measured faster (``MEASURED_FASTER``: one CUDA process, no --compile, a step that can be
+    captured); an error where ``on`` cannot be honoured (``config.validate`` has refused the
+    rest)."""
+    if cfg.cuda_graphs == "on":
+        if device.type != "cuda" or world > 1:
+            raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
+        return True
+    return (cfg.cuda_graphs == "auto" and device.type == "cuda" and world == 1 and not cfg.compile
+            and cfg.model.variant in MEASURED_FASTER and capturable(cfg))
 
 
 class GraphedStep:

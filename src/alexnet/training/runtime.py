@@ -25,6 +25,7 @@ class Runtime:
     channels_last: bool
     env: distributed.Env
     towers: tuple[torch.device, torch.device] | None = None  # --model-parallel: the two towers' devices
+    graphed: bool = False  # the training step replayed from a CUDA graph (--cuda-graphs; training.graphs.wanted)
 
     @property
     def devices(self) -> tuple[torch.device, ...]:

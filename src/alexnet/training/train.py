@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import budget, distributed
+from . import budget, distributed, graphs
 from ..models import fastconv
 from .board import Board
 from .checkpoint import RunState, load_model, load_state, metadata_record, save_weights, unwrap
@@ -462,8 +462,7 @@ def resolve(cfg: TrainConfig, resume: bool, overrides: dict | None, overwrite: b
         cfg, pretrained = adopt_weights(cfg, meta), (model, normalizer)
     cfg = resolve_defaults(cfg)
     validate(cfg)
-    if cfg.cuda_graphs and (rt.device.type != "cuda" or rt.env.world > 1):
-        raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
+    rt = dataclasses.replace(rt, graphed=graphs.wanted(cfg, rt.device, rt.env.world))
     splits = _splits(cfg, rt)
     return Start(adopt_classes(cfg, splits.classes), ckpt, pretrained, rt, splits)
 
@@ -547,7 +546,7 @@ class Run:
         self.cfg, self.rt, self.splits, self.resumed = cfg, start.rt, start.splits, ckpt is not None
         self.out, self.rundir = Path(cfg.out), RunDir(cfg.out)
         model, self.normalizer = _model(cfg, self.splits, ckpt, start.pretrained)
-        step_mode = fastconv.mode(cfg.compile, cfg.cuda_graphs)
+        step_mode = fastconv.mode(cfg.compile, self.rt.graphed)
         choices = fastconv.resolve(cfg.model.variant, self.rt.device.type, step_mode, cfg.tower_conv, cfg.conv1,
                                    cfg.pools, self.rt.channels_last)
         self.model = fastconv.use(_place(model, self.rt), **choices)  # the same parameters
@@ -562,7 +561,7 @@ class Run:
         d, norm = cfg.data, self.normalizer.to(self.rt.device)
         augment = TrainAugment(norm, d.crop, d.random_crop, d.flip, d.lighting, self.rt.dtype, self.rt.channels_last)
         self.learner = Learner(self.train_model, self.optimizer, self.schedule, make_scaler(self.rt), augment, self.rt,
-                               GraphedStep(train_step) if cfg.cuda_graphs else train_step, cfg.optim.skip_nonfinite)
+                               GraphedStep(train_step) if self.rt.graphed else train_step, cfg.optim.skip_nonfinite)
         self.center = EvalCrops(norm, d.crop, ten_crop=False)
         self.final_crops = EvalCrops(norm, d.crop, ten_crop=cfg.ten_crop)
         self.board: Board | None = None  # TensorBoard (--tensorboard), opened with the run directory
@@ -620,6 +619,7 @@ class Run:
         cfg, rt, d = self.cfg, self.rt, self.cfg.data
         crop = d.crop
         where = ", ".join(map(str, rt.towers)) + " (two towers)" if rt.towers else str(rt.device)
+        where += ", the step replayed from a CUDA graph" if rt.graphed else ""
         if self.position:
             state = f"resuming in epoch {self.start_epoch + 1} after step {self.position['ranks'][0]['state']['step']}"
         else:
