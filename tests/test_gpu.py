@@ -311,8 +311,11 @@ def test_the_trainer_replays_its_step_by_default_and_resumes_graphed(tmp_path, f
 
     (graphed, said), (eager, said_eager) = run("graphed", 3), run("eager", 3, cuda_graphs="off")
     assert "the step replayed from a CUDA graph" in said and "CUDA graph" not in said_eager
+    assert "could not capture" not in said  # a failed capture trains on eagerly, with a warning
     run("cut", 1)
     resumed = fit(TrainConfig(out=str(tmp_path / "cut")), resume=True, overrides={"epochs": 3})
+    said = capsys.readouterr().out
+    assert "the step replayed from a CUDA graph" in said and "could not capture" not in said
     want = [h["train_loss"] for h in eager["history"]]
     assert len(set(want)) == 3
     for result in (graphed, resumed):

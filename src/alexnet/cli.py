@@ -37,22 +37,15 @@ def _add_config_flags(parser: argparse.ArgumentParser, shown: dict | None = None
         _flag(groups[title], f, dest=f.name, default=argparse.SUPPRESS, help=help_line)
 
 
-SWITCH = ("auto", "on", "off")  # a setting that is a switch with a measured default
-
-
 class _Switch(argparse.Action):
-    """An auto/on/off setting read as a boolean flag too: --X alone is on, --no-X off, --X VALUE
-    any of the three."""
+    """An auto/on/off setting as a boolean flag: --X is on, --no-X off, neither leaves auto (or
+    a resumed run's choice). Neither takes a value, so a positional argument may follow."""
 
     def __init__(self, option_strings, dest, **kw):
-        super().__init__(option_strings, dest, nargs="?", **kw)
+        super().__init__(option_strings, dest, nargs=0, **kw)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if option_string.startswith("--no-"):
-            if values is not None:
-                parser.error(f"{option_string} takes no value (it means {self.option_strings[0]} off)")
-            values = "off"
-        setattr(namespace, self.dest, "on" if values is None else values)
+        setattr(namespace, self.dest, "off" if option_string.startswith("--no-") else "on")
 
 
 def _flag(parser, f: dataclasses.Field, **kw) -> None:
@@ -62,8 +55,8 @@ def _flag(parser, f: dataclasses.Field, **kw) -> None:
     choices = f.metadata.get("choices")
     if isinstance(default, bool):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-    elif choices == SWITCH:
-        parser.add_argument(flag, "--no-" + flag[2:], action=_Switch, choices=choices, **kw)
+    elif f.metadata.get("switch"):
+        parser.add_argument(flag, "--no-" + flag[2:], action=_Switch, **kw)
     else:
         kind = type(default) if default is not None else str
         parser.add_argument(flag, type=kind, choices=choices, metavar=None if choices else f.name.upper(), **kw)
@@ -95,9 +88,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
-        if isinstance(action, _Switch):  # the value belongs to --X alone
-            on, off = action.option_strings
-            return f"{on} [{{{','.join(action.choices)}}}], {off}"
+        if isinstance(action, _Switch):
+            return ", ".join(action.option_strings)
         return super()._format_action_invocation(action)
 
 

@@ -107,19 +107,20 @@ def test_cuda_graphs_auto_replays_only_where_measured_faster():
 
 
 def test_the_switch_reads_as_a_boolean_flag_and_old_runs_keep_their_choice():
-    """--cuda-graphs alone is on, --no-cuda-graphs off, nothing auto; a run recorded before auto
-    (true or false) resumes as it ran."""
+    """--cuda-graphs is on, --no-cuda-graphs off, neither auto, and neither swallows the
+    positional argument after it; --set takes a boolean too; a run recorded before auto (true or
+    false) resumes as it ran."""
     from alexnet.cli import build_parser
-    from alexnet.training.config import TrainConfig, from_dict, to_dict
+    from alexnet.training.config import TrainConfig, from_dict, parse_setting, to_dict
 
     parser = build_parser()
-    for argv, value in ((["--cuda-graphs"], "on"), (["--no-cuda-graphs"], "off"), (["--cuda-graphs", "off"], "off"),
-                        (["--cuda-graphs", "auto"], "auto"), ([], None)):
+    for argv, value in ((["--cuda-graphs"], "on"), (["--no-cuda-graphs"], "off"), ([], None)):
         assert getattr(parser.parse_args(["train", *argv]), "cuda_graphs", None) == value
-    assert parser.parse_args(["train", "--no-channels-last"]).channels_last == "off"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["train", "--no-cuda-graphs", "on"])
+        args = parser.parse_args(["finetune", *argv, "weights.safetensors"])
+        assert (getattr(args, "cuda_graphs", None), args.source) == (value, "weights.safetensors")
     assert TrainConfig().cuda_graphs == "auto"
+    for text, value in (("cuda-graphs=true", "on"), ("cuda-graphs=no", "off"), ("cuda-graphs=auto", "auto")):
+        assert parse_setting(text) == ("cuda_graphs", value)
     for old, now in ((True, "on"), (False, "off")):
         assert from_dict({**to_dict(TrainConfig()), "cuda_graphs": old}).cuda_graphs == now
 

@@ -15,11 +15,14 @@ from typing import Any
 from ..errors import AlexNetError
 
 
-def setting(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
-    """A dataclass field with its help text (and choices): the command line makes a flag of it."""
+def setting(default: Any, help: str, choices: tuple | None = None, switch: bool = False, **kw) -> Any:
+    """A dataclass field with its help text (and choices): the command line makes a flag of it;
+    ``switch``: an auto/on/off setting that the command line sets as --X (on) and --no-X (off)."""
     meta = {"help": help}
     if choices:
         meta["choices"] = choices
+    if switch:
+        meta["switch"] = True
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -174,9 +177,9 @@ class TrainConfig:
                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "
                                  "--pools auto takes the Triton pools; auto: on where measured faster, the paper and "
                                  "torchvision networks on one GPU without --compile (on an H200 the paper network's "
-                                 "step took 8.1 ms against 9.9-10.3 eager, and the main job trained in 72 s against "
-                                 "154 compiled), else off; --cuda-graphs alone = on, --no-cuda-graphs = off",
-                               ("auto", "on", "off"))
+                                 "step took 8.1 ms against 9.7-10.5 eager, and the main job trained in 72 s against "
+                                 "154 compiled), else off; --cuda-graphs: on, --no-cuda-graphs: off",
+                               ("auto", "on", "off"), switch=True)
     tower_conv: str = setting("auto", "how the towers' grouped convolutions run (the same weights and results): grouped "
                                     "(one cuDNN/oneDNN call) or split (two dense halves); auto: the one measured "
                                     "faster for the network and device (models/fastconv.py; grouped: the halves were "
@@ -271,9 +274,12 @@ def parse_setting(text: str) -> tuple[str, Any]:
     if not sep or field_ is None:
         raise AlexNetError(f"--set wants FLAG=VALUE with a training flag (see alexnet train --help), got {text!r}")
     kind = type(field_.default)
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
     try:
         if kind is bool:
-            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+            value = words[raw.lower()]
+        elif field_.metadata.get("switch") and raw.lower() in words:  # a switch set as a boolean
+            value = "on" if words[raw.lower()] else "off"
         else:
             value = kind(raw)
     except (KeyError, ValueError):

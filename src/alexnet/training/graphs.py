@@ -22,11 +22,12 @@ from ..errors import AlexNetError
 
 WARMUP = 3
 
-# The networks whose step --cuda-graphs auto replays on one CUDA device, eagerly (not compiled):
-# measured faster there than eager and compiled steps, for a step and for a whole run, on an
-# H200 (docs/benchmarks.md, "One H200, sixth session": at batch 256 the paper network's step
-# 8.1 ms against 9.9-10.3 eager, torchvision's 4.7 against 6.5-6.9; the main job trained in
-# 72 s against 154 compiled, 92.50% against 92.56% test top-1). Other networks: not measured.
+# The networks whose step --cuda-graphs auto replays on one CUDA device, eagerly (not compiled),
+# as measured on an H200 (docs/benchmarks.md, fifth and sixth sessions), batch 256: the paper
+# network's graphed step 8.1 ms against 9.7-10.5 eager and 8.0-9.8 compiled, and its main job
+# trained in 72 s graphed against 154 compiled (92.50% against 92.56% test top-1, one seed
+# each); torchvision's step 4.7 ms against 6.1-7.3 eager and 5.3-6.4 compiled (its whole run
+# not measured). Other networks: not measured, so eager.
 MEASURED_FASTER = ("paper", "torchvision")
 
 
