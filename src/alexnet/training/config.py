@@ -171,7 +171,7 @@ class TrainConfig:
                                     "training step measured 1.02-2.2x faster with it), on, off", ("auto", "on", "off"))
     compile: bool = setting(False, "torch.compile the model; off by default: on an H200 compiled steps were not reliably "
                                    "faster than eager ones for torchvision's network, and on one GPU the eager step "
-                                   "replayed from a CUDA graph (--cuda-graphs auto, which --compile turns off) was "
+                                   "replayed from a CUDA graph (--cuda-graphs's default, which --compile turns off) was "
                                    "faster than either")
     cuda_graphs: str = setting("auto", "replay the training step from a CUDA graph after 3 eager steps (one process on "
                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "

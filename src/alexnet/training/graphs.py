@@ -10,8 +10,8 @@ training, which drops the last short batch) runs eagerly. Dropout draws from the
 CUDA generator. One process, bf16 or fp32 (fp16's loss scaler checks the gradients on the
 host), no ``--skip-nonfinite`` (also a host check); ``config.validate`` says so.
 
-``--cuda-graphs auto`` (the default) replays the step where that was measured faster, for a
-whole training run as well as a step (``wanted``); ``on`` wherever a step can be captured.
+``--cuda-graphs``'s default, auto, replays the step where that was measured faster
+(``MEASURED_FASTER``, ``wanted``); on (``--cuda-graphs``) wherever a step can be captured.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..errors import AlexNetError
 
 WARMUP = 3
 
-# The networks whose step --cuda-graphs auto replays on one CUDA device, eagerly (not compiled),
+# The networks whose step --cuda-graphs's auto replays on one CUDA device, eagerly (not compiled),
 # as measured on an H200 (docs/benchmarks.md, fifth and sixth sessions), batch 256: the paper
 # network's graphed step 8.1 ms against 9.7-10.5 eager and 8.0-9.8 compiled, and its main job
 # trained in 72 s graphed against 154 compiled (92.50% against 92.56% test top-1, one seed
@@ -39,7 +39,7 @@ def capturable(cfg) -> bool:
 
 
 def wanted(cfg, device: torch.device, world: int) -> bool:
-    """Whether the run replays its step from a CUDA graph: ``--cuda-graphs on``, or ``auto`` where
+    """Whether the run replays its step from a CUDA graph: ``--cuda-graphs`` (on), or ``auto`` (the default) where
     measured faster (``MEASURED_FASTER``: one CUDA process, no --compile, a step that can be
     captured); an error where ``on`` cannot be honoured (``config.validate`` has refused the
     rest)."""
