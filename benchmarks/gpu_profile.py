@@ -284,6 +284,7 @@ def label(cfg: dict) -> str:
 def time_step(cfg: dict, n: int, timer: Timer, args, compile_model: bool = False) -> dict:
     lrn.set_impl(cfg["lrn"])
     if args.device.type == "cuda":
+        torch.cuda.empty_cache()  # the reserved peak is this configuration's, not the one before's
         torch.cuda.reset_peak_memory_stats()
     model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args, cfg.get("pools", "native"))
     x, y = batch(model, n, args)
@@ -295,14 +296,25 @@ def time_step(cfg: dict, n: int, timer: Timer, args, compile_model: bool = False
     step()  # the first step: compile, cuDNN's algorithm search
     first = time.perf_counter() - started
     ms = timer(step)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.type == "cuda" else None
     return {"config": label(cfg), "batch": n, "compiled": compile_model, "step_ms": ms,
-            "images_per_sec": n / ms * 1000, "first_step_s": first, "peak_gib": peak}
+            "images_per_sec": n / ms * 1000, "first_step_s": first, **peaks(args)}
+
+
+def peaks(args) -> dict:
+    """GPU memory since the last reset: the most the tensors held (``peak_gib``), and the most the
+    caching allocator kept from the device (``reserved_gib``: with a CUDA graph, its own pool
+    beside the eager steps' cache)."""
+    if args.device.type != "cuda":
+        return {"peak_gib": None, "reserved_gib": None}
+    return {"peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
 
 
 def graphed_step(cfg: dict, n: int, timer: Timer, args) -> dict:
     """The whole step (forward, backward, optimizer) captured once and replayed."""
     lrn.set_impl(cfg["lrn"])
+    torch.cuda.empty_cache()  # the reserved peak is this configuration's, not the one before's
+    torch.cuda.reset_peak_memory_stats()
     model = build(cfg["variant"], cfg["towers"], cfg["conv1"], args, cfg.get("pools", "native"))
     x, y = batch(model, n, args)
     step, opt = step_fn(model, x, y, args)
@@ -316,7 +328,8 @@ def graphed_step(cfg: dict, n: int, timer: Timer, args) -> dict:
     with torch.cuda.graph(graph):
         step()
     ms = timer(graph.replay)
-    return {"config": label(cfg), "batch": n, "graphed": True, "step_ms": ms, "images_per_sec": n / ms * 1000}
+    return {"config": label(cfg), "batch": n, "graphed": True, "step_ms": ms, "images_per_sec": n / ms * 1000,
+            **peaks(args)}
 
 
 def kernels(args, out: Path) -> list[dict]:
@@ -539,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         section("host", host(args), ["layer", "choice", "input", "host_us"])
     steps = [time_step(cfg, n, timer, args) for n in args.batches for cfg in configs(args)] if "steps" in wanted else []
     if "steps" in wanted:
-        section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib"])
+        section("steps", steps, ["config", "batch", "step_ms", "images_per_sec", "first_step_s", "peak_gib",
+                                 "reserved_gib"])
     graphed = []
     if args.device.type == "cuda" and "graphed" in wanted:
         # each network at its defaults and with the plain conv1 and pools; the paper network's with
@@ -557,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a capture that fails is a finding, not the end of the profile
                 graphed.append({"config": label(cfg), "batch": args.batches[0], "error": str(e)[:200]})
     if "graphed" in wanted:
-        section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "error"])
+        section("graphed", graphed, ["config", "batch", "step_ms", "images_per_sec", "peak_gib", "reserved_gib",
+                                     "error"])
     if "kernels" in wanted:
         section("kernels", kernels(args, out), ["name", "calls", "total_ms_per_step"])
     if "lrn_band" in wanted:
