@@ -15,7 +15,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # below, whose `import torch` alone took 4-10 s on the 2-core CPUs): 9 epochs on the 2-core
 # development CPU in bf16, 3 with it held to AVX2, 1 or 2 on an AVX2-only Zen 3, in fp32
 # (docs/benchmarks.md). On a GPU it runs at the full 256/227 size, its step replayed from a CUDA
-# graph (--cuda-graphs auto): 72 s of training on an H200 against 154 compiled (docs/benchmarks.md).
+# graph (--cuda-graphs's default): 72 s of training on an H200 against 154 compiled (docs/benchmarks.md).
 # Both evaluate as they trained (--precision auto), in one pass that gives the paper's 10-crop
 # figure and the center crop's (Caffe's and torchvision's protocol).
 CPU_FLAGS ?= --variant paper --resize 76 --crop 67 --time-budget 590 --budget-eval-views 100000 --init kaiming --schedule cosine

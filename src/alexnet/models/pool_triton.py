@@ -248,7 +248,8 @@ def max_pool2d(x: torch.Tensor, k: int, s: int, p: int = 0, ceil: bool = False) 
     """A k x k max pool with stride s and padding p through the Triton kernels (CUDA, or any
     device under ``TRITON_INTERPRET=1``; ``supports`` says which pools they compute as PyTorch
     does): the registered operator where something traces the call (``lrn_triton.traced``), the
-    same functions without its dispatch where it simply runs. First derivatives only: the backward is not itself differentiable."""
+    same functions without its dispatch where it simply runs. First derivatives only: the
+    backward is not itself differentiable."""
     if traced():
         return max_pool2d_op(x, k, s, p, ceil)[0]
     return _Eager.apply(x, k, s, p, ceil)

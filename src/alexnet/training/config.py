@@ -169,10 +169,10 @@ class TrainConfig:
                         ("auto", "fp32", "bf16", "fp16"))
     channels_last: str = setting("auto", "channels-last memory format: auto (on CUDA and on the CPU, where every network's "
                                     "training step measured 1.02-2.2x faster with it), on, off", ("auto", "on", "off"))
-    compile: bool = setting(False, "torch.compile the model; off by default: on an H200 compiled steps were not reliably "
-                                   "faster than eager ones for torchvision's network, and on one GPU the eager step "
-                                   "replayed from a CUDA graph (--cuda-graphs's default, which --compile turns off) was "
-                                   "faster than either")
+    compile: bool = setting(False, "torch.compile the model; off by default: on an H200 compiled steps were not "
+                                   "reliably faster than eager ones for torchvision's network, and on one GPU the "
+                                   "eager step replayed from a CUDA graph (--cuda-graphs's default, which --compile "
+                                   "turns off) was faster than either")
     cuda_graphs: str = setting("auto", "replay the training step from a CUDA graph after 3 eager steps (one process on "
                                  "CUDA, bf16 or fp32, fused SGD): launches cost one per step, and without --compile "
                                  "--pools auto takes the Triton pools; auto: on where measured faster, the paper and "
@@ -188,7 +188,8 @@ class TrainConfig:
                               "instead of generating its own pooling backward) or triton (Triton kernels: an int8 "
                               "place for each maximum and a gathering backward; CUDA only, PyTorch's elsewhere); "
                               "the same results; auto: models/fastconv.py's measured choice for the network, device "
-                              "and mode (on CUDA: triton when the step is graphed, --cuda-graphs), else native", ("auto", "native", "opaque", "triton"))
+                              "and mode (on CUDA: triton when the step is graphed, --cuda-graphs), else native",
+                         ("auto", "native", "opaque", "triton"))
     conv1: str = setting("auto", "how conv1 runs (the same weights and results): direct, or s2d (space-to-depth: a "
                               "3x3 stride-1 convolution over 4x4 blocks of 48 channels); auto: s2d on CUDA for "
                               "both networks, eager, compiled and graphed (measured faster on an H200), else "

@@ -39,10 +39,10 @@ def capturable(cfg) -> bool:
 
 
 def wanted(cfg, device: torch.device, world: int) -> bool:
-    """Whether the run replays its step from a CUDA graph: ``--cuda-graphs`` (on), or ``auto`` (the default) where
-    measured faster (``MEASURED_FASTER``: one CUDA process, no --compile, a step that can be
-    captured); an error where ``on`` cannot be honoured (``config.validate`` has refused the
-    rest)."""
+    """Whether the run replays its step from a CUDA graph: ``--cuda-graphs`` (on), or ``auto``
+    (the default) where measured faster (``MEASURED_FASTER``: one CUDA process, no --compile, a
+    step that can be captured); an error where on cannot be honoured (``config.validate`` has
+    refused the rest)."""
     if cfg.cuda_graphs == "on":
         if device.type != "cuda" or world > 1:
             raise AlexNetError("--cuda-graphs needs a CUDA device and one process")
